@@ -1,0 +1,1 @@
+"""Token sources, the activation stream and the DataModule."""

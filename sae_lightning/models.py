@@ -1,0 +1,160 @@
+"""Load a frozen transformer: the embedded model, a legacy TransformerLens repo, or any
+Hugging Face causal LM. Every loader returns a ``TransformerBridge`` in eval mode with
+``requires_grad`` off on every parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DIR = Path(__file__).parent / "assets" / "toy-1l"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+class ModelUnavailableError(RuntimeError):
+    """A hub model that is neither cached locally nor downloadable from here."""
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    valid = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in valid:
+        raise ValueError(f"dtype must be one of {sorted(valid)}, got {dtype!r}")
+    return valid[dtype]
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, no gradients: the frozen model is only ever read."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_embedded(
+    path: str | Path | None = None, device: str = "cpu", dtype: str | torch.dtype = "float32"
+):
+    """The model shipped with the package (or a folder written by ``pretrain.py``)."""
+    import transformer_lens.model_bridge.sources.native  # noqa: F401  (attaches boot_native)
+    from safetensors.torch import load_file
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from sae_lightning.toy.tokenizer import load_tokenizer
+
+    folder = Path(path) if path is not None else EMBEDDED_DIR
+    missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR) if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"model folder {str(folder)!r} lacks {missing}; expected {WEIGHTS_FILE}, "
+            f"{CONFIG_FILE} and {TOKENIZER_DIR}/ as written by pretrain.py"
+        )
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
+    bridge = TransformerBridge.boot_native(
+        {**config["bridge_config"], "init_weights": False},
+        tokenizer=tokenizer,
+        model_name=config.get("name", "toy-1l"),
+    )
+    bridge.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)
+    return freeze(bridge.to(device=device, dtype=_dtype(dtype)))
+
+
+def _offline_error(name: str, err: Exception) -> ModelUnavailableError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    why = "HF_HUB_OFFLINE is set and it is not cached" if offline else "the hub could not be reached"
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return ModelUnavailableError(
+        f"cannot load model {name!r}: {why} ({type(err).__name__}: {first_line}). Either use the "
+        f"embedded model (model=embedded, no network needed), or populate the Hugging Face cache "
+        f"with {name!r} on a machine with network access and run with HF_HUB_OFFLINE=1."
+    )
+
+
+def _is_hub_error(err: Exception) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    hub_errors = (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, ConnectionError)
+    if isinstance(err, hub_errors):
+        return True
+    # transformers wraps a cache miss in an OSError that names the repo
+    return isinstance(err, OSError) and (
+        "huggingface.co" in str(err) or "offline" in str(err).lower()
+    )
+
+
+def resolve_legacy_name(name: str) -> str:
+    """``gelu-1l`` -> ``NeelNanda/GELU_1L512W_C4_Code`` (TransformerLens' alias table)."""
+    if "/" in name:
+        return name
+    import transformer_lens
+
+    aliases = Path(transformer_lens.__file__).parent / "tools/model_registry/data/model_aliases.json"
+    table = json.loads(aliases.read_text())
+    for repo, names in table.items():
+        if name in names:
+            return repo
+    raise ValueError(f"unknown legacy TransformerLens model {name!r}; use a repo id or an alias "
+                     f"such as 'gelu-1l'")
+
+
+def load_legacy(name: str = "gelu-1l", device: str = "cpu", dtype: str | torch.dtype = "float32"):
+    """A legacy TransformerLens-format repo (``gelu-1l`` and its family), from the hub or cache.
+
+    Unlike TransformerLens' own loader this one lists no repo files over the network, so a
+    pre-populated cache works with ``HF_HUB_OFFLINE=1``.
+    """
+    from huggingface_hub import snapshot_download
+    from transformer_lens.model_bridge.sources.tl_legacy import derive_tl_legacy_config
+    from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
+
+    repo = resolve_legacy_name(name)
+    try:
+        folder = Path(snapshot_download(repo, allow_patterns=["config.json", "*final.pth"]))
+        cfg = derive_tl_legacy_config(repo)
+        tokenizer = _hf_tokenizer(cfg.tokenizer_name) if cfg.tokenizer_name else None
+    except Exception as err:  # noqa: BLE001  (re-raised below unless it is a hub error)
+        if _is_hub_error(err):
+            raise _offline_error(name, err) from None
+        raise
+    weights = sorted(folder.glob("*final.pth"))
+    if not weights:
+        raise FileNotFoundError(f"no '*final.pth' weights in {str(folder)!r} for {repo!r}")
+    torch_dtype = _dtype(dtype)
+    state = torch.load(weights[0], map_location="cpu", weights_only=True)
+    converted = convert_tl_checkpoint({k: v.to(torch_dtype) for k, v in state.items()}, cfg)
+    converted.setdefault("unembed.bias", torch.zeros(cfg.d_vocab, dtype=torch_dtype))
+    import transformer_lens.model_bridge.sources.native  # noqa: F401
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg.init_weights = False
+    bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, dtype=torch_dtype, model_name=repo)
+    bridge.load_state_dict(converted, strict=True)
+    return freeze(bridge.to(device))
+
+
+def _hf_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def load_hf(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32"):
+    """Any Hugging Face causal LM by name, through ``TransformerBridge.boot_transformers``."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=_dtype(dtype))
+    except Exception as err:  # noqa: BLE001
+        if _is_hub_error(err):
+            raise _offline_error(name, err) from None
+        raise
+    return freeze(bridge)

@@ -1,0 +1,1 @@
+"""The embedded model's corpus, tokenizer and pretraining recipe."""

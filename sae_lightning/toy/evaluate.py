@@ -1,0 +1,53 @@
+"""Held-out loss of a model folder: ``python -m sae_lightning.toy.evaluate [MODEL_DIR]``.
+
+Prints the mean next-token loss (nats/token) of the embedded model (or the folder given) on
+the validation documents of its corpus, computed through the TransformerLens bridge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from sae_lightning.data.tokens import encode_documents, make_contexts
+from sae_lightning.toy.corpus import load_documents, split_documents
+
+
+@torch.inference_mode()
+def heldout_loss(
+    model, corpus: str = "stdlib", val_fraction: float = 0.05, batch_size: int = 64
+) -> tuple[float, int]:
+    """Mean next-token loss over BOS-prefixed contexts of the held-out documents.
+
+    Returns (loss in nats/token, number of predicted tokens).
+    """
+    docs = split_documents(load_documents(corpus), "val", val_fraction)
+    tokenizer = model.tokenizer
+    contexts = make_contexts(encode_documents(docs, tokenizer), model.cfg.n_ctx, tokenizer.bos_token_id)
+    total, count = 0.0, 0
+    for start in range(0, len(contexts), batch_size):
+        batch = contexts[start : start + batch_size]
+        n = batch[:, 1:].numel()
+        total += model(batch, return_type="loss").item() * n
+        count += n
+    return total / count, count
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sae_lightning.models import CONFIG_FILE, EMBEDDED_DIR, load_embedded
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", nargs="?", default=str(EMBEDDED_DIR))
+    args = parser.parse_args(argv)
+    config = json.loads((Path(args.model_dir) / CONFIG_FILE).read_text())
+    recipe = config.get("recipe", {})
+    model = load_embedded(args.model_dir)
+    loss, n = heldout_loss(model, recipe.get("corpus", "stdlib"), recipe.get("val_fraction", 0.05))
+    print(f"held-out loss of {args.model_dir}: {loss:.4f} nats/token over {n} tokens")
+
+
+if __name__ == "__main__":
+    main()

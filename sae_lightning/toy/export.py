@@ -1,0 +1,115 @@
+"""Write a pretrained model folder: weights, config, tokenizer, measured numbers, model card."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+
+from sae_lightning.models import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_embedded
+from sae_lightning.toy.corpus import load_documents, split_documents
+from sae_lightning.toy.evaluate import heldout_loss
+from sae_lightning.toy.lm import LMConfig, TinyLM
+from sae_lightning.toy.tokenizer import save_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+CARD_FILE = "MODEL_CARD.md"
+
+
+def train_and_save_tokenizer(corpus: str, val_fraction: float, vocab_size: int, out: Path) -> Path:
+    """Train the BPE tokenizer on the training split only and save it under ``out``."""
+    docs = split_documents(load_documents(corpus), "train", val_fraction)
+    return save_tokenizer(train_tokenizer(docs, vocab_size), out / TOKENIZER_DIR)
+
+
+def export_model(
+    model: TinyLM, tokenizer_dir: Path, cfg: DictConfig, out: Path, train_seconds: float
+) -> dict[str, float]:
+    """Export ``model`` to ``out/model`` (and ``cfg.export_dir``), evaluated through the bridge."""
+    folder = out / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    if (folder / TOKENIZER_DIR).resolve() != tokenizer_dir.resolve():
+        shutil.copytree(tokenizer_dir, folder / TOKENIZER_DIR, dirs_exist_ok=True)
+    recipe = {
+        "corpus": cfg.corpus,
+        "val_fraction": cfg.val_fraction,
+        "vocab_size": cfg.vocab_size,
+        "seed": cfg.seed,
+        "max_steps": cfg.trainer.max_steps,
+        "batch_size": cfg.data.batch_size,
+        "optimizer": OmegaConf.to_container(cfg.module.optimizer, resolve=True),
+        "warmup_steps": cfg.module.warmup_steps,
+        "min_lr_ratio": cfg.module.min_lr_ratio,
+        "precision": cfg.trainer.precision,
+    }
+    config = {"name": "toy-1l", "bridge_config": LMConfig(**cfg.model).bridge_config(), "recipe": recipe}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    loss, n_tokens = heldout_loss(load_embedded(folder), cfg.corpus, cfg.val_fraction)
+    metrics = {
+        "heldout_loss": round(loss, 4),
+        "heldout_tokens": n_tokens,
+        "train_seconds": round(train_seconds, 1),
+        "python": platform.python_version(),
+    }
+    config["metrics"] = metrics
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CARD_FILE).write_text(model_card(config))
+    log.info("held-out loss %.4f nats/token over %d tokens", loss, n_tokens)
+    if cfg.get("export_dir"):
+        shutil.copytree(folder, Path(cfg.export_dir), dirs_exist_ok=True)
+        log.info("exported the model to %s", cfg.export_dir)
+    return metrics
+
+
+def model_card(config: dict) -> str:
+    """The model card: what the model is, its data, its recipe, its numbers, how to rebuild."""
+    bc, recipe, metrics = config["bridge_config"], config["recipe"], config["metrics"]
+    n_params = bc["d_vocab"] * bc["d_model"] * 2 + bc["n_ctx"] * bc["d_model"]
+    n_params += 4 * bc["d_model"] ** 2 + 2 * bc["d_model"] * bc["d_mlp"]
+    return f"""# toy-1l: the embedded 1-layer model
+
+A one-layer transformer in TransformerLens' native architecture, trained by this project's
+own recipe so that sae-lightning works with no network. It plays the role of `gelu-1l`
+(1 layer, GELU MLP, English text plus Python code) at a size that trains on 2 CPU cores.
+
+| | |
+|---|---|
+| layers | 1 (attention + MLP, pre-LayerNorm) |
+| d_model / heads x d_head | {bc["d_model"]} / {bc["n_heads"]} x {bc["d_head"]} |
+| d_mlp (neurons) | {bc["d_mlp"]}, activation `{bc["act_fn"]}` |
+| context / positions | {bc["n_ctx"]}, learned |
+| vocabulary | {bc["d_vocab"]}, byte-level BPE, `<|endoftext|>` = BOS and document separator |
+| parameters | about {n_params / 1e6:.2f} M (weights in float32 safetensors) |
+
+## Data
+Python {metrics["python"]}'s standard library: every `.py` module except `site-packages` and
+test code, plus the English documentation in `pydoc_data.topics`. Documents are split by a
+hash of their path; {recipe["val_fraction"]:.0%} are held out for validation (the tokenizer
+never sees them either). Another Python version has a slightly different standard library,
+so its numbers differ slightly.
+
+## Recipe
+`conf/pretrain.yaml`: seed {recipe["seed"]}, {recipe["max_steps"]} steps of
+{recipe["batch_size"]} contexts x {bc["n_ctx"]} tokens, AdamW
+(lr {recipe["optimizer"]["lr"]}, betas {recipe["optimizer"]["betas"]}, weight decay
+{recipe["optimizer"]["weight_decay"]} on matrices), {recipe["warmup_steps"]} warm-up steps,
+cosine decay to {recipe["min_lr_ratio"]} of the peak, `{recipe["precision"]}` precision.
+Training took {metrics["train_seconds"] / 60:.1f} minutes on this machine.
+
+## Numbers
+Held-out loss: **{metrics["heldout_loss"]:.4f} nats/token** over {metrics["heldout_tokens"]}
+predicted tokens (BOS-prefixed contexts of {bc["n_ctx"]}), measured through the
+TransformerLens bridge by `python -m sae_lightning.toy.evaluate`.
+
+## Rebuild
+`python pretrain.py export_dir=sae_lightning/assets/toy-1l` retrains the tokenizer and the
+model and overwrites this folder; `python pretrain.py` alone writes to `outputs/pretrain/`.
+"""
