@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from sae_lightning.hub import HubUnavailableError, hub_unavailable, is_hub_error
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_DIR = Path(__file__).parent / "assets" / "toy-1l"
@@ -20,8 +22,8 @@ CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 
 
-class ModelUnavailableError(RuntimeError):
-    """A hub model that is neither cached locally nor downloadable from here."""
+ModelUnavailableError = HubUnavailableError
+EMBEDDED_OPTION = "the embedded model (model=embedded)"
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -68,29 +70,6 @@ def load_embedded(
     return freeze(bridge.to(device=device, dtype=_dtype(dtype)))
 
 
-def _offline_error(name: str, err: Exception) -> ModelUnavailableError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    why = "HF_HUB_OFFLINE is set and it is not cached" if offline else "the hub could not be reached"
-    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return ModelUnavailableError(
-        f"cannot load model {name!r}: {why} ({type(err).__name__}: {first_line}). Either use the "
-        f"embedded model (model=embedded, no network needed), or populate the Hugging Face cache "
-        f"with {name!r} on a machine with network access and run with HF_HUB_OFFLINE=1."
-    )
-
-
-def _is_hub_error(err: Exception) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    hub_errors = (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, ConnectionError)
-    if isinstance(err, hub_errors):
-        return True
-    # transformers wraps a cache miss in an OSError that names the repo
-    return isinstance(err, OSError) and (
-        "huggingface.co" in str(err) or "offline" in str(err).lower()
-    )
-
-
 def resolve_legacy_name(name: str) -> str:
     """``gelu-1l`` -> ``NeelNanda/GELU_1L512W_C4_Code`` (TransformerLens' alias table)."""
     if "/" in name:
@@ -98,7 +77,7 @@ def resolve_legacy_name(name: str) -> str:
     import transformer_lens
 
     aliases = Path(transformer_lens.__file__).parent / "tools/model_registry/data/model_aliases.json"
-    table = json.loads(aliases.read_text())
+    table = json.loads(aliases.read_text())["aliases"]
     for repo, names in table.items():
         if name in names:
             return repo
@@ -122,8 +101,8 @@ def load_legacy(name: str = "gelu-1l", device: str = "cpu", dtype: str | torch.d
         cfg = derive_tl_legacy_config(repo)
         tokenizer = _hf_tokenizer(cfg.tokenizer_name) if cfg.tokenizer_name else None
     except Exception as err:  # noqa: BLE001  (re-raised below unless it is a hub error)
-        if _is_hub_error(err):
-            raise _offline_error(name, err) from None
+        if is_hub_error(err):
+            raise hub_unavailable("model", name, err, EMBEDDED_OPTION) from None
         raise
     weights = sorted(folder.glob("*final.pth"))
     if not weights:
@@ -154,7 +133,7 @@ def load_hf(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32"
     try:
         bridge = TransformerBridge.boot_transformers(name, device=device, dtype=_dtype(dtype))
     except Exception as err:  # noqa: BLE001
-        if _is_hub_error(err):
-            raise _offline_error(name, err) from None
+        if is_hub_error(err):
+            raise hub_unavailable("model", name, err, EMBEDDED_OPTION) from None
         raise
     return freeze(bridge)

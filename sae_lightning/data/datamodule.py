@@ -1,0 +1,128 @@
+"""``ActivationDataModule``: training batches of live activations, validation token contexts."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from sae_lightning.data.activations import ActivationStream, capture_activations, validate_hook
+
+log = logging.getLogger(__name__)
+
+
+class ActivationDataModule(L.LightningDataModule):
+    """Streams activations of the frozen model at ``hook_name`` from a token source.
+
+    Training batches are ``[batch_size, d_in]`` activations computed on the training device
+    (so ``num_workers`` stays 0); validation batches are token contexts ``[b, n_ctx]``,
+    because validation splices the SAE back into the model. The frozen model is handed over
+    with :meth:`set_model` (``train.py`` does it) and is never checkpointed.
+
+    Args:
+        source: a token source (``sae_lightning.data.sources``).
+        hook_name: TransformerLens hook whose activations the SAE reads.
+        batch_size: activations per training batch.
+        buffer_tokens: shuffle buffer capacity, in activations.
+        refill_fraction: share of the buffer emitted between refills.
+        contexts_per_forward: contexts per frozen forward pass.
+        drop_bos: skip the BOS position of every context.
+        n_ctx: context length; None uses the model's n_ctx.
+        val_contexts: held-out contexts scored at each validation.
+        val_batch_size: contexts per validation batch.
+        seed: seeds context order and buffer shuffles.
+    """
+
+    def __init__(
+        self, source, hook_name: str = "blocks.0.mlp.hook_post", batch_size: int = 4096,
+        buffer_tokens: int = 65536, refill_fraction: float = 0.5, contexts_per_forward: int = 32,
+        drop_bos: bool = True, n_ctx: int | None = None, val_contexts: int = 64,
+        val_batch_size: int = 16, seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.source, self.hook_name, self.batch_size = source, hook_name, batch_size
+        self.buffer_tokens, self.refill_fraction = buffer_tokens, refill_fraction
+        self.contexts_per_forward, self.drop_bos, self.n_ctx = contexts_per_forward, drop_bos, n_ctx
+        self.val_contexts, self.val_batch_size, self.seed = val_contexts, val_batch_size, seed
+        self.model = None
+        self.train_ctx: Tensor | None = None
+        self.val_ctx: Tensor | None = None
+        self.stream: ActivationStream | None = None
+        self._resume: dict | None = None
+
+    def set_model(self, model) -> None:
+        validate_hook(model, self.hook_name)
+        self.model = model
+        self.n_ctx = self.n_ctx or model.cfg.n_ctx
+
+    def _require_model(self):
+        if self.model is None:
+            raise RuntimeError("ActivationDataModule has no model: call set_model(model) first")
+        return self.model
+
+    def prepare_contexts(self) -> None:
+        """Tokenize the source once (train and validation contexts)."""
+        if self.train_ctx is None:
+            tokenizer = self._require_model().tokenizer
+            self.train_ctx = self.source.contexts("train", tokenizer, self.n_ctx)
+            self.val_ctx = self.source.contexts("val", tokenizer, self.n_ctx)[: self.val_contexts]
+            log.info("%d training and %d validation contexts of %d tokens",
+                     len(self.train_ctx), len(self.val_ctx), self.n_ctx)
+
+    @property
+    def device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def setup(self, stage: str | None = None) -> None:
+        self._require_model().to(self.device)
+        self.prepare_contexts()
+
+    def d_in(self) -> int:
+        """Width of the hooked activation (one short probe forward)."""
+        probe = torch.zeros(1, 2, dtype=torch.long, device=next(self._require_model().parameters()).device)
+        with torch.inference_mode():
+            return capture_activations(self.model, probe, self.hook_name).shape[-1]
+
+    def sample_activations(self, n: int) -> Float[Tensor, "n d_in"]:
+        """``n`` activations from the first training contexts (for data-dependent init)."""
+        self.prepare_contexts()
+        per_ctx = self.n_ctx - int(self.drop_bos)
+        rows = self.train_ctx[: max(1, -(-n // per_ctx))].to(self.device)
+        with torch.inference_mode():
+            acts = capture_activations(self.model, rows, self.hook_name)
+        acts = acts[:, 1:] if self.drop_bos else acts
+        return acts.reshape(-1, acts.shape[-1])[:n].clone()
+
+    def make_stream(self, rank: int = 0, world_size: int = 1, epochs: int | None = None) -> ActivationStream:
+        self.prepare_contexts()
+        return ActivationStream(
+            self._require_model(), self.train_ctx, self.hook_name, self.batch_size,
+            self.buffer_tokens, self.refill_fraction, self.contexts_per_forward, self.drop_bos,
+            self.seed, rank, world_size, epochs, self.device,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        self.stream = self.make_stream(rank, world)
+        if self._resume is not None:
+            self.stream.load_state(self._resume)
+            self._resume = None
+        return DataLoader(self.stream, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        self.prepare_contexts()
+        return DataLoader(TensorDataset(self.val_ctx), batch_size=self.val_batch_size)
+
+    def state_dict(self) -> dict:
+        if self.stream is None or self.trainer is None:
+            return {}
+        batches = self.trainer.global_step * self.trainer.accumulate_grad_batches
+        return {"stream": self.stream.state_after(batches)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = state_dict.get("stream")

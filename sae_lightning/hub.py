@@ -1,0 +1,34 @@
+"""One clear error for anything that needs the Hugging Face hub when it cannot be reached."""
+
+from __future__ import annotations
+
+import os
+
+
+class HubUnavailableError(RuntimeError):
+    """A hub model or dataset that is neither cached locally nor downloadable from here."""
+
+
+def is_hub_error(err: BaseException) -> bool:
+    """True for the errors the hub libraries raise when offline or unreachable."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, ConnectionError)):
+        return True
+    text = str(err)
+    # transformers and datasets wrap a cache miss in OSError/ValueError/FileNotFoundError
+    return isinstance(err, (OSError, ValueError)) and (
+        "huggingface.co" in text or "offline" in text.lower() or "HF_HUB_OFFLINE" in text
+    )
+
+
+def hub_unavailable(kind: str, name: str, err: BaseException, local_option: str) -> HubUnavailableError:
+    """The error to raise (``from None``) instead of a stack of HTTP errors."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
+    why = "HF_HUB_OFFLINE is set and it is not cached" if offline else "the hub could not be reached"
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return HubUnavailableError(
+        f"cannot load {kind} {name!r}: {why} ({type(err).__name__}: {first_line}). Either use "
+        f"{local_option} (no network needed), or populate the Hugging Face cache with {name!r} on "
+        f"a machine with network access and run with HF_HUB_OFFLINE=1."
+    )

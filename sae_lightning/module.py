@@ -1,0 +1,169 @@
+"""``SAEModule``: the LightningModule that trains an SAE on live activations."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from sae_lightning.metrics import (
+    DownstreamLoss,
+    ExplainedVariance,
+    FeatureDensity,
+    MeanL0,
+    dead_fraction,
+    log10_density,
+    per_token_ce_and_kl,
+)
+from sae_lightning.saes.base import SAE
+
+log = logging.getLogger(__name__)
+
+
+class SAEModule(L.LightningModule):
+    """Trains ``sae`` on activation batches; validates on token contexts with the SAE spliced in.
+
+    Args:
+        sae: the autoencoder (``conf/sae/``).
+        loss: callable ``(x, out, sae, step) -> LossOutput`` (``conf/loss/``).
+        optimizer: partial optimizer factory taking the parameters (``_partial_: true``).
+        lr_warmup_steps: linear learning-rate warm-up from 0.
+        b_dec_init: how ``b_dec`` is initialised from data at the start of a fresh run.
+        b_dec_init_tokens: activations used for that initialisation.
+        dead_window_tokens: ``train/dead_fraction`` counts features silent over this many tokens.
+        unit_norm_decoder: keep decoder rows at unit norm (project gradients, renormalise).
+    """
+
+    def __init__(
+        self, sae: SAE, loss: Any, optimizer: Any, lr_warmup_steps: int = 200,
+        b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median",
+        b_dec_init_tokens: int = 8192, dead_window_tokens: int = 1_000_000,
+        unit_norm_decoder: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["sae", "loss", "optimizer"])
+        self.sae, self.loss_fn, self.optimizer_factory = sae, loss, optimizer
+        self.lr_warmup_steps, self.b_dec_init, self.b_dec_init_tokens = lr_warmup_steps, b_dec_init, b_dec_init_tokens
+        self.dead_window_tokens, self.unit_norm_decoder = dead_window_tokens, unit_norm_decoder
+        d_in, d_sae = sae.d_in, sae.d_sae
+        for split in ("train", "val"):
+            setattr(self, f"{split}_mse", MeanMetric())
+            setattr(self, f"{split}_l1", MeanMetric())
+            setattr(self, f"{split}_ev", ExplainedVariance(d_in))
+            setattr(self, f"{split}_l0", MeanL0())
+        self.density = FeatureDensity(d_sae)
+        self.val_density = FeatureDensity(d_sae)
+        self.val_downstream = DownstreamLoss()
+        self._window_tokens = 0
+        self.__dict__["frozen"] = None  # plain attribute: never a submodule, never checkpointed
+        self.hook_name = ""
+        self.drop_bos = True
+
+    def set_model(self, model, hook_name: str, drop_bos: bool = True) -> None:
+        """Hand over the frozen transformer used by validation to splice the SAE back in."""
+        self.__dict__["frozen"] = model
+        self.hook_name, self.drop_bos = hook_name, drop_bos
+
+    def on_fit_start(self) -> None:
+        if self.frozen is not None:
+            self.frozen.to(self.device)
+        if self.trainer.ckpt_path is not None:
+            return  # resumed: the weights are restored, re-initialising would change them
+        if self.b_dec_init != "zeros":
+            x = self.trainer.datamodule.sample_activations(self.b_dec_init_tokens).to(self.device)
+            self.sae.init_b_dec(x.float(), self.b_dec_init)
+        if self.unit_norm_decoder:
+            self.sae.set_decoder_norm_to_unit_norm()
+
+    def forward(self, x: Float[Tensor, "batch d_in"]):
+        return self.sae(x)
+
+    def _update_recon(self, split: str, x: Tensor, out, lo) -> None:
+        # training calls the metrics (forward: batch value for the step log, and accumulate);
+        # validation only accumulates and logs the epoch value
+        step = split == "train"
+        for name, args in (("mse", (lo.mse.detach(),)), ("l1", (lo.l1.detach(),)),
+                           ("ev", (x, out.x_hat.detach())), ("l0", (out.feature_acts.detach(),))):
+            metric = getattr(self, f"{split}_{name}")
+            metric(*args) if step else metric.update(*args)
+            key = "explained_variance" if name == "ev" else name
+            self.log(f"{split}/{key}", metric, on_step=step, on_epoch=not step,
+                     prog_bar=name in ("l0", "ev"))
+
+    def training_step(self, batch: Float[Tensor, "batch d_in"], batch_idx: int) -> Tensor:
+        x = batch.float()
+        out = self.sae(x)
+        lo = self.loss_fn(x, out, self.sae, self.global_step)
+        self._update_recon("train", x, out, lo)
+        self.log("train/loss", lo.loss.detach())
+        self.density.update(out.feature_acts.detach())
+        self._window_tokens += x.shape[0]
+        if self._window_tokens >= self.dead_window_tokens:
+            self._log_density("train", self.density)
+            self._window_tokens = 0
+        return lo.loss
+
+    def _log_density(self, split: str, metric: FeatureDensity) -> None:
+        density = metric.compute()
+        self.log(f"{split}/dead_fraction", dead_fraction(density))
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_histogram"):
+            experiment.add_histogram(f"{split}/log10_feature_density", log10_density(density).cpu(),
+                                     self.global_step)
+        metric.reset()
+
+    def on_after_backward(self) -> None:
+        if self.unit_norm_decoder:
+            self.sae.remove_gradient_parallel_to_decoder_directions()
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.unit_norm_decoder:
+            self.sae.set_decoder_norm_to_unit_norm()
+
+    def _splice(self, tokens: Tensor, replacement: Tensor) -> Tensor:
+        """Logits with the hooked activation replaced (BOS position kept when it was dropped)."""
+
+        def hook(act: Tensor, hook) -> Tensor:
+            new = replacement.to(act.dtype).view_as(act).clone()
+            if self.drop_bos:
+                new[:, 0] = act[:, 0]
+            return new
+
+        return self.frozen.run_with_hooks(tokens, fwd_hooks=[(self.hook_name, hook)])
+
+    def validation_step(self, batch: list[Int[Tensor, "b n_ctx"]], batch_idx: int) -> None:
+        if self.frozen is None:
+            raise RuntimeError("SAEModule has no frozen model: call set_model(model, hook_name) first")
+        tokens = batch[0]
+        logits_clean, cache = self.frozen.run_with_cache(tokens, names_filter=self.hook_name)
+        acts = cache[self.hook_name].float()  # [b, pos, d_in]
+        x = (acts[:, 1:] if self.drop_bos else acts).reshape(-1, acts.shape[-1])
+        out = self.sae(x)
+        lo = self.loss_fn(x, out, self.sae, self.global_step)
+        self._update_recon("val", x, out, lo)
+        self.val_density.update(out.feature_acts)
+        self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
+        recon = self.sae(acts.reshape(-1, acts.shape[-1])).x_hat
+        logits_sae = self._splice(tokens, recon)
+        logits_zero = self._splice(tokens, torch.zeros_like(acts))
+        ce_clean, ce_sae, kl = per_token_ce_and_kl(logits_clean, logits_sae, tokens)
+        _, ce_zero, _ = per_token_ce_and_kl(logits_clean, logits_zero, tokens)
+        self.val_downstream.update(ce_clean, ce_sae, ce_zero, kl)
+
+    def on_validation_epoch_end(self) -> None:
+        for key, value in self.val_downstream.compute().items():
+            self.log(f"val/{key}", value, prog_bar=key == "loss_recovered", sync_dist=False)
+        self.val_downstream.reset()
+        self._log_density("val", self.val_density)
+
+    def configure_optimizers(self) -> dict:
+        opt = self.optimizer_factory(self.sae.parameters())
+        warmup = max(1, self.lr_warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

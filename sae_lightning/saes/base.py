@@ -1,0 +1,157 @@
+"""The dictionary abstraction every SAE architecture implements.
+
+Parameter names and shapes follow SAELens' format, so export is a plain state dict:
+``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from sae_lightning.saes.geometric_median import geometric_median
+
+BDecInit = Literal["geometric_median", "mean", "zeros"]
+B_DEC_INITS: tuple[str, ...] = ("geometric_median", "mean", "zeros")
+
+
+class SAEOutput(NamedTuple):
+    """What an SAE's forward pass returns."""
+
+    x_hat: Float[Tensor, "*batch d_in"]
+    """The reconstruction of the input."""
+    feature_acts: Float[Tensor, "*batch d_sae"]
+    """The feature (latent) activations."""
+
+
+class SAE(nn.Module, ABC):
+    """A sparse autoencoder: ``x_hat = decode(encode(x))`` with ``decode(f) = f @ W_dec + b_dec``.
+
+    Subclasses set ``architecture`` (the name written to ``cfg.json``) and implement
+    ``encode``. The decoder, its bias and the geometry helpers used in training live here.
+
+    Args:
+        d_in: Width of the activations the SAE reads and reconstructs.
+        d_sae: Number of features (dictionary size).
+        apply_b_dec_to_input: Subtract ``b_dec`` from the input before encoding.
+
+    Raises:
+        ValueError: If ``d_in`` or ``d_sae`` is not a positive integer.
+    """
+
+    architecture: ClassVar[str]
+
+    def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = True) -> None:
+        super().__init__()
+        for name, value in (("d_in", d_in), ("d_sae", d_sae)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.d_in = d_in
+        self.d_sae = d_sae
+        self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
+        # Random unit-norm decoder rows; the encoder starts as the decoder's transpose.
+        w_dec = torch.randn(d_sae, d_in)  # [d_sae, d_in]
+        w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
+        self.W_enc = nn.Parameter(w_dec.T.clone().contiguous())  # [d_in, d_sae]
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))  # [d_sae]
+        self.W_dec = nn.Parameter(w_dec)  # [d_sae, d_in]
+        self.b_dec = nn.Parameter(torch.zeros(d_in))  # [d_in]
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments plus the architecture name (JSON-serialisable)."""
+        return {
+            "architecture": self.architecture,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+        }
+
+    def _check_width(self, x: Tensor, dim: Literal["d_in", "d_sae"], what: str) -> None:
+        """Raise a clear ValueError when ``x``'s last dimension is not ``self.<dim>``."""
+        expected: int = getattr(self, dim)
+        got = x.shape[-1] if x.ndim > 0 else None
+        if got != expected:
+            raise ValueError(
+                f"{what} has width {got} (shape {tuple(x.shape)}), but this "
+                f"{type(self).__name__} expects {dim}={expected}"
+            )
+
+    @abstractmethod
+    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        """Feature activations of ``x``.
+
+        Raises:
+            ValueError: If ``x``'s last dimension is not ``d_in``.
+        """
+
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        """Reconstruction ``feature_acts @ W_dec + b_dec``.
+
+        Raises:
+            ValueError: If ``feature_acts``' last dimension is not ``d_sae``.
+        """
+        self._check_width(feature_acts, "d_sae", "feature_acts")
+        return feature_acts @ self.W_dec + self.b_dec  # [*batch, d_in]
+
+    def forward(self, x: Float[Tensor, "*batch d_in"]) -> SAEOutput:
+        """Encode then decode ``x``; ``encode`` validates the width."""
+        feature_acts = self.encode(x)  # [*batch, d_sae]
+        return SAEOutput(x_hat=self.decode(feature_acts), feature_acts=feature_acts)
+
+    def decoder_norms(self) -> Float[Tensor, " d_sae"]:
+        """Euclidean norm of each decoder row (differentiable)."""
+        return self.W_dec.norm(dim=-1)
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        """Rescale every decoder row to unit norm (rows of norm zero are left at zero)."""
+        norms = self.W_dec.norm(dim=-1, keepdim=True)  # [d_sae, 1]
+        self.W_dec.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out of ``W_dec.grad`` each row's component along that decoder row.
+
+        Call after ``backward`` and before the optimiser step, so that with unit-norm
+        decoder rows the update changes their direction but (to first order) not their norm.
+
+        Raises:
+            RuntimeError: If ``W_dec`` has no gradient (called before ``backward``).
+        """
+        grad = self.W_dec.grad
+        if grad is None:
+            raise RuntimeError(
+                "W_dec.grad is None: call remove_gradient_parallel_to_decoder_directions "
+                "after loss.backward() and before optimizer.step()"
+            )
+        norms = self.W_dec.norm(dim=-1, keepdim=True)  # [d_sae, 1]
+        unit = self.W_dec / torch.where(norms > 0, norms, torch.ones_like(norms))  # [d_sae, d_in]
+        parallel = (grad * unit).sum(dim=-1, keepdim=True)  # [d_sae, 1]
+        grad.sub_(parallel * unit)
+
+    @torch.no_grad()
+    def init_b_dec(self, x: Float[Tensor, "n d_in"], method: BDecInit = "geometric_median") -> None:
+        """Set ``b_dec`` from a sample of activations.
+
+        Args:
+            x: Sample of activations, one row per token.
+            method: ``"geometric_median"`` (robust centre), ``"mean"`` or ``"zeros"``.
+
+        Raises:
+            ValueError: If ``method`` is unknown, or ``x`` is not ``[n, d_in]`` with n >= 1.
+        """
+        if method not in B_DEC_INITS:
+            raise ValueError(f"unknown b_dec init method {method!r}; valid: {list(B_DEC_INITS)}")
+        if method == "zeros":
+            self.b_dec.zero_()
+            return
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise ValueError(f"x must have shape [n, d_in] with n >= 1, got {tuple(x.shape)}")
+        self._check_width(x, "d_in", "input")
+        x = x.to(self.b_dec.device)
+        centre = geometric_median(x) if method == "geometric_median" else x.float().mean(dim=0)
+        self.b_dec.copy_(centre.to(self.b_dec.dtype))  # [d_in]

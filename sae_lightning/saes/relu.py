@@ -1,0 +1,42 @@
+"""The ReLU SAE of *Towards Monosemanticity* (SAELens' "standard" architecture)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sae_lightning.saes.base import SAE
+
+
+class ReLUSAE(SAE):
+    """``f = relu((x - b_dec) @ W_enc + b_enc)``; the ``- b_dec`` only if ``apply_b_dec_to_input``.
+
+    Example:
+        >>> sae = ReLUSAE(d_in=4, d_sae=16)
+        >>> out = sae(torch.randn(8, 4))
+        >>> tuple(out.feature_acts.shape), tuple(out.x_hat.shape)
+        ((8, 16), (8, 4))
+    """
+
+    architecture: ClassVar[str] = "standard"
+
+    def encode_pre(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        """Pre-activation ``(x - b_dec) @ W_enc + b_enc``, before the nonlinearity.
+
+        Raises:
+            ValueError: If ``x``'s last dimension is not ``d_in``.
+        """
+        self._check_width(x, "d_in", "input")
+        sae_in = x - self.b_dec if self.apply_b_dec_to_input else x  # [*batch, d_in]
+        return sae_in @ self.W_enc + self.b_enc  # [*batch, d_sae]
+
+    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        """Feature activations ``relu(encode_pre(x))``.
+
+        Raises:
+            ValueError: If ``x``'s last dimension is not ``d_in``.
+        """
+        return torch.relu(self.encode_pre(x))  # [*batch, d_sae]

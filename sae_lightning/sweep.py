@@ -1,0 +1,54 @@
+"""Multirun summary: one row per job (L0, explained variance, loss recovered, dead fraction)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"
+COLUMNS = ("val/l0", "val/explained_variance", "val/loss_recovered", "val/dead_fraction",
+           "val/ce_loss_sae", "val/kl")
+
+
+def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Read every job's metrics.json under ``sweep_dir``; write summary.csv and summary.md."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        record = json.loads(path.read_text())
+        rows.append({"job": path.parent.name, "overrides": " ".join(record.get("overrides", [])),
+                     **{c: record.get("metrics", {}).get(c) for c in COLUMNS}})
+    if not rows:
+        log.warning("no %s under %s: nothing to summarize", METRICS_FILE, sweep_dir)
+        return rows
+    with (sweep_dir / "summary.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (sweep_dir / "summary.md").write_text(markdown_table(rows))
+    log.info("sweep summary of %d jobs:\n%s", len(rows), markdown_table(rows))
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(r[h]) for h in head) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, summarize its jobs into the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarize(config.hydra.sweep.dir)

@@ -1,0 +1,87 @@
+"""``train(cfg)``: compose the frozen model, data, SAE and module from a Hydra config and fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sae_lightning.formats import save_saelens
+from sae_lightning.sweep import METRICS_FILE
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` node of a dict of named nodes (callbacks, loggers)."""
+    if not cfg:
+        return []
+    return [instantiate(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def build_sae(cfg: DictConfig, d_in: int, hook_name: str):
+    """The SAE of ``cfg.sae`` with ``d_in`` filled from the model (or checked against it)."""
+    if cfg.sae.get("d_in") is not None and cfg.sae.d_in != d_in:
+        raise ValueError(
+            f"sae.d_in={cfg.sae.d_in} does not match the width {d_in} of hook {hook_name!r}; "
+            f"set sae.d_in={d_in} or sae.d_in=null"
+        )
+    return instantiate(cfg.sae, d_in=d_in)
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train an SAE as configured; returns the final validation metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    model = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data)
+    datamodule.set_model(model)
+    d_in = datamodule.d_in()
+    sae = build_sae(cfg, d_in, cfg.hook_name)
+    # objects go in through a partial: instantiate() would turn a dataclass kwarg into a config
+    module = instantiate(cfg.module, _partial_=True)(sae=sae, loss=instantiate(cfg.loss))
+    module.set_model(model, cfg.hook_name, datamodule.drop_bos)
+    loggers = instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")),
+                                     logger=loggers or False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # the final state, whatever step the last validation fell on (all ranks take part)
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if trainer.is_global_zero:
+        _finish(cfg, out, module, model, metrics, loggers)
+    return metrics
+
+
+def _finish(cfg: DictConfig, out: Path, module, model, metrics: dict, loggers: list) -> None:
+    """Export the SAE, write metrics.json, log hyper-parameters with the final metrics."""
+    if cfg.get("export", True):
+        metadata = {"model_name": getattr(model.cfg, "model_name", None) or "toy-1l",
+                    "hook_name": cfg.hook_name, "context_size": int(cfg.data.get("n_ctx") or model.cfg.n_ctx),
+                    "prepend_bos": True}
+        folder = save_saelens(module.sae.cpu(), out / "sae", metadata)
+        log.info("exported the SAE to %s", folder)
+    record = {"metrics": metrics, "overrides": _overrides()}
+    (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    params = OmegaConf.to_container(cfg, resolve=False)
+    flat = {k: v for k, v in _flatten(params).items() if isinstance(v, (int, float, str, bool))}
+    for lg in loggers:
+        lg.log_hyperparams(flat, {f"hparams/{k}": v for k, v in metrics.items()})
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat.update(_flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return flat

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, InstantiationException
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sae_lightning.formats import load_saelens
+from sae_lightning.saes import ReLUSAE
+from sae_lightning.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+STDLIB_SAMPLE = ("json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "shlex.py",
+                 "fnmatch.py", "glob.py", "heapq.py", "bisect.py", "colorsys.py", "csv.py", "dataclasses.py")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    """A dozen stdlib modules: enough text for short runs, fast to tokenize."""
+    import sysconfig
+
+    folder = tmp_path_factory.mktemp("corpus")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for i, rel in enumerate(STDLIB_SAMPLE):
+        (folder / f"{i:02d}_{Path(rel).name}").write_text((stdlib / rel).read_text())
+    return folder
+
+
+def make_cfg(out: Path, corpus: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[
+            "debug=fast", f"paths.output_dir={out}", f"data.source.corpus={corpus}",
+            "data.source.val_fraction=0.2", "callbacks.tokens_per_second.window=5", *overrides])
+
+
+def _ckpt_sae(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k.removeprefix("sae."): v for k, v in state.items() if k.startswith("sae.")}
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory, small_corpus):
+    out = tmp_path_factory.mktemp("run")
+    metrics = train(make_cfg(out, small_corpus))
+    return out, metrics
+
+
+def test_fast_run_metrics_and_files(fast_run):
+    out, metrics = fast_run
+    for key in ("val/mse", "val/l0", "val/explained_variance", "val/loss_recovered", "val/kl",
+                "val/ce_loss_clean", "val/ce_loss_sae", "val/ce_loss_zero_ablation", "val/dead_fraction"):
+        assert key in metrics, key
+    assert metrics["val/ce_loss_clean"] < metrics["val/ce_loss_sae"] < metrics["val/ce_loss_zero_ablation"]
+    expected = ((metrics["val/ce_loss_zero_ablation"] - metrics["val/ce_loss_sae"])
+                / (metrics["val/ce_loss_zero_ablation"] - metrics["val/ce_loss_clean"]))
+    assert metrics["val/loss_recovered"] == pytest.approx(expected, rel=1e-6)
+    assert 0 < metrics["val/l0"] < 256 and 0 <= metrics["val/dead_fraction"] <= 1
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "metrics.json").is_file()
+
+
+def test_exported_sae_reloads_and_encodes_identically(fast_run):
+    out, _ = fast_run
+    loaded, cfg = load_saelens(out / "sae")
+    assert cfg["metadata"]["hook_name"] == "blocks.0.mlp.hook_post" and cfg["d_sae"] == 256
+    trained = ReLUSAE(1024, 256)
+    trained.load_state_dict(_ckpt_sae(out / "checkpoints" / "last.ckpt"))
+    x = torch.randn(64, 1024, generator=torch.Generator().manual_seed(0)) * 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x), trained.encode(x), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(loaded(x).x_hat, trained(x).x_hat, atol=1e-6, rtol=1e-5)
+
+
+def test_tensorboard_has_scalars_and_density_histogram(fast_run):
+    out, _ = fast_run
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    scalars, histograms = set(acc.Tags()["scalars"]), set(acc.Tags()["histograms"])
+    for tag in ("train/mse", "train/l1", "train/l0", "train/explained_variance", "train/dead_fraction",
+                "train/tokens_per_sec", "val/loss_recovered", "val/ce_loss_sae", "val/kl", "lr-Adam"):
+        assert tag in scalars, (tag, sorted(scalars))
+    assert {"train/log10_feature_density", "val/log10_feature_density"} <= histograms
+    assert "hparams/val/loss_recovered" in scalars  # final metrics next to the hyper-parameters
+    l0 = [e.value for e in acc.Scalars("train/l0")]
+    assert len(l0) >= 3 and all(0 <= v <= 256 for v in l0)
+    hist = acc.Histograms("train/log10_feature_density")[-1].histogram_value
+    assert hist.num == 256 and hist.max <= 0  # one entry per feature, log10 of a fraction
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path, small_corpus):
+    full = make_cfg(tmp_path / "full", small_corpus, "trainer.max_steps=20")
+    train(full)
+    half = make_cfg(tmp_path / "half", small_corpus, "trainer.max_steps=10")
+    train(half)
+    resumed = make_cfg(tmp_path / "resumed", small_corpus, "trainer.max_steps=20",
+                       f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}")
+    train(resumed)
+    a = _ckpt_sae(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    b = _ckpt_sae(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    halfway = _ckpt_sae(tmp_path / "half" / "checkpoints" / "last.ckpt")
+    assert not torch.equal(a["W_enc"], halfway["W_enc"])  # the resumed run really trained on
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_bad_hook_name_is_one_clear_error(tmp_path, small_corpus):
+    with pytest.raises(ValueError, match="'blocks.0.mlp.hook_pots' is not a hook point.*blocks.0.mlp.hook_post"):
+        train(make_cfg(tmp_path, small_corpus, "hook_name=blocks.0.mlp.hook_pots"))
+
+
+def test_width_mismatch_is_one_clear_error(tmp_path, small_corpus):
+    with pytest.raises(ValueError, match="sae.d_in=512 does not match the width 1024 of hook 'blocks.0.mlp.hook_post'"):
+        train(make_cfg(tmp_path, small_corpus, "sae.d_in=512"))
+
+
+def test_unknown_config_key_is_one_clear_error(tmp_path, small_corpus):
+    with pytest.raises(ConfigCompositionException, match="l1_cofe"):
+        make_cfg(tmp_path, small_corpus, "loss.l1_cofe=3")
+    with pytest.raises(InstantiationException, match="l1_cofe"):
+        train(make_cfg(tmp_path, small_corpus, "+loss.l1_cofe=3"))
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_train_and_log(tmp_path, small_corpus):
+    result = _run(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "debug=fast",
+                   f"data.source.corpus={small_corpus}", "data.source.val_fraction=0.2",
+                   f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert 0 < metrics["val/loss_recovered"] <= 1.1
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "sae" / "sae_weights.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_three_job_sweep_writes_summary(tmp_path, small_corpus):
+    result = _run(["-m", "loss.l1_coeff=1,5,20", "debug=fast", f"data.source.corpus={small_corpus}",
+                   "data.source.val_fraction=0.2", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = (tmp_path / "sweep" / "summary.md").read_text().splitlines()
+    assert len(summary) == 2 + 3 and "val/loss_recovered" in summary[0]
+    assert [row.split("|")[2].strip() for row in summary[2:]] == [
+        "loss.l1_coeff=1", "loss.l1_coeff=5", "loss.l1_coeff=20"]
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "sweep" / "summary.csv").open()))
+    l0 = [float(r["val/l0"]) for r in rows]
+    assert l0[0] > l0[2]  # a larger L1 coefficient gives a sparser code

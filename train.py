@@ -1,0 +1,20 @@
+"""Train a sparse autoencoder on live activations: ``python train.py [overrides]``.
+
+Configuration: conf/train.yaml (Hydra). Outputs: outputs/<date>/<time>/ (TensorBoard events,
+checkpoints, the exported SAE in sae/, metrics.json). ``-m`` sweeps into multirun/.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from sae_lightning.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("val/loss_recovered")
+
+
+if __name__ == "__main__":
+    main()
