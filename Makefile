@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python -m sae_lightning.toy.evaluate
+	$(BIN)/python train.py
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-slow: install

@@ -32,8 +32,14 @@ class TokensPerSecond(L.Callback):
         self._batches = 0
 
     @override
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         now = time.perf_counter()
         if self._start is None:  # the first batch includes start-up costs: not counted
             self._start = now
@@ -46,4 +52,8 @@ class TokensPerSecond(L.Callback):
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._tokens, self._batches = None, 0, 0  # validation time is not training time
+        self._start, self._tokens, self._batches = (
+            None,
+            0,
+            0,
+        )  # validation time is not training time

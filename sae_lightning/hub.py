@@ -13,7 +13,9 @@ def is_hub_error(err: BaseException) -> bool:
     """True for the errors the hub libraries raise when offline or unreachable."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, ConnectionError)):
+    if isinstance(
+        err, (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, ConnectionError)
+    ):
         return True
     text = str(err)
     # transformers and datasets wrap a cache miss in OSError/ValueError/FileNotFoundError
@@ -22,10 +24,14 @@ def is_hub_error(err: BaseException) -> bool:
     )
 
 
-def hub_unavailable(kind: str, name: str, err: BaseException, local_option: str) -> HubUnavailableError:
+def hub_unavailable(
+    kind: str, name: str, err: BaseException, local_option: str
+) -> HubUnavailableError:
     """The error to raise (``from None``) instead of a stack of HTTP errors."""
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
-    why = "HF_HUB_OFFLINE is set and it is not cached" if offline else "the hub could not be reached"
+    why = (
+        "HF_HUB_OFFLINE is set and it is not cached" if offline else "the hub could not be reached"
+    )
     first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     return HubUnavailableError(
         f"cannot load {kind} {name!r}: {why} ({type(err).__name__}: {first_line}). Either use "

@@ -11,10 +11,10 @@ from sae_lightning.saes.base import SAE, SAEOutput
 
 
 def mse(x: Float[Tensor, "*batch d_in"], x_hat: Float[Tensor, "*batch d_in"]) -> Float[Tensor, ""]:
-    """Mean over tokens of the per-token summed squared error, divided by ``d_in``.
+    """Mean over tokens of the per-token summed squared error ``||x_hat - x||^2``.
 
-    This is the per-element mean squared error; written as a per-token sum so the
-    normalisation by the width is explicit.
+    Summed over ``d_in`` as SAELens does, so that an ``l1_coeff`` means about the same
+    trade-off here as there (for activations of the same scale).
 
     Raises:
         ValueError: If ``x`` and ``x_hat`` have different shapes.
@@ -24,7 +24,7 @@ def mse(x: Float[Tensor, "*batch d_in"], x_hat: Float[Tensor, "*batch d_in"]) ->
             f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}"
         )
     per_token = (x_hat - x).pow(2).sum(dim=-1)  # [*batch]
-    return per_token.mean() / x.shape[-1]
+    return per_token.mean()
 
 
 def l1(
@@ -57,7 +57,7 @@ class LossOutput:
     loss: Float[Tensor, ""]
     """The total to minimise: ``mse + coefficient(step) * l1``."""
     mse: Float[Tensor, ""]
-    """Reconstruction term (per-element mean squared error)."""
+    """Reconstruction term (squared error summed over d_in, mean over tokens)."""
     l1: Float[Tensor, ""]
     """Sparsity term before the coefficient (decoder-norm weighted if configured)."""
 

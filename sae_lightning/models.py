@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -76,13 +75,17 @@ def resolve_legacy_name(name: str) -> str:
         return name
     import transformer_lens
 
-    aliases = Path(transformer_lens.__file__).parent / "tools/model_registry/data/model_aliases.json"
+    aliases = (
+        Path(transformer_lens.__file__).parent / "tools/model_registry/data/model_aliases.json"
+    )
     table = json.loads(aliases.read_text())["aliases"]
     for repo, names in table.items():
         if name in names:
             return repo
-    raise ValueError(f"unknown legacy TransformerLens model {name!r}; use a repo id or an alias "
-                     f"such as 'gelu-1l'")
+    raise ValueError(
+        f"unknown legacy TransformerLens model {name!r}; use a repo id or an alias "
+        f"such as 'gelu-1l'"
+    )
 
 
 def load_legacy(name: str = "gelu-1l", device: str = "cpu", dtype: str | torch.dtype = "float32"):
@@ -115,7 +118,9 @@ def load_legacy(name: str = "gelu-1l", device: str = "cpu", dtype: str | torch.d
     from transformer_lens.model_bridge import TransformerBridge
 
     cfg.init_weights = False
-    bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, dtype=torch_dtype, model_name=repo)
+    bridge = TransformerBridge.boot_native(
+        cfg, tokenizer=tokenizer, dtype=torch_dtype, model_name=repo
+    )
     bridge.load_state_dict(converted, strict=True)
     return freeze(bridge.to(device))
 

@@ -40,15 +40,24 @@ class SAEModule(L.LightningModule):
     """
 
     def __init__(
-        self, sae: SAE, loss: Any, optimizer: Any, lr_warmup_steps: int = 200,
+        self,
+        sae: SAE,
+        loss: Any,
+        optimizer: Any,
+        lr_warmup_steps: int = 200,
         b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median",
-        b_dec_init_tokens: int = 8192, dead_window_tokens: int = 1_000_000,
+        b_dec_init_tokens: int = 8192,
+        dead_window_tokens: int = 1_000_000,
         unit_norm_decoder: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["sae", "loss", "optimizer"])
         self.sae, self.loss_fn, self.optimizer_factory = sae, loss, optimizer
-        self.lr_warmup_steps, self.b_dec_init, self.b_dec_init_tokens = lr_warmup_steps, b_dec_init, b_dec_init_tokens
+        self.lr_warmup_steps, self.b_dec_init, self.b_dec_init_tokens = (
+            lr_warmup_steps,
+            b_dec_init,
+            b_dec_init_tokens,
+        )
         self.dead_window_tokens, self.unit_norm_decoder = dead_window_tokens, unit_norm_decoder
         d_in, d_sae = sae.d_in, sae.d_sae
         for split in ("train", "val"):
@@ -87,13 +96,22 @@ class SAEModule(L.LightningModule):
         # training calls the metrics (forward: batch value for the step log, and accumulate);
         # validation only accumulates and logs the epoch value
         step = split == "train"
-        for name, args in (("mse", (lo.mse.detach(),)), ("l1", (lo.l1.detach(),)),
-                           ("ev", (x, out.x_hat.detach())), ("l0", (out.feature_acts.detach(),))):
+        for name, args in (
+            ("mse", (lo.mse.detach(),)),
+            ("l1", (lo.l1.detach(),)),
+            ("ev", (x, out.x_hat.detach())),
+            ("l0", (out.feature_acts.detach(),)),
+        ):
             metric = getattr(self, f"{split}_{name}")
             metric(*args) if step else metric.update(*args)
             key = "explained_variance" if name == "ev" else name
-            self.log(f"{split}/{key}", metric, on_step=step, on_epoch=not step,
-                     prog_bar=name in ("l0", "ev"))
+            self.log(
+                f"{split}/{key}",
+                metric,
+                on_step=step,
+                on_epoch=not step,
+                prog_bar=name in ("l0", "ev"),
+            )
 
     def training_step(self, batch: Float[Tensor, "batch d_in"], batch_idx: int) -> Tensor:
         x = batch.float()
@@ -113,8 +131,9 @@ class SAEModule(L.LightningModule):
         self.log(f"{split}/dead_fraction", dead_fraction(density))
         experiment = getattr(self.logger, "experiment", None)
         if hasattr(experiment, "add_histogram"):
-            experiment.add_histogram(f"{split}/log10_feature_density", log10_density(density).cpu(),
-                                     self.global_step)
+            experiment.add_histogram(
+                f"{split}/log10_feature_density", log10_density(density).cpu(), self.global_step
+            )
         metric.reset()
 
     def on_after_backward(self) -> None:
@@ -139,7 +158,9 @@ class SAEModule(L.LightningModule):
 
     def validation_step(self, batch: list[Int[Tensor, "b n_ctx"]], batch_idx: int) -> None:
         if self.frozen is None:
-            raise RuntimeError("SAEModule has no frozen model: call set_model(model, hook_name) first")
+            raise RuntimeError(
+                "SAEModule has no frozen model: call set_model(model, hook_name) first"
+            )
         tokens = batch[0]
         logits_clean, cache = self.frozen.run_with_cache(tokens, names_filter=self.hook_name)
         acts = cache[self.hook_name].float()  # [b, pos, d_in]

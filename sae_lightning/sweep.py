@@ -13,18 +13,31 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
-COLUMNS = ("val/l0", "val/explained_variance", "val/loss_recovered", "val/dead_fraction",
-           "val/ce_loss_sae", "val/kl")
+COLUMNS = (
+    "val/l0",
+    "val/explained_variance",
+    "val/loss_recovered",
+    "val/dead_fraction",
+    "val/ce_loss_sae",
+    "val/kl",
+)
 
 
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Read every job's metrics.json under ``sweep_dir``; write summary.csv and summary.md."""
     sweep_dir = Path(sweep_dir)
     rows = []
-    for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+    for path in sorted(
+        sweep_dir.glob(f"*/{METRICS_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)
+    ):
         record = json.loads(path.read_text())
-        rows.append({"job": path.parent.name, "overrides": " ".join(record.get("overrides", [])),
-                     **{c: record.get("metrics", {}).get(c) for c in COLUMNS}})
+        rows.append(
+            {
+                "job": path.parent.name,
+                "overrides": " ".join(record.get("overrides", [])),
+                **{c: record.get("metrics", {}).get(c) for c in COLUMNS},
+            }
+        )
     if not rows:
         log.warning("no %s under %s: nothing to summarize", METRICS_FILE, sweep_dir)
         return rows

@@ -22,7 +22,11 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` node of a dict of named nodes (callbacks, loggers)."""
     if not cfg:
         return []
-    return [instantiate(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [
+        instantiate(node)
+        for node in cfg.values()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
 
 
 def build_sae(cfg: DictConfig, d_in: int, hook_name: str):
@@ -52,11 +56,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.module, _partial_=True)(sae=sae, loss=instantiate(cfg.loss))
     module.set_model(model, cfg.hook_name, datamodule.drop_bos)
     loggers = instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")),
-                                     logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")), logger=loggers or False
+    )
+    # weights_only: a checkpoint to resume from is read without running pickled code
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     # the final state, whatever step the last validation fell on (all ranks take part)
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.is_global_zero:
         _finish(cfg, out, module, model, metrics, loggers)
@@ -66,9 +72,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _finish(cfg: DictConfig, out: Path, module, model, metrics: dict, loggers: list) -> None:
     """Export the SAE, write metrics.json, log hyper-parameters with the final metrics."""
     if cfg.get("export", True):
-        metadata = {"model_name": getattr(model.cfg, "model_name", None) or "toy-1l",
-                    "hook_name": cfg.hook_name, "context_size": int(cfg.data.get("n_ctx") or model.cfg.n_ctx),
-                    "prepend_bos": True}
+        metadata = {
+            "model_name": getattr(model.cfg, "model_name", None) or "toy-1l",
+            "hook_name": cfg.hook_name,
+            "context_size": int(cfg.data.get("n_ctx") or model.cfg.n_ctx),
+            "prepend_bos": True,
+        }
         folder = save_saelens(module.sae.cpu(), out / "sae", metadata)
         log.info("exported the SAE to %s", folder)
     record = {"metrics": metrics, "overrides": _overrides()}

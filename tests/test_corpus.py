@@ -19,7 +19,7 @@ from sae_lightning.toy.corpus import (
 def test_stdlib_corpus_is_deterministic(stdlib_docs):
     again = stdlib_documents()
     assert [d.name for d in again] == [d.name for d in stdlib_docs]
-    assert all(a.text == b.text for a, b in zip(again, stdlib_docs))
+    assert all(a.text == b.text for a, b in zip(again, stdlib_docs, strict=True))
     names = [d.name for d in stdlib_docs]
     assert len(names) == len(set(names)) > 500
 
@@ -32,7 +32,9 @@ def test_stdlib_corpus_excludes_tests_and_site_packages(stdlib_docs):
     for name in code:
         parts = name.split("/")[1:]
         assert "site-packages" not in parts, name
-        assert not any(p in ("test", "tests", "idle_test") or p.startswith("test") for p in parts[:-1]), name
+        assert not any(
+            p in ("test", "tests", "idle_test") or p.startswith("test") for p in parts[:-1]
+        ), name
         assert not parts[-1].startswith("test_"), name
 
 

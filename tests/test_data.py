@@ -26,13 +26,17 @@ def contexts(embedded_model):
 
 
 def _stream(model, contexts, **kw):
-    args = dict(batch_size=40, buffer_tokens=200, refill_fraction=0.5, contexts_per_forward=4, epochs=1)
+    args = dict(
+        batch_size=40, buffer_tokens=200, refill_fraction=0.5, contexts_per_forward=4, epochs=1
+    )
     return ActivationStream(model, contexts, HOOK, **{**args, **kw})
 
 
 def _key(rows: torch.Tensor) -> torch.Tensor:
     """A per-row fingerprint to match rows up to float noise."""
-    proj = torch.randn(rows.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    proj = torch.randn(
+        rows.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     return rows.double() @ proj
 
 
@@ -43,7 +47,9 @@ def _reference(model, contexts):
 
 
 @pytest.mark.parametrize("refill_fraction", [0.5, 1.0])
-def test_stream_equals_run_with_cache_each_activation_once(embedded_model, contexts, refill_fraction):
+def test_stream_equals_run_with_cache_each_activation_once(
+    embedded_model, contexts, refill_fraction
+):
     batches = list(_stream(embedded_model, contexts, refill_fraction=refill_fraction))
     got, ref = torch.cat(batches), _reference(embedded_model, contexts)
     assert got.shape == ref.shape == (30 * 23, 1024)
@@ -70,10 +76,14 @@ def test_ddp_ranks_get_disjoint_shards(embedded_model, contexts):
     assert len(parts[0]) == len(parts[1]) == 15 * 23
     # what the two ranks emit together is every activation exactly once (a multiset, with counts)
     counts = Counter(np.round(_key(torch.cat(parts)).numpy(), 5).tolist())
-    assert counts == Counter(np.round(_key(_reference(embedded_model, contexts)).numpy(), 5).tolist())
+    assert counts == Counter(
+        np.round(_key(_reference(embedded_model, contexts)).numpy(), 5).tolist()
+    )
     for r, part in enumerate(parts):
-        torch.testing.assert_close(_key(part).sort().values,
-                                   _key(_reference(embedded_model, contexts[sorted(rows[r])])).sort().values)
+        torch.testing.assert_close(
+            _key(part).sort().values,
+            _key(_reference(embedded_model, contexts[sorted(rows[r])])).sort().values,
+        )
 
 
 @pytest.mark.parametrize("stop_after", [1, 5, 9])
@@ -88,7 +98,7 @@ def test_resumed_stream_continues_exactly(embedded_model, contexts, stop_after):
     resumed.load_state(state)
     got = list(resumed)
     assert len(got) == len(expected) > 0
-    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
 def test_capture_stops_at_the_hook(embedded_model, contexts):
@@ -104,7 +114,9 @@ def test_capture_stops_at_the_hook(embedded_model, contexts):
 def test_bad_hook_name_lists_valid_hooks(embedded_model):
     with pytest.raises(ValueError, match="'blocks.0.mlp.hook_pots' is not a hook point") as err:
         validate_hook(embedded_model, "blocks.0.mlp.hook_pots")
-    assert "blocks.0.mlp.hook_post" in str(err.value) and "blocks.0.hook_resid_post" in str(err.value)
+    assert "blocks.0.mlp.hook_post" in str(err.value) and "blocks.0.hook_resid_post" in str(
+        err.value
+    )
 
 
 def test_token_file_source_1d_and_2d(tmp_path, embedded_model):
@@ -117,9 +129,13 @@ def test_token_file_source_1d_and_2d(tmp_path, embedded_model):
     assert (train[:, 0] == tok.bos_token_id).all() and train[0, 1].item() == 2 * 9 + 1
     grid = np.arange(50, dtype=np.int64).reshape(5, 10)
     np.save(tmp_path / "grid.npy", grid)
-    assert torch.equal(TokenFileSource(str(tmp_path / "grid.npy"), 0.2).contexts("train", tok, 10),
-                       torch.from_numpy(grid[1:]))
-    with pytest.raises(CorpusError, match=r"shape \(5, 10\); expected \[n_tokens\] or \[n_contexts, 12\]"):
+    assert torch.equal(
+        TokenFileSource(str(tmp_path / "grid.npy"), 0.2).contexts("train", tok, 10),
+        torch.from_numpy(grid[1:]),
+    )
+    with pytest.raises(
+        CorpusError, match=r"shape \(5, 10\); expected \[n_tokens\] or \[n_contexts, 12\]"
+    ):
         TokenFileSource(str(tmp_path / "grid.npy")).contexts("train", tok, 12)
     with pytest.raises(CorpusError, match="does not exist"):
         TokenFileSource(str(tmp_path / "nope.npy")).contexts("train", tok, 12)
@@ -127,7 +143,9 @@ def test_token_file_source_1d_and_2d(tmp_path, embedded_model):
 
 def test_corpus_source_on_a_folder(tmp_path, embedded_model):
     for i in range(40):
-        (tmp_path / f"m{i:02d}.py").write_text(f"import os\n\ndef f{i}(x):\n    return x + {i}\n" * 5)
+        (tmp_path / f"m{i:02d}.py").write_text(
+            f"import os\n\ndef f{i}(x):\n    return x + {i}\n" * 5
+        )
     source = CorpusSource(str(tmp_path), val_fraction=0.2)
     train = source.contexts("train", embedded_model.tokenizer, 16)
     val = source.contexts("val", embedded_model.tokenizer, 16)

@@ -9,13 +9,13 @@ from sae_lightning.losses import L1Loss, LossOutput, l1, mse
 from sae_lightning.saes import ReLUSAE, SAEOutput
 
 
-def test_mse_is_per_element_mean() -> None:
+def test_mse_sums_over_width_and_averages_over_tokens() -> None:
     x = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
     x_hat = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
-    # per-token sums 1 + 4 = 5 and 9; mean over tokens 7; divided by d_in = 2 -> 3.5
-    assert mse(x, x_hat).item() == pytest.approx(3.5)
+    # per-token sums 1 + 4 = 5 and 9; mean over tokens 7
+    assert mse(x, x_hat).item() == pytest.approx(7.0)
     y, y_hat = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
-    torch.testing.assert_close(mse(y, y_hat), torch.nn.functional.mse_loss(y_hat, y))
+    torch.testing.assert_close(mse(y, y_hat), torch.nn.functional.mse_loss(y_hat, y) * 5)
     with pytest.raises(ValueError, match=r"\(2, 2\) and \(2, 3\)"):
         mse(x, torch.zeros(2, 3))
 
@@ -59,7 +59,7 @@ def test_l1loss_combines_terms(weighted: bool) -> None:
     assert isinstance(result, LossOutput)
     norms = sae.W_dec.norm(dim=-1) if weighted else torch.ones(6)
     expected_l1 = (out.feature_acts.abs() * norms).sum(-1).mean()
-    expected_mse = (out.x_hat - x).pow(2).mean()
+    expected_mse = (out.x_hat - x).pow(2).sum(-1).mean()
     torch.testing.assert_close(result.l1, expected_l1)
     torch.testing.assert_close(result.mse, expected_mse)
     torch.testing.assert_close(result.loss, expected_mse + 0.5 * expected_l1)  # 2.0 * 1/4

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import einops
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -67,7 +66,9 @@ def test_transformer_lens_api(embedded_model):
         calls.append(hook.name)
         return torch.zeros_like(act)
 
-    ablated = embedded_model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(HOOK, zero_mlp)])
+    ablated = embedded_model.run_with_hooks(
+        tokens, return_type="loss", fwd_hooks=[(HOOK, zero_mlp)]
+    )
     assert len(calls) == 1  # fired once (the bridge names it by its alias blocks.0.mlp.out.hook_in)
     assert ablated.item() > clean.item() + 0.1
 
@@ -77,18 +78,26 @@ def _run_isolated(script: str, hf_home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
     env.pop("HF_HUB_CACHE", None)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True,
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
 
-def test_hub_models_offline_give_one_clear_error(tmp_path):
+def test_hub_models_and_datasets_offline_give_one_clear_error(tmp_path):
     script = """
-        from sae_lightning.models import ModelUnavailableError, load_hf, load_legacy
-        for load, name in ((load_legacy, "gelu-1l"), (load_hf, "gpt2")):
+        from sae_lightning.data.sources import HFDatasetSource
+        from sae_lightning.hub import HubUnavailableError
+        from sae_lightning.models import load_hf, load_legacy, load_embedded
+        tok = load_embedded().tokenizer
+        loads = ((load_legacy, "gelu-1l"), (load_hf, "gpt2"),
+                 (lambda n: HFDatasetSource(n).contexts("train", tok, 128), "NeelNanda/c4-code-20k"))
+        for load, name in loads:
             try:
                 load(name)
-            except ModelUnavailableError as err:
+            except HubUnavailableError as err:
                 assert err.__cause__ is None and err.__suppress_context__, name
                 print("MESSAGE", str(err).replace("\\n", " "))
             else:
@@ -96,43 +105,65 @@ def test_hub_models_offline_give_one_clear_error(tmp_path):
     """
     result = _run_isolated(script, tmp_path / "hf")
     assert result.returncode == 0, result.stderr[-2000:]
-    messages = [l for l in result.stdout.splitlines() if l.startswith("MESSAGE")]
-    assert len(messages) == 2
-    for name, message in zip(("'gelu-1l'", "'gpt2'"), messages):
-        assert name in message
-        assert "model=embedded" in message and "HF_HUB_OFFLINE=1" in message
-        assert "HF_HUB_OFFLINE is set" in message
+    messages = [m for m in result.stdout.splitlines() if m.startswith("MESSAGE")]
+    assert len(messages) == 3
+    expected = (("model 'gelu-1l'", "model=embedded"), ("model 'gpt2'", "model=embedded"),
+                ("dataset 'NeelNanda/c4-code-20k'", "data=corpus"))
+    for (name, local), message in zip(expected, messages, strict=True):
+        assert name in message and local in message, message
+        assert "HF_HUB_OFFLINE is set" in message and "HF_HUB_OFFLINE=1" in message
 
 
 def _legacy_property_state(state: dict[str, torch.Tensor], h: int) -> dict[str, torch.Tensor]:
     """Our bridge-format weights in the legacy TransformerLens property layout (W_Q, W_in, ...)."""
-    out = {"embed.W_E": state["embed.weight"], "pos_embed.W_pos": state["pos_embed.weight"],
-           "unembed.W_U": state["unembed.weight"].T, "unembed.b_U": state["unembed.bias"],
-           "ln_final.w": state["ln_final.weight"], "ln_final.b": state["ln_final.bias"]}
+    out = {
+        "embed.W_E": state["embed.weight"],
+        "pos_embed.W_pos": state["pos_embed.weight"],
+        "unembed.W_U": state["unembed.weight"].T,
+        "unembed.b_U": state["unembed.bias"],
+        "ln_final.w": state["ln_final.weight"],
+        "ln_final.b": state["ln_final.bias"],
+    }
     p = "blocks.0."
     for ln in ("ln1", "ln2"):
         out[f"{p}{ln}.w"], out[f"{p}{ln}.b"] = state[f"{p}{ln}.weight"], state[f"{p}{ln}.bias"]
     for x in "qkv":
         out[f"{p}attn.W_{x.upper()}"] = einops.rearrange(
-            state[f"{p}attn.{x}.weight"], "(h d) m -> h m d", h=h)
-        out[f"{p}attn.b_{x.upper()}"] = einops.rearrange(state[f"{p}attn.{x}.bias"], "(h d) -> h d", h=h)
+            state[f"{p}attn.{x}.weight"], "(h d) m -> h m d", h=h
+        )
+        out[f"{p}attn.b_{x.upper()}"] = einops.rearrange(
+            state[f"{p}attn.{x}.bias"], "(h d) -> h d", h=h
+        )
     out[f"{p}attn.W_O"] = einops.rearrange(state[f"{p}attn.o.weight"], "m (h d) -> h d m", h=h)
     out[f"{p}attn.b_O"] = state[f"{p}attn.o.bias"]
-    out[f"{p}mlp.W_in"], out[f"{p}mlp.b_in"] = state[f"{p}mlp.in.weight"].T, state[f"{p}mlp.in.bias"]
-    out[f"{p}mlp.W_out"], out[f"{p}mlp.b_out"] = state[f"{p}mlp.out.weight"].T, state[f"{p}mlp.out.bias"]
+    out[f"{p}mlp.W_in"], out[f"{p}mlp.b_in"] = (
+        state[f"{p}mlp.in.weight"].T,
+        state[f"{p}mlp.in.bias"],
+    )
+    out[f"{p}mlp.W_out"], out[f"{p}mlp.b_out"] = (
+        state[f"{p}mlp.out.weight"].T,
+        state[f"{p}mlp.out.bias"],
+    )
     return {k: v.contiguous() for k, v in out.items()}
 
 
 def test_legacy_loader_reads_a_populated_cache_offline(tmp_path, embedded_model):
     """The gelu-1l code path up to the network boundary: a cache laid out as the hub does."""
     repo = "NeelNanda/GELU_1L512W_C4_Code"
-    snapshot = tmp_path / "hf" / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot = (
+        tmp_path / "hf" / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    )
     snapshot.mkdir(parents=True)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     bc = json.loads((EMBEDDED_DIR / "config.json").read_text())["bridge_config"]
-    config = {k: bc[k] for k in ("d_model", "n_layers", "d_mlp", "d_head", "n_heads", "n_ctx", "d_vocab", "act_fn")}
-    config.update(attn_only=False, normalization_type="LN", tokenizer_name=str(EMBEDDED_DIR / "tokenizer"))
+    config = {
+        k: bc[k]
+        for k in ("d_model", "n_layers", "d_mlp", "d_head", "n_heads", "n_ctx", "d_vocab", "act_fn")
+    }
+    config.update(
+        attn_only=False, normalization_type="LN", tokenizer_name=str(EMBEDDED_DIR / "tokenizer")
+    )
     (snapshot / "config.json").write_text(json.dumps(config))
     state = _legacy_property_state(load_file(EMBEDDED_DIR / WEIGHTS_FILE), bc["n_heads"])
     torch.save(state, snapshot / "GELU_1L512W_C4_Code_final.pth")
@@ -151,5 +182,6 @@ def test_legacy_loader_reads_a_populated_cache_offline(tmp_path, embedded_model)
     assert result.returncode == 0, result.stderr[-3000:]
     with torch.inference_mode():
         expected = embedded_model(tokens)
-    torch.testing.assert_close(load_file(tmp_path / "logits.safetensors")["logits"], expected,
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        load_file(tmp_path / "logits.safetensors")["logits"], expected, atol=1e-4, rtol=1e-4
+    )

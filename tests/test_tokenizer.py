@@ -14,14 +14,18 @@ def tokenizer():
 
 def test_shipped_tokenizer_shape(tokenizer):
     assert len(tokenizer) == 4096
-    assert tokenizer.bos_token == EOT and tokenizer.convert_tokens_to_ids(EOT) == tokenizer.bos_token_id
+    assert (
+        tokenizer.bos_token == EOT
+        and tokenizer.convert_tokens_to_ids(EOT) == tokenizer.bos_token_id
+    )
     for text in REQUIRED_SINGLE_TOKENS:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1, (text, tokenizer.convert_ids_to_tokens(ids))
 
 
 SAMPLES = [
-    "from os import path\n\nfor i in range(3):\n    if i:\n        pass\n    else:\n        return i.real\n",
+    "from os import path\n\nfor i in range(3):\n    if i:\n        pass\n"
+    "    else:\n        return i.real\n",
     "The quick brown fox. It jumped over the lazy dog; then it slept.\n",
     "\tTabs,  double  spaces,\r\nCRLF and trailing space \n",
     "Unicode: naïve café — 日本語 ✓ 🐍 <img src=x onerror=alert(1)>",
@@ -39,7 +43,9 @@ def test_round_trip_on_heldout_documents(tokenizer, stdlib_docs):
     code = next(d for d in val if d.name.startswith("stdlib/"))
     prose = next(d for d in val if d.name.startswith("pydoc/"))
     for doc in (code, prose):
-        assert tokenizer.decode(tokenizer(doc.text, add_special_tokens=False)["input_ids"]) == doc.text
+        assert (
+            tokenizer.decode(tokenizer(doc.text, add_special_tokens=False)["input_ids"]) == doc.text
+        )
 
 
 def test_bos_is_prepended(tokenizer):

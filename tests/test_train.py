@@ -16,8 +16,20 @@ from sae_lightning.saes import ReLUSAE
 from sae_lightning.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
-STDLIB_SAMPLE = ("json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "shlex.py",
-                 "fnmatch.py", "glob.py", "heapq.py", "bisect.py", "colorsys.py", "csv.py", "dataclasses.py")
+STDLIB_SAMPLE = (
+    "json/decoder.py",
+    "json/encoder.py",
+    "textwrap.py",
+    "string.py",
+    "shlex.py",
+    "fnmatch.py",
+    "glob.py",
+    "heapq.py",
+    "bisect.py",
+    "colorsys.py",
+    "csv.py",
+    "dataclasses.py",
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +46,17 @@ def small_corpus(tmp_path_factory) -> Path:
 
 def make_cfg(out: Path, corpus: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[
-            "debug=fast", f"paths.output_dir={out}", f"data.source.corpus={corpus}",
-            "data.source.val_fraction=0.2", "callbacks.tokens_per_second.window=5", *overrides])
+        return compose(
+            "train",
+            overrides=[
+                "debug=fast",
+                f"paths.output_dir={out}",
+                f"data.source.corpus={corpus}",
+                "data.source.val_fraction=0.2",
+                "callbacks.tokens_per_second.window=5",
+                *overrides,
+            ],
+        )
 
 
 def _ckpt_sae(path: Path) -> dict[str, torch.Tensor]:
@@ -53,12 +73,26 @@ def fast_run(tmp_path_factory, small_corpus):
 
 def test_fast_run_metrics_and_files(fast_run):
     out, metrics = fast_run
-    for key in ("val/mse", "val/l0", "val/explained_variance", "val/loss_recovered", "val/kl",
-                "val/ce_loss_clean", "val/ce_loss_sae", "val/ce_loss_zero_ablation", "val/dead_fraction"):
+    for key in (
+        "val/mse",
+        "val/l0",
+        "val/explained_variance",
+        "val/loss_recovered",
+        "val/kl",
+        "val/ce_loss_clean",
+        "val/ce_loss_sae",
+        "val/ce_loss_zero_ablation",
+        "val/dead_fraction",
+    ):
         assert key in metrics, key
-    assert metrics["val/ce_loss_clean"] < metrics["val/ce_loss_sae"] < metrics["val/ce_loss_zero_ablation"]
-    expected = ((metrics["val/ce_loss_zero_ablation"] - metrics["val/ce_loss_sae"])
-                / (metrics["val/ce_loss_zero_ablation"] - metrics["val/ce_loss_clean"]))
+    assert (
+        metrics["val/ce_loss_clean"]
+        < metrics["val/ce_loss_sae"]
+        < metrics["val/ce_loss_zero_ablation"]
+    )
+    expected = (metrics["val/ce_loss_zero_ablation"] - metrics["val/ce_loss_sae"]) / (
+        metrics["val/ce_loss_zero_ablation"] - metrics["val/ce_loss_clean"]
+    )
     assert metrics["val/loss_recovered"] == pytest.approx(expected, rel=1e-6)
     assert 0 < metrics["val/l0"] < 256 and 0 <= metrics["val/dead_fraction"] <= 1
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "metrics.json").is_file()
@@ -81,8 +115,18 @@ def test_tensorboard_has_scalars_and_density_histogram(fast_run):
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     scalars, histograms = set(acc.Tags()["scalars"]), set(acc.Tags()["histograms"])
-    for tag in ("train/mse", "train/l1", "train/l0", "train/explained_variance", "train/dead_fraction",
-                "train/tokens_per_sec", "val/loss_recovered", "val/ce_loss_sae", "val/kl", "lr-Adam"):
+    for tag in (
+        "train/mse",
+        "train/l1",
+        "train/l0",
+        "train/explained_variance",
+        "train/dead_fraction",
+        "train/tokens_per_sec",
+        "val/loss_recovered",
+        "val/ce_loss_sae",
+        "val/kl",
+        "lr-Adam",
+    ):
         assert tag in scalars, (tag, sorted(scalars))
     assert {"train/log10_feature_density", "val/log10_feature_density"} <= histograms
     assert "hparams/val/loss_recovered" in scalars  # final metrics next to the hyper-parameters
@@ -97,8 +141,12 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, small_corpus):
     train(full)
     half = make_cfg(tmp_path / "half", small_corpus, "trainer.max_steps=10")
     train(half)
-    resumed = make_cfg(tmp_path / "resumed", small_corpus, "trainer.max_steps=20",
-                       f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}")
+    resumed = make_cfg(
+        tmp_path / "resumed",
+        small_corpus,
+        "trainer.max_steps=20",
+        f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}",
+    )
     train(resumed)
     a = _ckpt_sae(tmp_path / "full" / "checkpoints" / "last.ckpt")
     b = _ckpt_sae(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
@@ -109,12 +157,17 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, small_corpus):
 
 
 def test_bad_hook_name_is_one_clear_error(tmp_path, small_corpus):
-    with pytest.raises(ValueError, match="'blocks.0.mlp.hook_pots' is not a hook point.*blocks.0.mlp.hook_post"):
+    with pytest.raises(
+        ValueError, match="'blocks.0.mlp.hook_pots' is not a hook point.*blocks.0.mlp.hook_post"
+    ):
         train(make_cfg(tmp_path, small_corpus, "hook_name=blocks.0.mlp.hook_pots"))
 
 
 def test_width_mismatch_is_one_clear_error(tmp_path, small_corpus):
-    with pytest.raises(ValueError, match="sae.d_in=512 does not match the width 1024 of hook 'blocks.0.mlp.hook_post'"):
+    with pytest.raises(
+        ValueError,
+        match="sae.d_in=512 does not match the width 1024 of hook 'blocks.0.mlp.hook_post'",
+    ):
         train(make_cfg(tmp_path, small_corpus, "sae.d_in=512"))
 
 
@@ -127,15 +180,30 @@ def test_unknown_config_key_is_one_clear_error(tmp_path, small_corpus):
 
 def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_log(tmp_path, small_corpus):
-    result = _run(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "debug=fast",
-                   f"data.source.corpus={small_corpus}", "data.source.val_fraction=0.2",
-                   f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    result = _run(
+        [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "debug=fast",
+            f"data.source.corpus={small_corpus}",
+            "data.source.val_fraction=0.2",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     import json
 
@@ -147,15 +215,42 @@ def test_ddp_two_cpu_processes_train_and_log(tmp_path, small_corpus):
 
 @pytest.mark.slow
 def test_three_job_sweep_writes_summary(tmp_path, small_corpus):
-    result = _run(["-m", "loss.l1_coeff=1,5,20", "debug=fast", f"data.source.corpus={small_corpus}",
-                   "data.source.val_fraction=0.2", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    result = _run(
+        [
+            "-m",
+            "loss.l1_coeff=1,5,20",
+            "debug=fast",
+            f"data.source.corpus={small_corpus}",
+            "data.source.val_fraction=0.2",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = (tmp_path / "sweep" / "summary.md").read_text().splitlines()
     assert len(summary) == 2 + 3 and "val/loss_recovered" in summary[0]
     assert [row.split("|")[2].strip() for row in summary[2:]] == [
-        "loss.l1_coeff=1", "loss.l1_coeff=5", "loss.l1_coeff=20"]
+        "loss.l1_coeff=1",
+        "loss.l1_coeff=5",
+        "loss.l1_coeff=20",
+    ]
     import csv
 
     rows = list(csv.DictReader((tmp_path / "sweep" / "summary.csv").open()))
     l0 = [float(r["val/l0"]) for r in rows]
     assert l0[0] > l0[2]  # a larger L1 coefficient gives a sparser code
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["SAE_LIGHTNING_PWNED"]),))
+
+
+def test_pickle_payload_checkpoint_is_refused_without_running(tmp_path, small_corpus, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("SAE_LIGHTNING_PWNED", str(marker))
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload()}, evil)
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl|GLOBAL"):
+        train(make_cfg(tmp_path / "run", small_corpus, f"ckpt_path={evil}"))
+    assert not marker.exists()

@@ -30,7 +30,9 @@ def validate_hook(model, hook_name: str) -> None:
     names = sorted(model.hook_dict)
     if hook_name not in model.hook_dict:
         shown = ", ".join(names[:60]) + (", ..." if len(names) > 60 else "")
-        raise ValueError(f"hook {hook_name!r} is not a hook point of the model; valid hooks: {shown}")
+        raise ValueError(
+            f"hook {hook_name!r} is not a hook point of the model; valid hooks: {shown}"
+        )
 
 
 def capture_activations(
@@ -85,20 +87,41 @@ class ActivationStream(IterableDataset):
     """
 
     def __init__(
-        self, model, contexts: Int[Tensor, "n_contexts n_ctx"], hook_name: str, batch_size: int,
-        buffer_tokens: int, refill_fraction: float = 0.5, contexts_per_forward: int = 32,
-        drop_bos: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-        epochs: int | None = None, device: str | torch.device = "cpu",
+        self,
+        model,
+        contexts: Int[Tensor, "n_contexts n_ctx"],
+        hook_name: str,
+        batch_size: int,
+        buffer_tokens: int,
+        refill_fraction: float = 0.5,
+        contexts_per_forward: int = 32,
+        drop_bos: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epochs: int | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
         if not 0.0 < refill_fraction <= 1.0:
             raise ValueError(f"refill_fraction must be in (0, 1], got {refill_fraction}")
         if buffer_tokens < batch_size:
-            raise ValueError(f"buffer_tokens={buffer_tokens} must be at least batch_size={batch_size}")
+            raise ValueError(
+                f"buffer_tokens={buffer_tokens} must be at least batch_size={batch_size}"
+            )
         self.model, self.contexts, self.hook_name = model, contexts, hook_name
-        self.batch_size, self.buffer_tokens, self.refill_fraction = batch_size, buffer_tokens, refill_fraction
+        self.batch_size, self.buffer_tokens, self.refill_fraction = (
+            batch_size,
+            buffer_tokens,
+            refill_fraction,
+        )
         self.k, self.drop_bos, self.seed = contexts_per_forward, drop_bos, seed
-        self.rank, self.world_size, self.epochs, self.device = rank, world_size, epochs, torch.device(device)
+        self.rank, self.world_size, self.epochs, self.device = (
+            rank,
+            world_size,
+            epochs,
+            torch.device(device),
+        )
         self.positions = contexts.shape[1] - int(drop_bos)
         self.resume_from: StreamState | None = None
         self.history: deque[StreamState] = deque(maxlen=8)
@@ -139,7 +162,9 @@ class ActivationStream(IterableDataset):
     def _emit_count(self, n_pending: int, exhausted: bool) -> int:
         if exhausted:
             return n_pending
-        per_round = int(self.refill_fraction * self.buffer_tokens) // self.batch_size * self.batch_size
+        per_round = (
+            int(self.refill_fraction * self.buffer_tokens) // self.batch_size * self.batch_size
+        )
         return min(n_pending, max(self.batch_size, per_round))
 
     def __iter__(self) -> Iterator[Float[Tensor, "batch d_in"]]:
@@ -150,7 +175,9 @@ class ActivationStream(IterableDataset):
             rng.set_state(state.rng_state)
         order = self._order(state.epoch, shard, n_shards)
         n_groups = -(-len(order) // self.k)
-        ids = state.pending_ids if state.pending_ids is not None else torch.empty(0, dtype=torch.long)
+        ids = (
+            state.pending_ids if state.pending_ids is not None else torch.empty(0, dtype=torch.long)
+        )
         acts = self._recompute(order, ids) if len(ids) else None
         while self.epochs is None or state.epoch < self.epochs:
             if state.emit_left == 0:
@@ -173,8 +200,16 @@ class ActivationStream(IterableDataset):
             batch, acts, ids = acts[:b], acts[b:], ids[b:]
             state.emit_left -= b
             state.batches += 1
-            self.history.append(StreamState(state.epoch, state.next_group, state.emit_left, ids,
-                                            rng.get_state(), state.batches))
+            self.history.append(
+                StreamState(
+                    state.epoch,
+                    state.next_group,
+                    state.emit_left,
+                    ids,
+                    rng.get_state(),
+                    state.batches,
+                )
+            )
             yield batch
             if len(ids) == 0:
                 acts = None

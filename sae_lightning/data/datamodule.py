@@ -38,10 +38,18 @@ class ActivationDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, source, hook_name: str = "blocks.0.mlp.hook_post", batch_size: int = 4096,
-        buffer_tokens: int = 65536, refill_fraction: float = 0.5, contexts_per_forward: int = 32,
-        drop_bos: bool = True, n_ctx: int | None = None, val_contexts: int = 64,
-        val_batch_size: int = 16, seed: int = 0,
+        self,
+        source,
+        hook_name: str = "blocks.0.mlp.hook_post",
+        batch_size: int = 4096,
+        buffer_tokens: int = 65536,
+        refill_fraction: float = 0.5,
+        contexts_per_forward: int = 32,
+        drop_bos: bool = True,
+        n_ctx: int | None = None,
+        val_contexts: int = 64,
+        val_batch_size: int = 16,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.source, self.hook_name, self.batch_size = source, hook_name, batch_size
@@ -70,12 +78,18 @@ class ActivationDataModule(L.LightningDataModule):
             tokenizer = self._require_model().tokenizer
             self.train_ctx = self.source.contexts("train", tokenizer, self.n_ctx)
             self.val_ctx = self.source.contexts("val", tokenizer, self.n_ctx)[: self.val_contexts]
-            log.info("%d training and %d validation contexts of %d tokens",
-                     len(self.train_ctx), len(self.val_ctx), self.n_ctx)
+            log.info(
+                "%d training and %d validation contexts of %d tokens",
+                len(self.train_ctx),
+                len(self.val_ctx),
+                self.n_ctx,
+            )
 
     @property
     def device(self) -> torch.device:
-        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        return (
+            self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        )
 
     def setup(self, stage: str | None = None) -> None:
         self._require_model().to(self.device)
@@ -83,7 +97,9 @@ class ActivationDataModule(L.LightningDataModule):
 
     def d_in(self) -> int:
         """Width of the hooked activation (one short probe forward)."""
-        probe = torch.zeros(1, 2, dtype=torch.long, device=next(self._require_model().parameters()).device)
+        probe = torch.zeros(
+            1, 2, dtype=torch.long, device=next(self._require_model().parameters()).device
+        )
         with torch.inference_mode():
             return capture_activations(self.model, probe, self.hook_name).shape[-1]
 
@@ -97,12 +113,24 @@ class ActivationDataModule(L.LightningDataModule):
         acts = acts[:, 1:] if self.drop_bos else acts
         return acts.reshape(-1, acts.shape[-1])[:n].clone()
 
-    def make_stream(self, rank: int = 0, world_size: int = 1, epochs: int | None = None) -> ActivationStream:
+    def make_stream(
+        self, rank: int = 0, world_size: int = 1, epochs: int | None = None
+    ) -> ActivationStream:
         self.prepare_contexts()
         return ActivationStream(
-            self._require_model(), self.train_ctx, self.hook_name, self.batch_size,
-            self.buffer_tokens, self.refill_fraction, self.contexts_per_forward, self.drop_bos,
-            self.seed, rank, world_size, epochs, self.device,
+            self._require_model(),
+            self.train_ctx,
+            self.hook_name,
+            self.batch_size,
+            self.buffer_tokens,
+            self.refill_fraction,
+            self.contexts_per_forward,
+            self.drop_bos,
+            self.seed,
+            rank,
+            world_size,
+            epochs,
+            self.device,
         )
 
     def train_dataloader(self) -> DataLoader:

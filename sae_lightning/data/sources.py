@@ -43,15 +43,20 @@ def _split_contexts(contexts: Contexts, split: Split, val_fraction: float) -> Co
 class CorpusSource:
     """The embedded corpus ("stdlib"), a folder of .py/.txt/.md files, or a .jsonl file."""
 
-    def __init__(self, corpus: str = "stdlib", text_field: str = "text", val_fraction: float = 0.05) -> None:
+    def __init__(
+        self, corpus: str = "stdlib", text_field: str = "text", val_fraction: float = 0.05
+    ) -> None:
         self.corpus, self.text_field, self.val_fraction = corpus, text_field, val_fraction
 
     def contexts(self, split: Split, tokenizer, n_ctx: int) -> Contexts:
         _check_split(split)
-        docs = split_documents(load_documents(self.corpus, self.text_field), split, self.val_fraction)
+        docs = split_documents(
+            load_documents(self.corpus, self.text_field), split, self.val_fraction
+        )
         if not docs:
             raise CorpusError(
-                f"corpus {self.corpus!r} has no {split} documents at val_fraction={self.val_fraction}"
+                f"corpus {self.corpus!r} has no {split} documents at "
+                f"val_fraction={self.val_fraction}"
             )
         return make_contexts(encode_documents(docs, tokenizer), n_ctx, tokenizer.bos_token_id)
 
@@ -69,10 +74,13 @@ class TokenFileSource:
             raise CorpusError(f"token file {str(self.path)!r} does not exist")
         array = np.load(self.path, mmap_mode="r")
         if not np.issubdtype(array.dtype, np.integer):
-            raise CorpusError(f"token file {str(self.path)!r} holds {array.dtype}, expected integer ids")
+            raise CorpusError(
+                f"token file {str(self.path)!r} holds {array.dtype}, expected integer ids"
+            )
         if array.ndim == 1:
-            contexts = make_contexts(torch.from_numpy(np.asarray(array, dtype=np.int64)), n_ctx,
-                                     tokenizer.bos_token_id)
+            contexts = make_contexts(
+                torch.from_numpy(np.asarray(array, dtype=np.int64)), n_ctx, tokenizer.bos_token_id
+            )
         elif array.ndim == 2 and array.shape[1] == n_ctx:
             contexts = torch.from_numpy(np.asarray(array, dtype=np.int64))
         else:
@@ -109,8 +117,9 @@ class HFDatasetSource:
             return load_dataset(self.path, self.name, split=self.split, streaming=self.streaming)
         except Exception as err:  # noqa: BLE001  (only hub errors are rewritten)
             if is_hub_error(err):
-                raise hub_unavailable("dataset", self.path, err,
-                                      "the embedded corpus (data=corpus)") from None
+                raise hub_unavailable(
+                    "dataset", self.path, err, "the embedded corpus (data=corpus)"
+                ) from None
             raise
 
     def _stream(self, tokenizer) -> Tensor:
@@ -118,8 +127,14 @@ class HFDatasetSource:
         column = self.tokens_column or self.text_column
         for row in self._load():
             if column not in row:
-                raise CorpusError(f"dataset {self.path!r} has no column {column!r}; it has {sorted(row)}")
-            ids = row[column] if self.tokens_column else tokenizer(row[column], add_special_tokens=False)["input_ids"]
+                raise CorpusError(
+                    f"dataset {self.path!r} has no column {column!r}; it has {sorted(row)}"
+                )
+            ids = (
+                row[column]
+                if self.tokens_column
+                else tokenizer(row[column], add_special_tokens=False)["input_ids"]
+            )
             pieces.append(torch.tensor([tokenizer.bos_token_id, *ids], dtype=torch.long))
             total += len(ids) + 1
             if total >= self.max_tokens:

@@ -19,7 +19,9 @@ def encode_documents(
         raise CorpusError("cannot tokenize an empty list of documents")
     bos = tokenizer.bos_token_id
     if bos is None:
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no BOS token to separate documents")
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no BOS token to separate documents"
+        )
     pieces: list[Tensor] = []
     for start in range(0, len(docs), batch_size):
         texts = [d.text for d in docs[start : start + batch_size]]

@@ -30,8 +30,13 @@ class ReLUSAE(SAE):
             ValueError: If ``x``'s last dimension is not ``d_in``.
         """
         self._check_width(x, "d_in", "input")
-        sae_in = x - self.b_dec if self.apply_b_dec_to_input else x  # [*batch, d_in]
-        return sae_in @ self.W_enc + self.b_enc  # [*batch, d_sae]
+        bias = self.b_enc  # [d_sae]
+        if self.apply_b_dec_to_input:
+            # (x - b_dec) @ W_enc, written so that b_dec's gradient is a vector-matrix product:
+            # through x - b_dec, autograd would spend a full [batch, d_sae] x [d_sae, d_in]
+            # matmul on the input gradient only to sum it over the batch
+            bias = bias - self.b_dec @ self.W_enc
+        return x @ self.W_enc + bias  # [*batch, d_sae]
 
     def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         """Feature activations ``relu(encode_pre(x))``.

@@ -56,7 +56,9 @@ def stdlib_documents(stdlib_dir: str | Path | None = None) -> list[Document]:
     return docs
 
 
-def folder_documents(folder: str | Path, suffixes: Sequence[str] = FOLDER_SUFFIXES) -> list[Document]:
+def folder_documents(
+    folder: str | Path, suffixes: Sequence[str] = FOLDER_SUFFIXES
+) -> list[Document]:
     """Every file under ``folder`` whose suffix is in ``suffixes``, in sorted path order."""
     root = Path(folder)
     if not root.is_dir():

@@ -26,7 +26,9 @@ def heldout_loss(
     """
     docs = split_documents(load_documents(corpus), "val", val_fraction)
     tokenizer = model.tokenizer
-    contexts = make_contexts(encode_documents(docs, tokenizer), model.cfg.n_ctx, tokenizer.bos_token_id)
+    contexts = make_contexts(
+        encode_documents(docs, tokenizer), model.cfg.n_ctx, tokenizer.bos_token_id
+    )
     total, count = 0.0, 0
     for start in range(0, len(contexts), batch_size):
         batch = contexts[start : start + batch_size]

@@ -6,7 +6,6 @@ import json
 import logging
 import platform
 import shutil
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -50,7 +49,11 @@ def export_model(
         "min_lr_ratio": cfg.module.min_lr_ratio,
         "precision": cfg.trainer.precision,
     }
-    config = {"name": "toy-1l", "bridge_config": LMConfig(**cfg.model).bridge_config(), "recipe": recipe}
+    config = {
+        "name": "toy-1l",
+        "bridge_config": LMConfig(**cfg.model).bridge_config(),
+        "recipe": recipe,
+    }
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     loss, n_tokens = heldout_loss(load_embedded(folder), cfg.corpus, cfg.val_fraction)
     metrics = {

@@ -125,7 +125,11 @@ class TinyLM(nn.Module):
             elif ".ln" in name or name.startswith("ln_final"):
                 nn.init.ones_(param)
             else:
-                std = 0.02 / math.sqrt(2) if name.endswith(("attn.o.weight", "mlp.out.weight")) else 0.02
+                std = (
+                    0.02 / math.sqrt(2)
+                    if name.endswith(("attn.o.weight", "mlp.out.weight"))
+                    else 0.02
+                )
                 nn.init.normal_(param, std=std)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:

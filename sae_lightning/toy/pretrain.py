@@ -61,7 +61,9 @@ class LMDataModule(L.LightningDataModule):
         log.info("pretraining on %d contexts of %d tokens", len(self.train_ctx), self.n_ctx)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(self.train_ctx), self.batch_size, shuffle=True, drop_last=True)
+        return DataLoader(
+            TensorDataset(self.train_ctx), self.batch_size, shuffle=True, drop_last=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(self.val_ctx), self.batch_size)
@@ -110,7 +112,9 @@ class LMModule(L.LightningModule):
         opt = self.optimizer_factory([{"params": decay}, {"params": rest, "weight_decay": 0.0}])
         total = self.trainer.max_steps
         schedule = partial(
-            warmup_cosine, warmup_steps=self.warmup_steps, total_steps=total,
+            warmup_cosine,
+            warmup_steps=self.warmup_steps,
+            total_steps=total,
             min_ratio=self.min_lr_ratio,
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)

@@ -8,7 +8,10 @@ from safetensors.torch import save_file
 
 from sae_lightning.models import load_embedded
 
-PROMPT = "import os\nimport sys\n\nfor name in os.listdir('.'):\n    if name.endswith('.py'):\n        print(name)\n    else:\n        continue\n"
+PROMPT = (
+    "import os\nimport sys\n\nfor name in os.listdir('.'):\n"
+    "    if name.endswith('.py'):\n        print(name)\n    else:\n        continue\n"
+)
 
 
 def main() -> None:
