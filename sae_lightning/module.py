@@ -183,6 +183,10 @@ class SAEModule(L.LightningModule):
         self.val_downstream.reset()
         self._log_density("val", self.val_density)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # lets a .ckpt be turned back into an SAE without the Hydra config that made it
+        checkpoint["sae_config"] = self.sae.config()
+
     def configure_optimizers(self) -> dict:
         opt = self.optimizer_factory(self.sae.parameters())
         warmup = max(1, self.lr_warmup_steps)

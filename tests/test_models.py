@@ -92,8 +92,10 @@ def test_hub_models_and_datasets_offline_give_one_clear_error(tmp_path):
         from sae_lightning.hub import HubUnavailableError
         from sae_lightning.models import load_hf, load_legacy, load_embedded
         tok = load_embedded().tokenizer
+        def load_dataset(name):
+            return HFDatasetSource(name).contexts("train", tok, 128)
         loads = ((load_legacy, "gelu-1l"), (load_hf, "gpt2"),
-                 (lambda n: HFDatasetSource(n).contexts("train", tok, 128), "NeelNanda/c4-code-20k"))
+                 (load_dataset, "NeelNanda/c4-code-20k"))
         for load, name in loads:
             try:
                 load(name)
@@ -107,8 +109,11 @@ def test_hub_models_and_datasets_offline_give_one_clear_error(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     messages = [m for m in result.stdout.splitlines() if m.startswith("MESSAGE")]
     assert len(messages) == 3
-    expected = (("model 'gelu-1l'", "model=embedded"), ("model 'gpt2'", "model=embedded"),
-                ("dataset 'NeelNanda/c4-code-20k'", "data=corpus"))
+    expected = (
+        ("model 'gelu-1l'", "model=embedded"),
+        ("model 'gpt2'", "model=embedded"),
+        ("dataset 'NeelNanda/c4-code-20k'", "data=corpus"),
+    )
     for (name, local), message in zip(expected, messages, strict=True):
         assert name in message and local in message, message
         assert "HF_HUB_OFFLINE is set" in message and "HF_HUB_OFFLINE=1" in message

@@ -102,6 +102,13 @@ def test_exported_sae_reloads_and_encodes_identically(fast_run):
     out, _ = fast_run
     loaded, cfg = load_saelens(out / "sae")
     assert cfg["metadata"]["hook_name"] == "blocks.0.mlp.hook_post" and cfg["d_sae"] == 256
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["sae_config"] == {
+        "architecture": "standard",
+        "d_in": 1024,
+        "d_sae": 256,
+        "apply_b_dec_to_input": True,
+    }
     trained = ReLUSAE(1024, 256)
     trained.load_state_dict(_ckpt_sae(out / "checkpoints" / "last.ckpt"))
     x = torch.randn(64, 1024, generator=torch.Generator().manual_seed(0)) * 0.3

@@ -1,0 +1,1 @@
+"""Feature analysis: proxies and the helpers the criteria share."""
