@@ -152,3 +152,17 @@ def test_corpus_source_on_a_folder(tmp_path, embedded_model):
     assert train.shape[1] == val.shape[1] == 16 and len(train) > len(val) > 0
     with pytest.raises(CorpusError, match="does not exist"):
         CorpusSource(str(tmp_path / "missing")).contexts("train", embedded_model.tokenizer, 16)
+
+
+def test_state_of_another_shard_is_not_misused(embedded_model, contexts):
+    rank0 = _stream(embedded_model, contexts, rank=0, world_size=2, epochs=1)
+    it = iter(rank0)
+    next(it)
+    state = rank0.state_after(1)
+    fresh = list(_stream(embedded_model, contexts, rank=1, world_size=2, epochs=1))
+    resumed = _stream(embedded_model, contexts, rank=1, world_size=2, epochs=1)
+    resumed.load_state(state)
+    got = list(resumed)  # rank 1 cannot continue rank 0's stream: it starts its own afresh
+    assert len(got) == len(fresh) and all(
+        torch.equal(a, b) for a, b in zip(got, fresh, strict=True)
+    )

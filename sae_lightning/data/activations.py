@@ -64,6 +64,7 @@ class StreamState:
     pending_ids: Tensor | None = None  # [n_pending] ids held in the buffer, in emission order
     rng_state: Tensor | None = None
     batches: int = 0
+    shard: tuple[int, int] = (0, 1)  # (shard, n_shards) the state belongs to
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -170,7 +171,15 @@ class ActivationStream(IterableDataset):
     def __iter__(self) -> Iterator[Float[Tensor, "batch d_in"]]:
         shard, n_shards = self._shard()
         rng = torch.Generator().manual_seed(self.seed * 7919 + shard)
-        state, self.resume_from = self.resume_from or StreamState(), None
+        state, self.resume_from = self.resume_from or StreamState(shard=(shard, n_shards)), None
+        if tuple(state.shard) != (shard, n_shards):
+            # a checkpoint holds rank 0's stream only; another shard cannot use it
+            log.warning(
+                "stream state of shard %s does not fit shard %s: this shard starts afresh",
+                tuple(state.shard),
+                (shard, n_shards),
+            )
+            state = StreamState(shard=(shard, n_shards))
         if state.rng_state is not None:
             rng.set_state(state.rng_state)
         order = self._order(state.epoch, shard, n_shards)
@@ -208,6 +217,7 @@ class ActivationStream(IterableDataset):
                     ids,
                     rng.get_state(),
                     state.batches,
+                    state.shard,
                 )
             )
             yield batch

@@ -1,0 +1,180 @@
+"""Helpers shared by the built-in criteria: small running counters, the first pass, windows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from torchmetrics import Metric
+
+from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext
+from sae_lightning.data.activations import capture_activations
+from sae_lightning.metrics.correlation import FiringCounts
+
+FIRST_PASS_KEY = "_first_pass"
+"""``ctx.extras`` key of the cached first passes (one per number of contexts)."""
+
+
+def number(value: float | Tensor) -> float | None:
+    """A JSON-able float: NaN and infinities (undefined statistics) become ``None``."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class FeatureCounts(Metric):
+    """``n_counters`` running integer counts per feature (e.g. tokens above a threshold).
+
+    Args:
+        n_features: Number of features.
+        n_counters: Number of counters per feature.
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    counts: Tensor
+
+    def __init__(self, n_features: int, n_counters: int) -> None:
+        super().__init__()
+        if n_features < 1 or n_counters < 1:
+            raise ValueError(
+                f"n_features and n_counters must be positive, got {n_features}, {n_counters}"
+            )
+        zeros = torch.zeros(n_features, n_counters, dtype=torch.long)
+        self.add_state("counts", default=zeros, dist_reduce_fx="sum")
+
+    def update(self, counts: Int[Tensor, "n_features n_counters"]) -> None:
+        """Add one batch's counts."""
+        if counts.shape != self.counts.shape:
+            raise ValueError(f"counts must be {list(self.counts.shape)}, got {list(counts.shape)}")
+        self.counts = self.counts + counts.long()
+
+    def compute(self) -> Int[Tensor, "n_features n_counters"]:
+        """The counts so far."""
+        return self.counts
+
+
+class FeatureMax(Metric):
+    """Running maximum activation per feature (0 for a feature that never fired).
+
+    Args:
+        n_features: Number of features.
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    max_act: Tensor
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        if n_features < 1:
+            raise ValueError(f"n_features must be positive, got {n_features}")
+        self.add_state("max_act", default=torch.zeros(n_features), dist_reduce_fx="max")
+
+    def update(self, acts: Float[Tensor, "n n_features"]) -> None:
+        """Fold a batch of activations into the running max."""
+        if acts.numel():
+            self.max_act = torch.maximum(self.max_act, acts.detach().float().amax(dim=0))
+
+    def compute(self) -> Float[Tensor, " n_features"]:
+        """The maximum per feature."""
+        return self.max_act
+
+
+def flatten(batch: AnalysisBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """``(acts [n, F], tokens [n], token_index [n])`` with batch and position merged."""
+    acts = batch.feature_acts.flatten(0, 1)  # [batch*pos, F]
+    return acts, batch.tokens.flatten(), batch.token_index.flatten()
+
+
+def module_device(module: Any) -> torch.device:
+    """The device of a module's first parameter (CPU for a parameterless object)."""
+    try:
+        return next(module.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def feature_acts(
+    ctx: AnalysisContext, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos n_features"]:
+    """The analysed features' activations on ``tokens`` (frozen forward up to the hook)."""
+    tokens = tokens.to(module_device(ctx.model))
+    acts = capture_activations(ctx.model, tokens, ctx.hook_name)  # [batch, pos, d_in]
+    w_dec = ctx.sae.W_dec
+    encoded = ctx.sae.encode(acts.to(device=w_dec.device, dtype=w_dec.dtype))
+    return encoded[..., ctx.features]
+
+
+@dataclass
+class FirstPass:
+    """Statistics of the analysed features over the first contexts, before the main pass."""
+
+    max_act: Float[Tensor, " n_features"]
+    """Largest activation seen per feature."""
+    mass: Float[Tensor, "n_features vocab"]
+    """Activation mass per feature and vocabulary token (:class:`FiringCounts` ``mass``)."""
+
+
+@torch.no_grad()
+def first_pass(ctx: AnalysisContext, n_contexts: int, batch_size: int = 16) -> FirstPass:
+    """Run the frozen model and the SAE over ``ctx.contexts[:n_contexts]`` (cached in extras).
+
+    Criteria that need a per-feature quantity *during* the streaming pass (an automatic
+    proxy, an activation scale) estimate it here. The result is cached in
+    ``ctx.extras["_first_pass"][n_contexts]`` so several criteria pay for it once.
+    """
+    if n_contexts < 1:
+        raise ValueError(f"the first pass needs at least 1 context, got {n_contexts}")
+    cache = ctx.extras.setdefault(FIRST_PASS_KEY, {})
+    if n_contexts in cache:
+        return cache[n_contexts]
+    n_features = len(ctx.features)
+    counts = FiringCounts(n_features, len(ctx.str_tokens))
+    running_max = FeatureMax(n_features)
+    contexts = ctx.contexts[:n_contexts]
+    for start in range(0, contexts.shape[0], batch_size):
+        tokens = contexts[start : start + batch_size]
+        acts = feature_acts(ctx, tokens).flatten(0, 1).float().cpu()  # [n, F]
+        counts.update(acts, tokens.flatten().cpu())
+        running_max.update(acts)
+    # torchmetrics squeezes one-element results: restore the shapes
+    mass = counts.compute()[0].view(n_features, -1)
+    cache[n_contexts] = FirstPass(max_act=running_max.compute().view(n_features), mass=mass)
+    return cache[n_contexts]
+
+
+def proxy_masks(
+    ids: list[list[int]], vocab: int, device: torch.device | None = None
+) -> Bool[Tensor, "n_features vocab"]:
+    """``[F, vocab]`` membership masks of per-feature token-id sets."""
+    masks = torch.zeros(len(ids), vocab, dtype=torch.bool, device=device)
+    for row, token_ids in enumerate(ids):
+        masks[row, token_ids] = True
+    return masks
+
+
+def context_window(ctx: AnalysisContext, token_index: int, radius: int) -> dict[str, Any]:
+    """The ``±radius`` tokens around a global token id, as strings, with the token's offset."""
+    n_ctx = ctx.contexts.shape[1]
+    context, pos = divmod(int(token_index), n_ctx)
+    if not 0 <= context < ctx.contexts.shape[0]:
+        raise ValueError(
+            f"token_index {token_index} points at context {context}, outside the "
+            f"{ctx.contexts.shape[0]} analysed contexts"
+        )
+    lo = max(0, pos - radius)
+    ids = ctx.contexts[context, lo : pos + radius + 1].tolist()
+    return {
+        "context": context,
+        "position": pos,
+        "tokens": [ctx.str_tokens[t] for t in ids],
+        "highlight": pos - lo,
+    }

@@ -1,0 +1,249 @@
+"""Specificity and sensitivity of each feature with respect to a token proxy.
+
+The proxy of a feature is the configured ``proxy`` (one :class:`Proxy` for every feature)
+or, when it is null, the feature's automatic proxy: the tokens carrying most of its
+activation mass (:func:`auto_proxy`). Both criteria need the proxy *during* the streaming
+pass, before any criterion has seen the whole stream, so the automatic proxy comes from a
+small first pass over the first ``proxy_contexts`` contexts (the frozen model and the SAE;
+shared between criteria, see :func:`plugins._common.first_pass`). The one TopActivations
+writes into ``ctx.extras["auto_proxy"]`` at the end uses the whole pass and can differ for
+rare features; the proxy actually used is in every result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+from typing_extensions import override
+
+from plugins._common import FeatureCounts, FeatureMax, first_pass, flatten, number, proxy_masks
+from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
+from sae_lightning.analysis.proxies import Proxy, auto_proxy
+from sae_lightning.metrics.histogram import ProxyHistogram, log_likelihood_ratio, precision_above
+
+_MAX_LISTED_TOKENS = 32  # proxy tokens listed in a result (a regex may match thousands)
+
+
+class ProxyCriterion(Criterion):
+    """Shared part of specificity and sensitivity: resolving and applying the proxies.
+
+    Args:
+        proxy: A proxy for every feature, or None for each feature's automatic proxy.
+        proxy_contexts: Contexts of the first pass that derives the automatic proxies.
+        proxy_coverage: Mass fraction an automatic proxy covers.
+        proxy_max_tokens: Largest automatic proxy.
+        threshold: The verdict's threshold on the criterion's number.
+    """
+
+    def __init__(
+        self,
+        proxy: Proxy | None,
+        proxy_contexts: int,
+        proxy_coverage: float,
+        proxy_max_tokens: int,
+        threshold: float,
+    ) -> None:
+        super().__init__()
+        if proxy is not None and not isinstance(proxy, Proxy):
+            raise ValueError(f"proxy must be a Proxy (a `_target_` node) or null, got {proxy!r}")
+        if proxy_contexts < 1:
+            raise ValueError(f"proxy_contexts must be a positive int, got {proxy_contexts!r}")
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        self.proxy, self.proxy_contexts = proxy, proxy_contexts
+        self.proxy_coverage, self.proxy_max_tokens = proxy_coverage, proxy_max_tokens
+        self.threshold = threshold
+
+    def setup_proxies(self, ctx: AnalysisContext) -> None:
+        """Resolve each feature's proxy into ``self.masks`` (``[F or 1, vocab]`` bool)."""
+        n_features = len(ctx.features)
+        if self.proxy is not None:
+            self.masks = self.proxy.vocab_mask(ctx.str_tokens).unsqueeze(0)  # [1, vocab]
+            self.descriptions = [self.proxy.describe()] * n_features
+            return
+        mass = first_pass(ctx, self.proxy_contexts).mass  # [F, vocab]
+        ids = [auto_proxy(row, self.proxy_coverage, self.proxy_max_tokens) for row in mass]
+        self.masks = proxy_masks(ids, len(ctx.str_tokens))  # [F, vocab]
+        self.descriptions = [
+            "tokens {" + ", ".join(repr(ctx.str_tokens[t]) for t in i) + "}" if i else "none"
+            for i in ids
+        ]
+
+    def proxy_of(self, tokens: Int[Tensor, " n"], n_features: int) -> Bool[Tensor, "n f"]:
+        """``[n, F]``: whether token ``i`` satisfies feature ``j``'s proxy."""
+        if self.masks.device != tokens.device:
+            self.masks = self.masks.to(tokens.device)
+        return self.masks[:, tokens].T.expand(tokens.shape[0], n_features)
+
+    def proxy_result(self, ctx: AnalysisContext, row: int) -> dict[str, Any]:
+        """The proxy's description and (up to 32 of) its tokens as strings."""
+        mask = self.masks[0 if self.masks.shape[0] == 1 else row]
+        ids = mask.nonzero().flatten().tolist()
+        return {
+            "proxy": self.descriptions[row],
+            "proxy_tokens": [ctx.str_tokens[t] for t in ids[:_MAX_LISTED_TOKENS]],
+            "proxy_vocab_size": len(ids),
+        }
+
+    def verdict(self, value: float | None) -> bool | None:
+        """``value >= threshold``; None when the number is undefined."""
+        return None if value is None else bool(value >= self.threshold)
+
+
+class Specificity(ProxyCriterion):
+    """How often the proxy holds where the feature fires strongly.
+
+    ``specificity`` is the exact fraction of proxy tokens among the tokens where the
+    feature exceeds half its max activation. The max is estimated by the first pass (the
+    threshold must be fixed during the pass), so it is half the max seen over the first
+    ``proxy_contexts`` contexts. For a feature silent there, the number is the histogram's
+    :func:`precision_above` at half the pass's true max instead (``specificity_source``).
+    The histogram (``n_bins`` bins on ``[0, max_scale * first-pass max]``, clamped at the
+    top) splits nonzero activations by the proxy and gives the per-bin log-likelihood
+    ratio for the plot.
+
+    Args:
+        proxy: A proxy for every feature, or None for each feature's automatic proxy.
+        proxy_contexts: Contexts of the first pass (automatic proxies, max estimate).
+        proxy_coverage: Mass fraction an automatic proxy covers.
+        proxy_max_tokens: Largest automatic proxy.
+        threshold: The verdict is ``specificity >= threshold``.
+        n_bins: Histogram bins.
+        max_scale: The histogram spans ``max_scale`` times the first pass's max.
+    """
+
+    name: ClassVar[str] = "specificity"
+    order: ClassVar[int] = 20
+    headline: ClassVar[str] = "specificity"  # the result key the report's scorecard shows
+
+    def __init__(
+        self,
+        proxy: Proxy | None = None,
+        proxy_contexts: int = 256,
+        proxy_coverage: float = 0.5,
+        proxy_max_tokens: int = 8,
+        threshold: float = 0.9,
+        n_bins: int = 30,
+        max_scale: float = 1.5,
+    ) -> None:
+        super().__init__(proxy, proxy_contexts, proxy_coverage, proxy_max_tokens, threshold)
+        if n_bins < 1:
+            raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+        if max_scale < 1:
+            raise ValueError(
+                f"max_scale must be >= 1 (the histogram covers the max), got {max_scale!r}"
+            )
+        self.n_bins, self.max_scale = n_bins, max_scale
+
+    @override
+    def setup_metrics(self, n_features: int, ctx: AnalysisContext) -> None:
+        self.setup_proxies(ctx)
+        estimate = first_pass(ctx, self.proxy_contexts).max_act.double()  # [F]
+        self.estimated = estimate > 0
+        self.scale = torch.where(self.estimated, estimate * self.max_scale, 1.0)  # [F]
+        self.cut = 0.5 * estimate  # [F]; exact specificity counts tokens above this
+        self.edges = torch.linspace(0.0, 1.0, self.n_bins + 1, dtype=torch.float64)
+        self.histogram = ProxyHistogram(n_features, self.edges)  # on act / scale
+        self.above = FeatureCounts(n_features, 2)  # [above cut, above cut and proxy]
+        self.max_act = FeatureMax(n_features)
+
+    @override
+    def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
+        acts, tokens, _ = flatten(batch)  # [n, F], [n]
+        proxy = self.proxy_of(tokens, acts.shape[1])  # [n, F]
+        scale, cut = self.scale.to(acts.device), self.cut.to(acts.device)
+        self.histogram.update(acts.double() / scale, proxy)
+        above = (acts > 0) & (acts.double() > cut)  # [n, F]
+        self.above.update(torch.stack([above.sum(0), (above & proxy).sum(0)], dim=1))
+        self.max_act.update(acts)
+
+    @override
+    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+        n_features = len(ctx.features)  # views: torchmetrics squeezes one-element results
+        pos, neg = (c.view(n_features, self.n_bins).cpu() for c in self.histogram.compute())
+        llr = log_likelihood_ratio(pos, neg)  # [F, bins]
+        max_act = self.max_act.compute().view(n_features).double().cpu()  # [F]
+        hist_spec = precision_above(pos, neg, self.edges, 0.5 * max_act / self.scale)
+        counts = self.above.compute().cpu()  # [F, 2]
+        exact = torch.where(counts[:, 0] > 0, counts[:, 1] / counts[:, 0].clamp(min=1), torch.nan)
+        out: dict[int, dict[str, Any]] = {}
+        for row, f in enumerate(ctx.features):
+            estimated = bool(self.estimated[row])
+            value = number(exact[row] if estimated else hist_spec[row])
+            out[f] = {
+                **self.proxy_result(ctx, row),
+                "specificity": value,
+                "specificity_source": "exact" if estimated else "histogram",
+                "specificity_histogram": number(hist_spec[row]),
+                "threshold_activation": float(self.cut[row]),
+                "n_above_threshold": int(counts[row, 0]),
+                "max_activation": float(max_act[row]),
+                "histogram": {
+                    "edges": (self.edges * self.scale[row]).tolist(),
+                    "proxy_counts": pos[row].tolist(),
+                    "other_counts": neg[row].tolist(),
+                    "llr": llr[row].tolist(),
+                },
+                "verdict": self.verdict(value),
+            }
+        return out
+
+
+class Sensitivity(ProxyCriterion):
+    """Fraction of proxy-positive tokens on which the feature fires (activation ``> 0``).
+
+    Exact counters over the whole pass. The proxy is resolved as for :class:`Specificity`
+    (same options, same first pass, so with equal options both judge the same proxy).
+
+    Args:
+        proxy: A proxy for every feature, or None for each feature's automatic proxy.
+        proxy_contexts: Contexts of the first pass that derives the automatic proxies.
+        proxy_coverage: Mass fraction an automatic proxy covers.
+        proxy_max_tokens: Largest automatic proxy.
+        threshold: The verdict is ``sensitivity >= threshold``.
+    """
+
+    name: ClassVar[str] = "sensitivity"
+    order: ClassVar[int] = 21
+    headline: ClassVar[str] = "sensitivity"  # the result key the report's scorecard shows
+
+    def __init__(
+        self,
+        proxy: Proxy | None = None,
+        proxy_contexts: int = 256,
+        proxy_coverage: float = 0.5,
+        proxy_max_tokens: int = 8,
+        threshold: float = 0.8,
+    ) -> None:
+        super().__init__(proxy, proxy_contexts, proxy_coverage, proxy_max_tokens, threshold)
+
+    @override
+    def setup_metrics(self, n_features: int, ctx: AnalysisContext) -> None:
+        self.setup_proxies(ctx)
+        self.counts = FeatureCounts(n_features, 2)  # [proxy tokens, proxy tokens fired on]
+
+    @override
+    def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
+        acts, tokens, _ = flatten(batch)  # [n, F], [n]
+        proxy = self.proxy_of(tokens, acts.shape[1])  # [n, F]
+        fired = proxy & (acts > 0)
+        self.counts.update(torch.stack([proxy.sum(0), fired.sum(0)], dim=1))
+
+    @override
+    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+        counts = self.counts.compute().cpu()  # [F, 2]
+        value = torch.where(counts[:, 0] > 0, counts[:, 1] / counts[:, 0].clamp(min=1), torch.nan)
+        out: dict[int, dict[str, Any]] = {}
+        for row, f in enumerate(ctx.features):
+            sensitivity = number(value[row])
+            out[f] = {
+                **self.proxy_result(ctx, row),
+                "sensitivity": sensitivity,
+                "n_proxy_tokens": int(counts[row, 0]),
+                "n_proxy_fired": int(counts[row, 1]),
+                "verdict": self.verdict(sensitivity),
+            }
+        return out
