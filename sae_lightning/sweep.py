@@ -26,18 +26,22 @@ COLUMNS = (
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Read every job's metrics.json under ``sweep_dir``; write summary.csv and summary.md."""
     sweep_dir = Path(sweep_dir)
-    rows = []
-    for path in sorted(
-        sweep_dir.glob(f"*/{METRICS_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)
-    ):
-        record = json.loads(path.read_text())
-        rows.append(
-            {
-                "job": path.parent.name,
-                "overrides": " ".join(record.get("overrides", [])),
-                **{c: record.get("metrics", {}).get(c) for c in COLUMNS},
-            }
-        )
+    records = [
+        (path.parent.name, json.loads(path.read_text()))
+        for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=_job_order)
+    ]
+    # show only the overrides that vary between jobs: the rest is the same for every row
+    shared = (
+        set.intersection(*(set(r.get("overrides", [])) for _, r in records)) if records else set()
+    )
+    rows = [
+        {
+            "job": job,
+            "overrides": " ".join(o for o in record.get("overrides", []) if o not in shared),
+            **{c: record.get("metrics", {}).get(c) for c in COLUMNS},
+        }
+        for job, record in records
+    ]
     if not rows:
         log.warning("no %s under %s: nothing to summarize", METRICS_FILE, sweep_dir)
         return rows
@@ -48,6 +52,11 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     (sweep_dir / "summary.md").write_text(markdown_table(rows))
     log.info("sweep summary of %d jobs:\n%s", len(rows), markdown_table(rows))
     return rows
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    name = path.parent.name
+    return (int(name), name) if name.isdigit() else (10**9, name)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -225,7 +225,7 @@ def test_three_job_sweep_writes_summary(tmp_path, small_corpus):
     result = _run(
         [
             "-m",
-            "loss.l1_coeff=1,5,20",
+            "loss.l1_coeff=0.1,5,50",
             "debug=fast",
             f"data.source.corpus={small_corpus}",
             "data.source.val_fraction=0.2",
@@ -237,9 +237,9 @@ def test_three_job_sweep_writes_summary(tmp_path, small_corpus):
     summary = (tmp_path / "sweep" / "summary.md").read_text().splitlines()
     assert len(summary) == 2 + 3 and "val/loss_recovered" in summary[0]
     assert [row.split("|")[2].strip() for row in summary[2:]] == [
-        "loss.l1_coeff=1",
+        "loss.l1_coeff=0.1",
         "loss.l1_coeff=5",
-        "loss.l1_coeff=20",
+        "loss.l1_coeff=50",
     ]
     import csv
 
