@@ -1,0 +1,28 @@
+"""Judge the features of a trained SAE: ``python analyze.py [sae_path=PATH] [overrides]``.
+
+Configuration: conf/analyze.yaml (Hydra). Loads the SAE (default: the latest run under
+outputs/), the frozen model named in its metadata and ``tokens=`` held-out tokens, runs the
+selected criteria (``criteria=[specificity,not_a_neuron]``) over one streaming pass and
+writes outputs/analysis/<date>/<time>/report/criteria.json, TensorBoard events and a
+scorecard in the log. Examples::
+
+    python analyze.py sae_path=outputs/2026-01-01/12-00-00 features=top:50 tokens=100000
+    python analyze.py sae_path=a/sae compare_with=b/sae "criteria=[top_activations,universality]"
+    python analyze.py trainer=ddp trainer.accelerator=cpu trainer.devices=2
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from sae_lightning.analysis.run import analyze
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
+def main(cfg: DictConfig) -> float | None:
+    report = analyze(cfg)
+    rates = [s["pass_rate"] for s in report.summaries.values() if "pass_rate" in s]
+    return sum(rates) / len(rates) if rates else None
+
+
+if __name__ == "__main__":
+    main()

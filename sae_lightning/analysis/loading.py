@@ -1,0 +1,222 @@
+"""Load an SAE for analysis from any of the forms we accept, and check it fits the model.
+
+Accepted forms of ``path``:
+
+- a training run folder (``outputs/<date>/<time>``, holding ``sae/cfg.json``);
+- an exported SAELens folder (``cfg.json`` + ``sae_weights.safetensors``);
+- a Lightning checkpoint (``.ckpt``) written by ``SAEModule`` (it holds ``sae_config``);
+- a ``.pt`` state dict in the format of Neel Nanda's 1L-Sparse-Autoencoder, next to its
+  ``<stem>_cfg.json``.
+
+Nothing pickled is ever executed: safetensors, or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sae_lightning.data.activations import capture_activations, validate_hook
+from sae_lightning.formats import CFG_FILE, WEIGHTS_FILE, load_saelens
+from sae_lightning.saes import SAE, ReLUSAE, build_sae
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOOK = "blocks.0.mlp.hook_post"
+ACCEPTED = (
+    "a training run folder (with sae/cfg.json), an SAELens folder (cfg.json + "
+    "sae_weights.safetensors), a Lightning .ckpt written by train.py, or a .pt state dict of "
+    "Neel Nanda's 1L-Sparse-Autoencoder with its <stem>_cfg.json"
+)
+NO_RUN = "run `python train.py` first or pass sae_path=PATH"
+# Neel Nanda's ``site`` names -> TransformerLens hook names (``utils.get_act_name``)
+NEEL_SITES: dict[str, str] = {
+    "post": "blocks.{layer}.mlp.hook_post",
+    "pre": "blocks.{layer}.mlp.hook_pre",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+}
+NEEL_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load`` that refuses anything but tensors and plain containers."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (every failure becomes one clear message)
+        raise ValueError(
+            f"{path} cannot be loaded safely (weights_only=True refuses pickled code and "
+            f"corrupt files): {err}"
+        ) from err
+
+
+def latest_run(root: str | Path = "outputs") -> Path:
+    """The newest training run under ``root`` (a folder holding ``sae/cfg.json``).
+
+    Raises:
+        FileNotFoundError: If no run under ``root`` has an exported SAE.
+    """
+    root = Path(root)
+    runs = [p.parent.parent for p in root.rglob(f"sae/{CFG_FILE}")] if root.is_dir() else []
+    if not runs:
+        raise FileNotFoundError(f"no trained SAE under {root}/: {NO_RUN}")
+    return max(runs, key=lambda p: (p / "sae" / CFG_FILE).stat().st_mtime)
+
+
+def _from_saelens(folder: Path) -> tuple[SAE, dict[str, Any]]:
+    sae, cfg = load_saelens(folder)
+    return sae, {"source": str(folder), **cfg.get("metadata", {})}
+
+
+def _from_ckpt(path: Path) -> tuple[SAE, dict[str, Any]]:
+    ckpt = _safe_load(path)
+    if not isinstance(ckpt, dict) or "sae_config" not in ckpt or "state_dict" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(
+            f"{path} is not an SAE checkpoint written by train.py: it needs 'sae_config' and "
+            f"'state_dict' (with sae.* tensors), got {keys}"
+        )
+    config = dict(ckpt["sae_config"])
+    prefix = "sae."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        with torch.device("meta"):  # no allocation, no draw from the global RNG
+            sae = build_sae(config.pop("architecture", "standard"), **config)
+        sae.load_state_dict(state, assign=True)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"{path}: its sae.* tensors do not fit sae_config {config}: {err}"
+        ) from None
+    return sae.eval(), {"source": str(path), **_ckpt_metadata(path, ckpt)}
+
+
+def _ckpt_metadata(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of a checkpoint: its hparams, else its run folder's export, else defaults."""
+    meta: dict[str, Any] = {
+        "model_name": "toy-1l",
+        "hook_name": DEFAULT_HOOK,
+        "context_size": None,
+        "prepend_bos": True,
+    }
+    export = path.parent.parent / "sae" / CFG_FILE  # <run>/checkpoints/x.ckpt -> <run>/sae
+    if path.parent.name == "checkpoints" and export.is_file():
+        meta.update(json.loads(export.read_text()).get("metadata", {}))
+    hparams = ckpt.get("hyper_parameters") or {}
+    meta.update(
+        {k: hparams[k] for k in ("model_name", "hook_name", "context_size") if k in hparams}
+    )
+    return meta
+
+
+def _neel_hook(cfg: dict[str, Any], where: Path) -> str:
+    if cfg.get("act_name"):
+        return str(cfg["act_name"])
+    site, layer = cfg.get("site", "post"), cfg.get("layer", 0)
+    if site not in NEEL_SITES:
+        raise ValueError(f"{where}: unknown site {site!r}; valid: {sorted(NEEL_SITES)}")
+    return NEEL_SITES[site].format(layer=layer)
+
+
+def _from_neel(path: Path) -> tuple[SAE, dict[str, Any]]:
+    """Neel Nanda's AutoEncoder: ``relu((x - b_dec) @ W_enc + b_enc) @ W_dec + b_dec``."""
+    cfg_path = path.with_name(f"{path.stem}_cfg.json")
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path} needs its config {cfg_path.name} next to it")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from None
+    state = _safe_load(path)
+    names = ("W_enc", "W_dec", "b_enc", "b_dec")
+    if not isinstance(state, dict) or sorted(state) != sorted(names):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: a Neel-format state dict holds exactly {list(names)}, got {got}")
+    d_in = int(cfg.get("d_mlp") or cfg.get("act_size") or state["W_enc"].shape[0])
+    d_sae = int(cfg.get("dict_size") or d_in * int(cfg.get("dict_mult", 1)))
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise ValueError(
+                f"{path}: {name} has shape {tuple(state[name].shape)}, but {cfg_path.name} "
+                f"(d_in={d_in}, d_sae={d_sae}) expects {shape}"
+            )
+    dtype = NEEL_DTYPES.get(cfg.get("enc_dtype", "fp32"), torch.float32)
+    with torch.device("meta"):
+        sae = ReLUSAE(d_in, d_sae, apply_b_dec_to_input=True)
+    sae.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    metadata = {
+        "source": str(path),
+        "model_name": cfg.get("model_name", "gelu-1l"),
+        "hook_name": _neel_hook(cfg, cfg_path),
+        "context_size": cfg.get("seq_len"),
+        "prepend_bos": True,
+        "neel_cfg": cfg,
+    }
+    return sae.eval(), metadata
+
+
+def load_sae(path: str | Path) -> tuple[SAE, dict[str, Any]]:
+    """The SAE at ``path`` (in eval mode, on CPU) and its metadata.
+
+    The metadata holds at least ``model_name``, ``hook_name``, ``context_size`` (None when
+    unknown) and ``source`` (the file or folder read).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If ``path`` is none of the accepted forms (the message lists them), or its
+            contents are corrupt, mismatched, or would need unpickling code to load.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"SAE path {str(path)!r} does not exist; expected {ACCEPTED}")
+    if path.is_dir() and (path / "sae" / CFG_FILE).is_file():
+        return _from_saelens(path / "sae")
+    if path.is_dir() and (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+        return _from_saelens(path)
+    if path.is_file() and path.suffix == ".ckpt":
+        return _from_ckpt(path)
+    if path.is_file() and path.suffix == ".pt":
+        return _from_neel(path)
+    raise ValueError(f"cannot read an SAE from {str(path)!r}; expected {ACCEPTED}")
+
+
+def hook_width(model, hook_name: str) -> int:
+    """Width of the activation at ``hook_name`` (one two-token probe forward)."""
+    validate_hook(model, hook_name)
+    device = next(model.parameters()).device
+    probe = torch.zeros(1, 2, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        acts: Tensor = capture_activations(model, probe, hook_name)
+    return int(acts.shape[-1])
+
+
+def check_compatible(sae: SAE, metadata: dict[str, Any], model, hook_name: str) -> None:
+    """Refuse an SAE that cannot read ``hook_name`` of ``model``.
+
+    Raises:
+        ValueError: If the hook does not exist (the message lists the valid ones), or the
+            SAE's ``d_in`` differs from the hook's width (the message names both).
+    """
+    width = hook_width(model, hook_name)
+    if sae.d_in != width:
+        source = metadata.get("source", "the SAE")
+        raise ValueError(
+            f"SAE {source} reads d_in={sae.d_in}, but hook {hook_name!r} of model "
+            f"{metadata.get('model_name', '?')!r} has width {width}; analyse it with the model "
+            f"and hook it was trained on (model=..., hook_name=...)"
+        )
+    trained_on = metadata.get("hook_name")
+    if trained_on and trained_on != hook_name:
+        log.warning("the SAE was trained on hook %r but is analysed on %r", trained_on, hook_name)

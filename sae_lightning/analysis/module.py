@@ -1,0 +1,139 @@
+"""``AnalysisModule``: the one streaming pass over the analysed tokens that every criterion reads.
+
+``trainer.validate(module)`` runs the frozen model to the hook on each batch of contexts,
+encodes the activations with the SAE (and the ``compare_with`` SAE), and returns an
+:class:`AnalysisBatch`, which Lightning hands to every criterion's
+``on_validation_batch_end``. At the end of the epoch, the criteria (Callbacks, whose epoch-end
+hooks run before the module's) are complete: the module collects their results into the
+report, logs their summaries and writes the scorecard to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
+from sae_lightning.analysis.report import Report
+from sae_lightning.data.activations import capture_activations
+from sae_lightning.saes import SAE
+
+log = logging.getLogger(__name__)
+
+
+class AnalysisModule(L.LightningModule):
+    """Streams ``ctx.contexts`` through the frozen model and the SAE(s).
+
+    Args:
+        sae: The SAE under analysis (a submodule: moved to the device with the module).
+        model: The frozen transformer; a plain attribute, never a submodule.
+        ctx: Everything criteria need that is not per batch; ``ctx.sae`` is ``sae``.
+        report: Filled at the end of the pass.
+        other_sae: The ``compare_with`` SAE, or None.
+        batch_size: Contexts per batch.
+
+    Under DDP each rank streams every ``world_size``-th context (no padding, so no token is
+    counted twice); the criteria's metric states are reduced across ranks when computed.
+    """
+
+    def __init__(
+        self,
+        sae: SAE,
+        model,
+        ctx: AnalysisContext,
+        report: Report,
+        other_sae: SAE | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.sae = sae.eval().requires_grad_(False)
+        self.other_sae = other_sae.eval().requires_grad_(False) if other_sae is not None else None
+        self.__dict__["frozen"] = model  # plain attribute: never a submodule, never checkpointed
+        self.ctx, self.report, self.batch_size = ctx, report, batch_size
+        self.all_features = ctx.features == list(range(sae.d_sae))
+        self.register_buffer("feature_index", torch.tensor(ctx.features), persistent=False)
+        self.n_ctx = int(ctx.contexts.shape[1])
+
+    def criteria(self) -> list[Criterion]:
+        """The trainer's criteria, in the order they finish (``Criterion.order``)."""
+        found = [c for c in self.trainer.callbacks if isinstance(c, Criterion)]
+        return sorted(found, key=lambda c: c.order)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        rows = torch.arange(rank, len(self.ctx.contexts), world)  # this rank's contexts
+        dataset = TensorDataset(self.ctx.contexts[rows], rows)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
+
+    def on_validation_model_eval(self) -> None:
+        # the first hook after the strategy moved the module to its device, and before any
+        # callback's on_validation_start: the frozen model and the criteria's metrics (moved
+        # in Criterion.setup, while the module was still on the CPU) follow it here
+        super().on_validation_model_eval()
+        self.frozen.to(self.device)
+        for criterion in self.criteria():
+            for metric in criterion.metrics():
+                metric.to(self.device)
+
+    def validation_step(
+        self, batch: tuple[Int[Tensor, "b n_ctx"], Int[Tensor, " b"]], batch_idx: int
+    ) -> AnalysisBatch:
+        tokens, context_index = batch
+        acts = capture_activations(self.frozen, tokens, self.ctx.hook_name)  # [b, pos, d_in]
+        acts = acts.to(self.sae.W_enc.dtype)
+        feats = self.sae.encode(acts)  # [b, pos, d_sae]
+        if not self.all_features:
+            feats = feats.index_select(-1, self.feature_index)  # [b, pos, n_features]
+        positions = torch.arange(self.n_ctx, device=tokens.device)
+        other = (
+            self.other_sae.encode(acts.to(self.other_sae.W_enc.dtype))
+            if self.other_sae is not None
+            else None
+        )
+        return AnalysisBatch(
+            tokens=tokens,
+            token_index=context_index[:, None] * self.n_ctx + positions,  # [b, pos]
+            feature_acts=feats,
+            neuron_acts=acts,
+            other_acts=other,
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        for criterion in self.criteria():
+            results = criterion.results(self.ctx)
+            summary = criterion.summary(results)
+            headline = getattr(type(criterion), "headline", None)
+            self.report.add(criterion.name, results, summary, headline)
+            for key, value in summary.items():
+                self.log(f"criteria/{criterion.name}/{key}", float(value), sync_dist=False)
+        self._log_tensorboard()
+
+    def _log_tensorboard(self) -> None:
+        """Histogram of each criterion's headline number over features; the scorecard as text."""
+        experiment = getattr(self.logger, "experiment", None)
+        if not self.trainer.is_global_zero or experiment is None:
+            return
+        if hasattr(experiment, "add_histogram"):
+            for name in self.report.criteria:
+                key = self.report.headline(name)
+                values = [
+                    numbers.get(key)
+                    for per_feature in self.report.features.values()
+                    if (numbers := per_feature.get(name)) is not None
+                ]
+                values = [float(v) for v in values if isinstance(v, (int, float))]
+                if key and values:
+                    experiment.add_histogram(
+                        f"criteria/{name}/{key}", torch.tensor(values), self.global_step
+                    )
+        if hasattr(experiment, "add_text"):
+            # four-space indent: TensorBoard renders it as fixed-width code
+            text = "\n".join("    " + line for line in self.report.scorecard().splitlines())
+            experiment.add_text("criteria/scorecard", text, self.global_step)

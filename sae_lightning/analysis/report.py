@@ -1,0 +1,160 @@
+"""The shared report of an analysis: per feature, per criterion, numbers and a verdict.
+
+``criteria.json`` holds ``{"metadata": ..., "criteria": {name: summary}, "features":
+{str(index): {criterion: {...numbers..., "verdict": ...}}}}``; it is strict JSON (NaN and
+infinities become ``null``, tensors become numbers or lists).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MARKS = {True: "✓", False: "✗", None: "·"}
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON: tensors and arrays to lists, NaN/inf to None, tuples to lists."""
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Real):
+        return json_safe(float(value))
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class Report:
+    """Collects every criterion's per-feature results for one analysis.
+
+    Args:
+        features: Indices of the analysed features, in analysis order.
+        metadata: About the run (SAE source, model, hook, tokens...): written to the JSON.
+
+    Example:
+        >>> r = Report([3, 7], {"model_name": "toy-1l"})
+        >>> r.add("fires", {3: {"density": 0.1, "verdict": True}, 7: {"density": 0.0,
+        ...        "verdict": False}}, {"pass_rate": 0.5})
+        >>> r.features[7]["fires"]["verdict"]
+        False
+    """
+
+    def __init__(self, features: list[int], metadata: dict[str, Any]) -> None:
+        self.feature_list = [int(f) for f in features]
+        self.metadata = dict(metadata)
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.headlines: dict[str, str | None] = {}
+        self.features: dict[int, dict[str, dict[str, Any]]] = {f: {} for f in self.feature_list}
+
+    def add(
+        self,
+        criterion: str,
+        results: dict[int, dict[str, Any]],
+        summary: dict[str, Any],
+        headline: str | None = None,
+    ) -> None:
+        """Record one criterion's results (keyed by feature index) and its summary scalars.
+
+        Args:
+            headline: The result key shown in the scorecard; None: its first numeric key.
+
+        Raises:
+            ValueError: If ``results`` names a feature that is not analysed.
+        """
+        unknown = sorted(set(map(int, results)) - set(self.features))
+        if unknown:
+            raise ValueError(
+                f"criterion {criterion!r} reported features {unknown[:10]} that are not "
+                f"analysed; analysed: {self.feature_list[:10]}{'...' * (len(self.features) > 10)}"
+            )
+        for feature, numbers in results.items():
+            self.features[int(feature)][criterion] = json_safe(numbers)
+        self.summaries[criterion] = json_safe(summary)
+        self.headlines[criterion] = headline
+
+    @property
+    def criteria(self) -> list[str]:
+        return list(self.summaries)
+
+    def headline(self, criterion: str) -> str | None:
+        """The key of ``criterion``'s headline number: as declared, else its first float key
+        (integers are often counts or indices), else its first numeric key."""
+        if self.headlines.get(criterion):
+            return self.headlines[criterion]
+        numeric: list[str] = []
+        for per_criterion in self.features.values():
+            for key, value in per_criterion.get(criterion, {}).items():
+                if key != "verdict" and isinstance(value, float):
+                    return key
+                if key != "verdict" and _is_number(value):
+                    numeric.append(key)
+        return numeric[0] if numeric else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metadata": json_safe(self.metadata),
+            "criteria": self.summaries,
+            "features": {str(f): self.features[f] for f in self.feature_list},
+        }
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write ``criteria.json`` (creating its folder); returns the path written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        return path
+
+    def _density(self, feature: int) -> float | None:
+        for numbers in self.features[feature].values():
+            if _is_number(numbers.get("density")):
+                return float(numbers["density"])
+        return None
+
+    def scorecard(self, max_rows: int = 40) -> str:
+        """A fixed-width table: one row per feature, each criterion's headline and verdict."""
+        has_density = any(self._density(f) is not None for f in self.feature_list)
+        heads = {c: self.headline(c) for c in self.criteria}
+        header = ["feature"] + ["density"] * has_density
+        header += [f"{c}:{heads[c]}" if heads[c] else c for c in self.criteria]
+        rows = []
+        for f in self.feature_list[:max_rows]:
+            row = [str(f)]
+            if has_density:
+                d = self._density(f)
+                row.append("-" if d is None else f"{d:.2e}")
+            for c in self.criteria:
+                numbers = self.features[f].get(c, {})
+                value = numbers.get(heads[c]) if heads[c] else None
+                shown = f"{value:.3g}" if _is_number(value) else "-"
+                verdict = numbers.get("verdict")
+                row.append(f"{shown} {MARKS.get(None if verdict is None else bool(verdict))}")
+            rows.append(row)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = [
+            "  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True))
+            for r in [header, *rows]
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        if len(self.feature_list) > max_rows:
+            lines.append(f"... {len(self.feature_list) - max_rows} more features in criteria.json")
+        for c in self.criteria:
+            rate = self.summaries[c].get("pass_rate")
+            if _is_number(rate):
+                lines.append(f"{c}: {rate:.1%} of {len(self.feature_list)} features pass")
+        return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""``analyze(cfg)``: load an SAE, its frozen model and a token stream; run every criterion.
+
+One streaming pass (``trainer.validate`` on :class:`AnalysisModule`) feeds the criteria;
+the per-feature results go to ``<out>/report/criteria.json``, TensorBoard
+(``<out>/tensorboard``) and a scorecard in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from jaxtyping import Int
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig
+from torch import Tensor
+
+from sae_lightning.analysis.criterion import AnalysisContext, Criterion
+from sae_lightning.analysis.loading import check_compatible, latest_run, load_sae
+from sae_lightning.analysis.module import AnalysisModule
+from sae_lightning.analysis.report import Report
+from sae_lightning.analysis.selection import select_features
+from sae_lightning.training import instantiate_dict
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_NAME = "toy-1l"
+REPORT_FILE = Path("report") / "criteria.json"
+
+
+def load_model_by_name(name: str, device: str = "cpu"):
+    """The frozen model an SAE's metadata names: the embedded one, a legacy TL repo, or HF."""
+    from sae_lightning import models
+
+    if name == EMBEDDED_NAME:
+        return models.load_embedded(device=device)
+    from transformer_lens.model_bridge.sources.tl_legacy import TL_LEGACY_PREFIXES
+
+    try:
+        repo = models.resolve_legacy_name(name)
+    except ValueError:
+        repo = name
+    if repo.startswith(TL_LEGACY_PREFIXES):
+        return models.load_legacy(repo, device=device)
+    return models.load_hf(name, device=device)
+
+
+def vocab_strings(model) -> list[str]:
+    """Every token id of the model decoded on its own (ids past the tokenizer: ``""``)."""
+    tokenizer, d_vocab = model.tokenizer, int(model.cfg.d_vocab)
+    known = min(len(tokenizer), d_vocab)
+    return list(tokenizer.batch_decode([[i] for i in range(known)])) + [""] * (d_vocab - known)
+
+
+def load_contexts(cfg: DictConfig, model, n_ctx: int) -> Int[Tensor, "n n_ctx"]:
+    """``ceil(tokens / n_ctx)`` contexts of ``cfg.data``'s split (all of them if fewer)."""
+    source = instantiate(cfg.data.source)
+    contexts = source.contexts(cfg.data.split, model.tokenizer, n_ctx)
+    if cfg.tokens is None:
+        return contexts
+    if cfg.tokens < 1:
+        raise ValueError(f"tokens must be a positive integer or null (all), got {cfg.tokens!r}")
+    wanted = math.ceil(cfg.tokens / n_ctx)
+    if len(contexts) < wanted:
+        log.warning(
+            "tokens=%d asks for %d contexts of %d, but split %r has only %d (%d tokens): using all",
+            cfg.tokens,
+            wanted,
+            n_ctx,
+            cfg.data.split,
+            len(contexts),
+            len(contexts) * n_ctx,
+        )
+    return contexts[:wanted]
+
+
+def _context_length(cfg: DictConfig, metadata: dict[str, Any], model) -> int:
+    n_ctx = int(cfg.data.get("n_ctx") or metadata.get("context_size") or model.cfg.n_ctx)
+    if not 2 <= n_ctx <= model.cfg.n_ctx:
+        raise ValueError(f"data.n_ctx={n_ctx} must lie in 2..{model.cfg.n_ctx} (the model's n_ctx)")
+    return n_ctx
+
+
+def _criteria(cfg: DictConfig) -> list[Criterion]:
+    criteria = instantiate_dict(cfg.get("criteria"))
+    wrong = [type(c).__qualname__ for c in criteria if not isinstance(c, Criterion)]
+    if wrong:
+        raise TypeError(f"criteria must subclass sae_lightning.analysis.Criterion; got {wrong}")
+    names = [c.name for c in criteria]
+    repeated = sorted({n for n in names if names.count(n) > 1 or not n})
+    if repeated:
+        raise ValueError(f"criteria need distinct non-empty names; repeated or empty: {repeated}")
+    if not criteria:
+        log.warning("no criteria selected (criteria=[...]): the report lists features only")
+    return criteria
+
+
+def _load(cfg: DictConfig):
+    """The SAE, its metadata, the model and the hook, checked to fit each other."""
+    path = cfg.get("sae_path") or latest_run(cfg.get("runs_root") or "outputs")
+    sae, metadata = load_sae(path)
+    hook = cfg.get("hook_name") or metadata.get("hook_name")
+    if not hook:
+        raise ValueError(f"SAE {metadata.get('source')} names no hook: pass hook_name=...")
+    if cfg.get("model"):
+        model = instantiate(cfg.model)
+    else:
+        model = load_model_by_name(metadata.get("model_name") or EMBEDDED_NAME)
+    check_compatible(sae, metadata, model, hook)
+    other = None
+    if cfg.get("compare_with"):
+        other, other_meta = load_sae(cfg.compare_with)
+        check_compatible(other, other_meta, model, hook)
+    return sae, metadata, model, hook, other
+
+
+def analyze(cfg: DictConfig) -> Report:
+    """Analyse an SAE's features as configured (``conf/analyze.yaml``); returns the report."""
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.report_dir) if cfg.get("report_dir") else Path(cfg.paths.output_dir)
+    sae, metadata, model, hook, other = _load(cfg)
+    contexts = load_contexts(cfg, model, _context_length(cfg, metadata, model))
+    features = select_features(cfg.features, sae, model, hook, contexts)
+    ctx = AnalysisContext(
+        sae=sae,
+        model=model,
+        hook_name=hook,
+        features=features,
+        str_tokens=vocab_strings(model),
+        contexts=contexts,
+        other_sae=other,
+    )
+    criteria = _criteria(cfg)
+    info = {
+        **metadata,
+        "hook_name": hook,
+        "n_tokens": contexts.numel(),
+        "n_contexts": len(contexts),
+        "n_ctx": int(contexts.shape[1]),
+        "n_features": len(features),
+        "d_sae": sae.d_sae,
+        "compare_with": cfg.get("compare_with"),
+        "criteria": [c.name for c in criteria],
+    }
+    report = Report(features, info)
+    module = AnalysisModule(sae, model, ctx, report, other, cfg.batch_size)
+    logger = TensorBoardLogger(out, name="tensorboard", version="", default_hp_metric=False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=criteria, logger=logger, use_distributed_sampler=False
+    )
+    trainer.validate(module)
+    if trainer.is_global_zero:
+        path = report.to_json(out / REPORT_FILE)
+        rank_zero_info(f"feature scorecard ({path}):\n{report.scorecard()}")
+    return report

@@ -1,0 +1,132 @@
+"""Which features to analyse: ``all``, an explicit list, ``top:N``, or those firing on prompts.
+
+Forms of ``features=`` on the command line (and in YAML)::
+
+    features=all                          # every feature of the dictionary
+    features=[12,40,301]                  # explicit indices
+    features=top:100                      # the 100 that fire most often on the first contexts
+    features={prompts:[def main,import os]}    # the strongest on these texts
+    "features='prompts:[def main,import os]'"  # the same as one quoted string (split at ",")
+    features: {prompts: ["def f(x, y):"]}       # (YAML) any text, commas included
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import Tensor
+
+from sae_lightning.data.activations import capture_activations
+from sae_lightning.saes import SAE
+
+log = logging.getLogger(__name__)
+
+TOP_CONTEXTS = 64
+"""``top:N`` counts firings over this many of the analysed contexts."""
+PER_PROMPT = 20
+"""``prompts`` keeps this many features per prompt (by max activation on it)."""
+FORMS = "'all', a list of indices, 'top:N', 'prompts:[text,...]' or {prompts: [text, ...]}"
+
+
+def _plain(spec: Any) -> Any:
+    if isinstance(spec, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(spec, resolve=True)
+    return spec
+
+
+def _check_indices(indices: Sequence[Any], d_sae: int) -> list[int]:
+    out = []
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < d_sae:
+            raise ValueError(
+                f"feature index {i!r} is out of range: this SAE has d_sae={d_sae} features, "
+                f"valid indices are 0..{d_sae - 1}"
+            )
+        out.append(i)
+    if not out:
+        raise ValueError("features=[] selects nothing; give at least one index or 'all'")
+    return list(dict.fromkeys(out))  # drop repeats, keep order
+
+
+@torch.inference_mode()
+def _encode(sae: SAE, model, hook_name: str, tokens: Int[Tensor, "b pos"]) -> Tensor:
+    device = next(model.parameters()).device
+    acts = capture_activations(model, tokens.to(device), hook_name)  # [b, pos, d_in]
+    return sae.to(device).encode(acts.to(sae.W_enc.dtype))  # [b, pos, d_sae]
+
+
+def top_firing(
+    sae: SAE, model, hook_name: str, contexts: Int[Tensor, "n n_ctx"], n: int, batch: int = 8
+) -> list[int]:
+    """The ``n`` features that fire on most tokens of the first ``TOP_CONTEXTS`` contexts."""
+    if not 1 <= n <= sae.d_sae:
+        raise ValueError(f"top:{n} must ask for 1..{sae.d_sae} features (d_sae={sae.d_sae})")
+    counts = torch.zeros(sae.d_sae, dtype=torch.long)
+    rows = contexts[:TOP_CONTEXTS]
+    for start in range(0, len(rows), batch):
+        feats = _encode(sae, model, hook_name, rows[start : start + batch])
+        counts += (feats[:, 1:] > 0).sum(dim=(0, 1)).cpu()  # BOS skipped
+    order = torch.argsort(counts, descending=True, stable=True)
+    return order[:n].tolist()
+
+
+def prompt_features(sae: SAE, model, hook_name: str, prompts: Sequence[str]) -> list[int]:
+    """Union of the ``PER_PROMPT`` features with the largest max activation on each prompt."""
+    tokenizer = model.tokenizer
+    chosen: set[int] = set()
+    for text in prompts:
+        ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"prompt {text!r} has no tokens")
+        tokens = torch.tensor([[tokenizer.bos_token_id, *ids]], dtype=torch.long)
+        peak = _encode(sae, model, hook_name, tokens)[0, 1:].amax(dim=0).cpu()  # [d_sae]
+        top = torch.topk(peak, min(PER_PROMPT, sae.d_sae))
+        chosen.update(top.indices[top.values > 0].tolist())
+    if not chosen:
+        raise ValueError(f"no feature fires on the prompts {list(prompts)}")
+    return sorted(chosen)
+
+
+def _parse_prompts(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        return [p.strip() for p in text[1:-1].split(",") if p.strip()]
+    return [text]
+
+
+def select_features(
+    spec: Any, sae: SAE, model, hook_name: str, contexts: Int[Tensor, "n n_ctx"]
+) -> list[int]:
+    """The feature indices that ``spec`` (the ``features=`` option) selects.
+
+    Raises:
+        ValueError: For an index outside ``0..d_sae-1`` (the message names it and
+            ``d_sae``), a malformed spec (the message lists the forms), or prompts on which
+            no feature fires.
+    """
+    spec = _plain(spec)
+    if spec == "all":
+        return list(range(sae.d_sae))
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]
+    if isinstance(spec, list):
+        return _check_indices(spec, sae.d_sae)
+    if isinstance(spec, dict) and set(spec) == {"prompts"}:
+        prompts = spec["prompts"]
+        return prompt_features(
+            sae, model, hook_name, [prompts] if isinstance(prompts, str) else prompts
+        )
+    if isinstance(spec, str) and spec.startswith("top:"):
+        try:
+            n = int(spec.removeprefix("top:"))
+        except ValueError:
+            raise ValueError(f"features={spec!r}: N in top:N must be an integer") from None
+        return top_firing(sae, model, hook_name, contexts, n)
+    if isinstance(spec, str) and spec.startswith("prompts:"):
+        return prompt_features(sae, model, hook_name, _parse_prompts(spec.removeprefix("prompts:")))
+    raise ValueError(f"features={spec!r} is not understood; valid: {FORMS}")

@@ -1,0 +1,419 @@
+"""The analysis core: SAE loading, compatibility checks, feature selection, the pass, the report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import Tensor
+from torchmetrics import Metric
+
+from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
+from sae_lightning.analysis.loading import check_compatible, latest_run, load_sae
+from sae_lightning.analysis.report import Report
+from sae_lightning.analysis.run import analyze, load_contexts
+from sae_lightning.analysis.selection import TOP_CONTEXTS, select_features
+from sae_lightning.data.activations import capture_activations
+from sae_lightning.formats import save_saelens
+from sae_lightning.saes import ReLUSAE
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOK = "blocks.0.mlp.hook_post"
+META = {"model_name": "toy-1l", "hook_name": HOOK, "context_size": 32, "prepend_bos": True}
+CORPUS_FILES = ("textwrap.py", "shlex.py", "fnmatch.py", "heapq.py")
+
+
+def random_sae(d_in: int, d_sae: int, seed: int = 0) -> ReLUSAE:
+    """A ReLUSAE with unit-norm decoder rows and random (nonzero) biases."""
+    torch.manual_seed(seed)
+    sae = ReLUSAE(d_in, d_sae)
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.1)
+        sae.b_enc.normal_(0, 0.05)
+        sae.b_dec.normal_(0, 0.1)
+    return sae.eval()
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["SAE_LIGHTNING_PWNED"]),))
+
+
+class MeanActivation(Metric):
+    """Per feature: sum of activations, firing count, max; token count (bounded states)."""
+
+    full_state_update = False
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros(n_features, dtype=torch.float64), "sum")
+        self.add_state("fires", torch.zeros(n_features, dtype=torch.long), "sum")
+        self.add_state("peak", torch.zeros(n_features), "max")
+        self.add_state("n", torch.zeros((), dtype=torch.long), "sum")
+
+    def update(self, acts: Tensor) -> None:  # [n, n_features]
+        self.total = self.total + acts.double().sum(0)
+        self.fires = self.fires + (acts > 0).sum(0)
+        self.peak = torch.maximum(self.peak, acts.amax(0))
+        self.n = self.n + acts.shape[0]
+
+    def compute(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.total, self.fires, self.peak, self.n
+
+
+class MyCriterion(Criterion):
+    """The test's own criterion, selected by config alone (tests/…/criteria/mine.yaml)."""
+
+    name: ClassVar[str] = "mine"
+    headline: ClassVar[str] = "mean_act"
+    instances: ClassVar[list[MyCriterion]] = []
+
+    def __init__(self, min_fires: int = 1) -> None:
+        super().__init__()
+        self.min_fires = min_fires
+        self.stats = MeanActivation(1)
+        MyCriterion.instances.append(self)
+
+    def setup_metrics(self, n_features: int, ctx: AnalysisContext) -> None:
+        self.stats = MeanActivation(n_features)
+
+    def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
+        assert batch.token_index.shape == batch.tokens.shape
+        self.stats.update(batch.feature_acts.flatten(0, 1))
+
+    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+        total, fires, peak, n = self.stats.compute()
+        return {
+            f: {
+                "mean_act": float(total[i] / n),
+                "fires": int(fires[i]),
+                "max": float(peak[i]),
+                "verdict": bool(fires[i] >= self.min_fires),
+            }
+            for i, f in enumerate(ctx.features)
+        }
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_saelens_and_neel_formats_encode_like_the_original(tmp_path):
+    sae = random_sae(32, 128)
+    save_saelens(sae, tmp_path / "saelens", META)
+    state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    torch.save(state, tmp_path / "25.pt")
+    neel_cfg = {"d_mlp": 32, "dict_mult": 4, "l1_coeff": 3e-4, "seed": 49, "enc_dtype": "fp32"}
+    neel_cfg |= {"model_name": "gelu-1l", "site": "post", "layer": 0, "seq_len": 128}
+    (tmp_path / "25_cfg.json").write_text(json.dumps(neel_cfg))
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = sae.encode(x)
+        for path in (tmp_path / "saelens", tmp_path / "25.pt"):
+            loaded, meta = load_sae(path)
+            assert torch.equal(loaded.encode(x), expected), path
+            assert meta["hook_name"] == HOOK
+        neel, meta = load_sae(tmp_path / "25.pt")
+        # his AutoEncoder: relu((x - b_dec) @ W_enc + b_enc), then f @ W_dec + b_dec
+        theirs = torch.relu((x - state["b_dec"]) @ state["W_enc"] + state["b_enc"])
+        torch.testing.assert_close(neel.encode(x), theirs, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(neel(x).x_hat, theirs @ state["W_dec"] + state["b_dec"])
+    assert meta["model_name"] == "gelu-1l" and meta["context_size"] == 128
+    assert (neel.d_in, neel.d_sae) == (32, 128)
+
+
+def test_neel_shapes_must_match_its_cfg(tmp_path):
+    sae = random_sae(32, 128)
+    torch.save(dict(sae.state_dict()), tmp_path / "v.pt")
+    (tmp_path / "v_cfg.json").write_text(json.dumps({"d_mlp": 32, "dict_mult": 8}))
+    with pytest.raises(ValueError, match=r"W_enc has shape \(32, 128\).*expects \(32, 256\)"):
+        load_sae(tmp_path / "v.pt")
+
+
+def test_ckpt_and_run_folder_load(tmp_path):
+    sae = random_sae(1024, 64)
+    run = tmp_path / "outputs" / "2026-01-01" / "10-00-00"
+    save_saelens(sae, run / "sae", {**META, "context_size": 64})
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    state = {f"sae.{k}": v for k, v in sae.state_dict().items()} | {"val_mse.total": torch.ones(1)}
+    torch.save({"state_dict": state, "sae_config": sae.config(), "epoch": 0}, ckpt)
+    x = torch.randn(8, 1024, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for path in (ckpt, run):
+            loaded, meta = load_sae(path)
+            assert torch.equal(loaded.encode(x), sae.encode(x)), path
+            assert meta["hook_name"] == HOOK and meta["context_size"] == 64
+    assert latest_run(tmp_path / "outputs") == run
+    with pytest.raises(FileNotFoundError, match="no trained SAE under .*python train.py"):
+        latest_run(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="cannot read an SAE from .*SAELens folder"):
+        load_sae(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt"])
+def test_pickle_payload_is_refused_without_running(tmp_path, monkeypatch, suffix):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("SAE_LIGHTNING_PWNED", str(marker))
+    evil = tmp_path / f"evil{suffix}"
+    torch.save({"state_dict": {}, "sae_config": {}, "W_enc": _Payload()}, evil)
+    (tmp_path / "evil_cfg.json").write_text(json.dumps({"d_mlp": 4, "dict_mult": 2}))
+    with pytest.raises(ValueError, match="cannot be loaded safely.*weights_only"):
+        load_sae(evil)
+    assert not marker.exists()
+
+
+def test_width_mismatch_and_bad_hook_are_refused(embedded_model):
+    meta = {"source": "narrow.ckpt", "model_name": "toy-1l", "hook_name": HOOK}
+    with pytest.raises(ValueError, match=f"d_in=512.*{HOOK}.*width 1024"):
+        check_compatible(ReLUSAE(512, 64), meta, embedded_model, HOOK)
+    with pytest.raises(ValueError, match="'blocks.0.mlp.hook_pots' is not a hook.*hook_post"):
+        check_compatible(ReLUSAE(1024, 64), meta, embedded_model, "blocks.0.mlp.hook_pots")
+    check_compatible(ReLUSAE(1024, 64), meta, embedded_model, HOOK)  # fits: no error
+
+
+# ---------------------------------------------------------------- feature selection
+
+
+@pytest.fixture(scope="module")
+def few_contexts(embedded_model) -> Tensor:
+    gen = torch.Generator().manual_seed(0)
+    contexts = torch.randint(1, embedded_model.cfg.d_vocab, (TOP_CONTEXTS + 8, 16), generator=gen)
+    contexts[:, 0] = embedded_model.tokenizer.bos_token_id
+    return contexts
+
+
+def test_explicit_features_are_checked(embedded_model, few_contexts):
+    sae = random_sae(1024, 64)
+    assert select_features([5, 2, 5], sae, embedded_model, HOOK, few_contexts) == [5, 2]
+    assert select_features("all", sae, embedded_model, HOOK, few_contexts) == list(range(64))
+    with pytest.raises(ValueError, match="feature index 64 is out of range.*d_sae=64"):
+        select_features([3, 64], sae, embedded_model, HOOK, few_contexts)
+    with pytest.raises(ValueError, match="not understood.*top:N"):
+        select_features("best:3", sae, embedded_model, HOOK, few_contexts)
+
+
+def test_top_n_are_the_most_frequently_firing(embedded_model, few_contexts):
+    sae = random_sae(1024, 64)
+    top = select_features("top:5", sae, embedded_model, HOOK, few_contexts)
+    assert len(top) == len(set(top)) == 5
+    with torch.inference_mode():
+        acts = capture_activations(embedded_model, few_contexts[:TOP_CONTEXTS], HOOK)
+        counts = (sae.encode(acts)[:, 1:] > 0).sum(dim=(0, 1))
+    rest = [i for i in range(64) if i not in top]
+    assert counts[top].min() >= counts[rest].max()
+
+
+def test_prompt_features_fire_on_the_prompt(embedded_model, few_contexts):
+    sae = random_sae(1024, 64)
+    spec = {"prompts": ["def main(argv):", "import os"]}
+    chosen = select_features(spec, sae, embedded_model, HOOK, few_contexts)
+    assert chosen == sorted(chosen) and 0 < len(chosen) <= 40
+    tok = embedded_model.tokenizer
+    ids = [tok.bos_token_id, *tok("import os", add_special_tokens=False)["input_ids"]]
+    with torch.inference_mode():
+        peak = sae.encode(capture_activations(embedded_model, torch.tensor([ids]), HOOK))[0, 1:]
+    assert set(torch.topk(peak.amax(0), 20).indices.tolist()) <= set(chosen)
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_json_is_strict_and_scorecard_shows_headlines(tmp_path):
+    report = Report([4, 9], {"model_name": "toy-1l"})
+    results = {4: {"density": 0.25, "corr": torch.tensor(0.5), "verdict": True}}
+    results[9] = {"density": 0.0, "corr": float("nan"), "verdict": False}
+    report.add("c", results, {"pass_rate": 0.5})
+    data = json.loads(report.to_json(tmp_path / "r" / "criteria.json").read_text())
+    assert data["features"]["9"]["c"] == {"density": 0.0, "corr": None, "verdict": False}
+    assert data["features"]["4"]["c"]["corr"] == 0.5 and data["criteria"]["c"]["pass_rate"] == 0.5
+    lines = report.scorecard().splitlines()
+    assert lines[0].split() == ["feature", "density", "c:density"]
+    assert lines[2].split() == ["4", "2.50e-01", "0.25", "✓"]
+    with pytest.raises(ValueError, match=r"features \[7\] that are not analysed"):
+        report.add("d", {7: {"verdict": True}}, {})
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> Path:
+    import sysconfig
+
+    folder = tmp_path_factory.mktemp("corpus")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for i, name in enumerate(CORPUS_FILES):
+        (folder / f"{i:02d}_{name}").write_text((stdlib / name).read_text())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def criteria_dir(tmp_path_factory) -> Path:
+    """A search-path folder holding criteria/mine.yaml, as an outside package would."""
+    folder = tmp_path_factory.mktemp("conf")
+    (folder / "criteria").mkdir()
+    (folder / "criteria" / "mine.yaml").write_text(
+        "# @package criteria.mine\n_target_: test_analysis_core.MyCriterion\nmin_fires: 3\n"
+    )
+    return folder
+
+
+def analysis_cfg(out: Path, sae: Path, corpus: Path, criteria_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "analyze",
+            overrides=[
+                f"sae_path={sae}",
+                f"paths.output_dir={out}",
+                f"hydra.searchpath=[file://{criteria_dir}]",
+                "criteria=[mine]",
+                f"data.source.corpus={corpus}",
+                "data.split=train",
+                "tokens=4096",
+                "batch_size=16",
+                "+trainer.enable_progress_bar=false",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory, tiny_corpus, criteria_dir):
+    tmp = tmp_path_factory.mktemp("analysis")
+    save_saelens(random_sae(1024, 64), tmp / "sae", META)
+    cfg = analysis_cfg(tmp / "out", tmp / "sae", tiny_corpus, criteria_dir, "features=[3,10,20,63]")
+    MyCriterion.instances.clear()
+    report = analyze(cfg)
+    return cfg, report, tmp
+
+
+def test_custom_criterion_numbers_match_a_direct_computation(analysed, embedded_model):
+    cfg, report, tmp = analysed
+    data = json.loads((tmp / "out" / "report" / "criteria.json").read_text())
+    assert list(data["features"]) == ["3", "10", "20", "63"]
+    assert data["metadata"]["n_tokens"] == 4096 and data["metadata"]["criteria"] == ["mine"]
+    sae, _ = load_sae(tmp / "sae")
+    contexts = load_contexts(cfg, embedded_model, 32)
+    assert contexts.shape == (128, 32)
+    with torch.inference_mode():
+        acts = capture_activations(embedded_model, contexts, HOOK)
+        feats = sae.encode(acts)[..., [3, 10, 20, 63]].flatten(0, 1)  # [4096, 4]
+    for i, f in enumerate([3, 10, 20, 63]):
+        got = data["features"][str(f)]["mine"]
+        assert got["fires"] == int((feats[:, i] > 0).sum())
+        assert got["mean_act"] == pytest.approx(float(feats[:, i].double().mean()), rel=1e-5)
+        assert got["max"] == pytest.approx(float(feats[:, i].max()), rel=1e-6)
+        assert got["verdict"] == (got["fires"] >= 3)
+    assert data["criteria"]["mine"]["pass_rate"] == report.summaries["mine"]["pass_rate"]
+    assert "mine:mean_act" in report.scorecard().splitlines()[0]
+
+
+def test_criterion_memory_does_not_grow_with_tokens(analysed):
+    (criterion,) = MyCriterion.instances
+    sizes = {k: tuple(v.shape) for k, v in criterion.stats.metric_state.items()}
+    assert sizes == {"total": (4,), "fires": (4,), "peak": (4,), "n": ()}
+    assert int(criterion.stats.n) == 4096  # it saw every token, kept four numbers per feature
+
+
+def test_tensorboard_has_criteria_scalars_histogram_and_scorecard(analysed):
+    _, _, tmp = analysed
+    acc = EventAccumulator(str(tmp / "out" / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "criteria/mine/pass_rate" in acc.Tags()["scalars"]
+    assert "criteria/mine/mean_act" in acc.Tags()["histograms"]
+    text = acc.Tensors("criteria/scorecard/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "mine:mean_act" in text
+
+
+def test_too_few_tokens_warn_and_use_all(tmp_path, tiny_corpus, criteria_dir, caplog):
+    save_saelens(random_sae(1024, 8), tmp_path / "sae", META)
+    cfg = analysis_cfg(
+        tmp_path / "out", tmp_path / "sae", tiny_corpus, criteria_dir, "tokens=100000000"
+    )
+    from sae_lightning.models import load_embedded
+
+    with caplog.at_level("WARNING"):
+        contexts = load_contexts(cfg, load_embedded(), 32)
+    assert "using all" in caplog.text and len(contexts) < math.ceil(1e8 / 32)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_give_the_single_process_numbers(analysed, tiny_corpus, criteria_dir):
+    _, report, tmp = analysed
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "analyze.py"),
+            f"sae_path={tmp / 'sae'}",
+            f"hydra.searchpath=[file://{criteria_dir}]",
+            "criteria=[mine]",
+            f"data.source.corpus={tiny_corpus}",
+            "data.split=train",
+            "tokens=4096",
+            "features=[3,10,20,63]",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            f"hydra.run.dir={tmp / 'ddp'}",
+        ],
+        cwd=tmp,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp / "ddp" / "report" / "criteria.json").read_text())
+    for f in ("3", "10", "20", "63"):
+        got, want = data["features"][f]["mine"], report.features[int(f)]["mine"]
+        assert got["fires"] == want["fires"] and got["max"] == pytest.approx(want["max"])
+        assert got["mean_act"] == pytest.approx(want["mean_act"], rel=1e-5)
+
+
+def test_a_real_training_run_is_analysed_from_its_folder_and_checkpoints(
+    tmp_path, tiny_corpus, criteria_dir
+):
+    from sae_lightning.training import train
+
+    run = tmp_path / "outputs" / "2026-01-01" / "10-00-00"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        train_cfg = compose(
+            "train",
+            overrides=[
+                "debug=fast",
+                f"paths.output_dir={run}",
+                f"data.source.corpus={tiny_corpus}",
+                "data.source.val_fraction=0.3",
+            ],
+        )
+    train(train_cfg)
+    x = torch.randn(8, 1024, generator=torch.Generator().manual_seed(3)) * 0.3
+    exported, meta = load_sae(run)
+    assert meta["hook_name"] == HOOK and meta["model_name"] == "toy-1l"
+    for ckpt in sorted((run / "checkpoints").glob("*.ckpt")):  # best-*.ckpt and last.ckpt
+        loaded, meta = load_sae(ckpt)
+        assert meta["context_size"] == 128 and loaded.d_sae == 256
+    last, _ = load_sae(run / "checkpoints" / "last.ckpt")
+    with torch.no_grad():  # the export folds decoder norms: equal up to rounding
+        torch.testing.assert_close(exported.encode(x), last.encode(x), rtol=1e-5, atol=1e-6)
+    cfg = analysis_cfg(
+        tmp_path / "out",
+        "null",
+        tiny_corpus,
+        criteria_dir,
+        f"runs_root={tmp_path / 'outputs'}",
+        "features=top:8",
+        "report_dir=${runs_root}/2026-01-01/10-00-00",
+    )
+    report = analyze(cfg)
+    assert report.metadata["source"] == str(run / "sae") and len(report.feature_list) == 8
+    assert (run / "report" / "criteria.json").is_file()
