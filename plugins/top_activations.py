@@ -139,8 +139,9 @@ class TopActivations(Criterion):
         bucket = (frac * self.n_intervals).floor().clamp(max=self.n_intervals - 1)
         bucket = torch.where(acts > 0, bucket, -1.0)  # [n, F]; -1: did not fire
         keys = self._keys(acts.shape, acts.device)  # [n, F]
+        packed = _sample_values(acts, keys, bucket >= 0)  # [n, F], packed once for all intervals
         for i, samples in enumerate(self.samples):
-            samples.update(_sample_values(acts, keys, bucket == i), token_index)
+            samples.update(torch.where(bucket == i, packed, float("-inf")), token_index)
 
     def _examples(
         self, ctx: AnalysisContext, values: list[float], ids: list[int]
