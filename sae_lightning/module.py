@@ -146,15 +146,20 @@ class SAEModule(L.LightningModule):
             self.sae.set_decoder_norm_to_unit_norm()
 
     def _splice(self, tokens: Tensor, replacement: Tensor) -> Tensor:
-        """Logits with the hooked activation replaced (BOS position kept when it was dropped)."""
+        """Logits with the hooked activation replaced by ``replacement`` ([b, pos, d_in])."""
 
         def hook(act: Tensor, hook) -> Tensor:
-            new = replacement.to(act.dtype).view_as(act).clone()
-            if self.drop_bos:
-                new[:, 0] = act[:, 0]
-            return new
+            return replacement.to(act.dtype)
 
         return self.frozen.run_with_hooks(tokens, fwd_hooks=[(self.hook_name, hook)])
+
+    def _with_trained_positions(self, acts: Tensor, values: Tensor) -> Tensor:
+        """``acts`` with the positions the SAE trains on set to ``values`` (BOS kept if dropped)."""
+        if not self.drop_bos:
+            return values.reshape(acts.shape)
+        out = acts.clone()
+        out[:, 1:] = values.reshape(acts.shape[0], acts.shape[1] - 1, acts.shape[2])
+        return out
 
     def validation_step(self, batch: list[Int[Tensor, "b n_ctx"]], batch_idx: int) -> None:
         if self.frozen is None:
@@ -170,9 +175,8 @@ class SAEModule(L.LightningModule):
         self._update_recon("val", x, out, lo)
         self.val_density.update(out.feature_acts)
         self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
-        recon = self.sae(acts.reshape(-1, acts.shape[-1])).x_hat
-        logits_sae = self._splice(tokens, recon)
-        logits_zero = self._splice(tokens, torch.zeros_like(acts))
+        logits_sae = self._splice(tokens, self._with_trained_positions(acts, out.x_hat))
+        logits_zero = self._splice(tokens, self._with_trained_positions(acts, torch.zeros_like(x)))
         ce_clean, ce_sae, kl = per_token_ce_and_kl(logits_clean, logits_sae, tokens)
         _, ce_zero, _ = per_token_ce_and_kl(logits_clean, logits_zero, tokens)
         self.val_downstream.update(ce_clean, ce_sae, ce_zero, kl)
