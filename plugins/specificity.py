@@ -15,10 +15,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool
 from torch import Tensor
 from typing_extensions import override
 
+from plugins import _context
 from plugins._common import FeatureCounts, FeatureMax, first_pass, flatten, number, proxy_masks
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.proxies import Proxy, auto_proxy
@@ -36,6 +37,9 @@ class ProxyCriterion(Criterion):
         proxy_coverage: Mass fraction an automatic proxy covers.
         proxy_max_tokens: Largest automatic proxy.
         threshold: The verdict's threshold on the criterion's number.
+        context_purity: Refine an automatic proxy by the next token's class (whitespace or
+            not) when this share of the feature's proxy mass agrees (``plugins._context``);
+            null never refines.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class ProxyCriterion(Criterion):
         proxy_coverage: float,
         proxy_max_tokens: int,
         threshold: float,
+        context_purity: float | None = 0.95,
     ) -> None:
         super().__init__()
         if proxy is not None and not isinstance(proxy, Proxy):
@@ -56,10 +61,15 @@ class ProxyCriterion(Criterion):
         self.proxy, self.proxy_contexts = proxy, proxy_contexts
         self.proxy_coverage, self.proxy_max_tokens = proxy_coverage, proxy_max_tokens
         self.threshold = threshold
+        if context_purity is not None and not 0.5 < context_purity <= 1:
+            raise ValueError(f"context_purity must be in (0.5, 1] or null, got {context_purity!r}")
+        self.context_purity = context_purity
 
     def setup_proxies(self, ctx: AnalysisContext) -> None:
         """Resolve each feature's proxy into ``self.masks`` (``[F or 1, vocab]`` bool)."""
         n_features = len(ctx.features)
+        self.ws_vocab = _context.whitespace_vocab(ctx.str_tokens)
+        self.refine = torch.zeros(n_features, dtype=torch.int8)  # no context refinement
         if self.proxy is not None:
             self.masks = self.proxy.vocab_mask(ctx.str_tokens).unsqueeze(0)  # [1, vocab]
             self.descriptions = [self.proxy.describe()] * n_features
@@ -67,16 +77,31 @@ class ProxyCriterion(Criterion):
         mass = first_pass(ctx, self.proxy_contexts).mass  # [F, vocab]
         ids = [auto_proxy(row, self.proxy_coverage, self.proxy_max_tokens) for row in mass]
         self.masks = proxy_masks(ids, len(ctx.str_tokens))  # [F, vocab]
+        if self.context_purity is not None:
+            self.refine = _context.refinements(
+                ctx, self.masks, self.proxy_contexts, self.context_purity
+            )
         self.descriptions = [
-            "tokens {" + ", ".join(repr(ctx.str_tokens[t]) for t in i) + "}" if i else "none"
-            for i in ids
+            "tokens {"
+            + ", ".join(repr(ctx.str_tokens[t]) for t in i)
+            + "}"
+            + _context.DESCRIPTIONS[int(r)]
+            if i
+            else "none"
+            for i, r in zip(ids, self.refine.tolist(), strict=True)
         ]
 
-    def proxy_of(self, tokens: Int[Tensor, " n"], n_features: int) -> Bool[Tensor, "n f"]:
-        """``[n, F]``: whether token ``i`` satisfies feature ``j``'s proxy."""
+    def proxy_of(self, batch: AnalysisBatch) -> tuple[Bool[Tensor, "n f"], Bool[Tensor, "n f"]]:
+        """``(proxy, valid)``, ``[n, F]`` over flattened positions: whether position ``i``
+        satisfies feature ``j``'s proxy, and whether it counts for feature ``j`` at all (a
+        context-refined proxy cannot judge a position whose next token is unknown)."""
+        tokens = batch.tokens.flatten()  # [n]
+        n_features = batch.feature_acts.shape[-1]
         if self.masks.device != tokens.device:
             self.masks = self.masks.to(tokens.device)
-        return self.masks[:, tokens].T.expand(tokens.shape[0], n_features)
+        proxy = self.masks[:, tokens].T.expand(tokens.shape[0], n_features)  # [n, F]
+        next_ws, known = _context.next_token_classes(batch.tokens, self.ws_vocab)
+        return _context.apply(proxy, self.refine, next_ws.flatten(), known.flatten())
 
     def proxy_result(self, ctx: AnalysisContext, row: int) -> dict[str, Any]:
         """The proxy's description and (up to 32 of) its tokens as strings."""
@@ -113,6 +138,7 @@ class Specificity(ProxyCriterion):
         threshold: The verdict is ``specificity >= threshold``.
         n_bins: Histogram bins.
         max_scale: The histogram spans ``max_scale`` times the first pass's max.
+        context_purity: Next-token refinement of automatic proxies (see ProxyCriterion).
     """
 
     name: ClassVar[str] = "specificity"
@@ -128,8 +154,11 @@ class Specificity(ProxyCriterion):
         threshold: float = 0.9,
         n_bins: int = 30,
         max_scale: float = 1.5,
+        context_purity: float | None = 0.95,
     ) -> None:
-        super().__init__(proxy, proxy_contexts, proxy_coverage, proxy_max_tokens, threshold)
+        super().__init__(
+            proxy, proxy_contexts, proxy_coverage, proxy_max_tokens, threshold, context_purity
+        )
         if n_bins < 1:
             raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
         if max_scale < 1:
@@ -152,11 +181,12 @@ class Specificity(ProxyCriterion):
 
     @override
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
-        acts, tokens, _ = flatten(batch)  # [n, F], [n]
-        proxy = self.proxy_of(tokens, acts.shape[1])  # [n, F]
+        acts, _, _ = flatten(batch)  # [n, F]
+        proxy, valid = self.proxy_of(batch)  # [n, F] each
         scale, cut = self.scale.to(acts.device), self.cut.to(acts.device)
-        self.histogram.update(acts.double() / scale, proxy)
-        above = (acts > 0) & (acts.double() > cut)  # [n, F]
+        counted = torch.where(valid, acts, 0.0)  # positions a refined proxy cannot judge drop out
+        self.histogram.update(counted.double() / scale, proxy)
+        above = (counted > 0) & (counted.double() > cut)  # [n, F]
         self.above.update(torch.stack([above.sum(0), (above & proxy).sum(0)], dim=1))
         self.max_act.update(acts)
 
@@ -204,6 +234,7 @@ class Sensitivity(ProxyCriterion):
         proxy_coverage: Mass fraction an automatic proxy covers.
         proxy_max_tokens: Largest automatic proxy.
         threshold: The verdict is ``sensitivity >= threshold``.
+        context_purity: Next-token refinement of automatic proxies (see ProxyCriterion).
     """
 
     name: ClassVar[str] = "sensitivity"
@@ -217,8 +248,11 @@ class Sensitivity(ProxyCriterion):
         proxy_coverage: float = 0.5,
         proxy_max_tokens: int = 8,
         threshold: float = 0.8,
+        context_purity: float | None = 0.95,
     ) -> None:
-        super().__init__(proxy, proxy_contexts, proxy_coverage, proxy_max_tokens, threshold)
+        super().__init__(
+            proxy, proxy_contexts, proxy_coverage, proxy_max_tokens, threshold, context_purity
+        )
 
     @override
     def setup_metrics(self, n_features: int, ctx: AnalysisContext) -> None:
@@ -227,8 +261,8 @@ class Sensitivity(ProxyCriterion):
 
     @override
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
-        acts, tokens, _ = flatten(batch)  # [n, F], [n]
-        proxy = self.proxy_of(tokens, acts.shape[1])  # [n, F]
+        acts, _, _ = flatten(batch)  # [n, F]
+        proxy, _ = self.proxy_of(batch)  # [n, F], already limited to the valid positions
         fired = proxy & (acts > 0)
         self.counts.update(torch.stack([proxy.sum(0), fired.sum(0)], dim=1))
 
