@@ -51,10 +51,12 @@ def _topk_update(
 ) -> Float[Tensor, "f k 2"]:
     """Merge one batch into the running top-k (only the batch's own top-k is ever expanded)."""
     k = packed.shape[1]
-    values = acts.detach().to(packed.dtype).T  # [f, n]
-    batch_top = values.topk(min(k, values.shape[1]), dim=1)  # [f, k'] each
-    ids = token_index.to(packed.dtype)[batch_top.indices]  # [f, k']
-    batch_packed = torch.stack([batch_top.values, ids], dim=-1)  # [f, k', 2]
+    # top-k down the batch in the input's own dtype and layout (no [n, f] float64 copy or
+    # strided transpose); only the small [k', f] result is converted, which is exact
+    batch_top = acts.detach().topk(min(k, acts.shape[0]), dim=0)  # [k', f] each
+    values = batch_top.values.T.to(packed.dtype)  # [f, k']
+    ids = token_index.to(packed.dtype)[batch_top.indices.T]  # [f, k']
+    batch_packed = torch.stack([values, ids], dim=-1)  # [f, k', 2]
     return _select_topk(torch.cat([packed, batch_packed], dim=1), k)
 
 
