@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Int
 from torch import Tensor
 from typing_extensions import override
 
@@ -25,7 +25,35 @@ from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Cri
 from sae_lightning.analysis.proxies import Proxy, auto_proxy
 from sae_lightning.metrics.histogram import ProxyHistogram, log_likelihood_ratio, precision_above
 
+_AUTO_PROXY_KEY = "_auto_proxies"
 _MAX_LISTED_TOKENS = 32  # proxy tokens listed in a result (a regex may match thousands)
+
+
+def _auto_proxies(
+    ctx: AnalysisContext,
+    n_contexts: int,
+    coverage: float,
+    max_tokens: int,
+    purity: float | None,
+) -> tuple[list[list[int]], Bool[Tensor, "f vocab"], Int[Tensor, " f"]]:
+    """Each feature's automatic proxy: token ids, ``[F, vocab]`` masks, context refinement.
+
+    Cached in ``ctx.extras`` (like the first pass it comes from): specificity and
+    sensitivity with the same options judge the same proxy and pay for it once.
+    """
+    cache = ctx.extras.setdefault(_AUTO_PROXY_KEY, {})
+    key = (n_contexts, coverage, max_tokens, purity)
+    if key not in cache:
+        mass = first_pass(ctx, n_contexts).mass  # [F, vocab]
+        ids = [auto_proxy(row, coverage, max_tokens) for row in mass]
+        masks = proxy_masks(ids, len(ctx.str_tokens))  # [F, vocab]
+        refine = (
+            _context.refinements(ctx, masks, n_contexts, purity)
+            if purity is not None
+            else torch.zeros(len(ids), dtype=torch.int8)
+        )
+        cache[key] = (ids, masks, refine)
+    return cache[key]
 
 
 class ProxyCriterion(Criterion):
@@ -74,13 +102,13 @@ class ProxyCriterion(Criterion):
             self.masks = self.proxy.vocab_mask(ctx.str_tokens).unsqueeze(0)  # [1, vocab]
             self.descriptions = [self.proxy.describe()] * n_features
             return
-        mass = first_pass(ctx, self.proxy_contexts).mass  # [F, vocab]
-        ids = [auto_proxy(row, self.proxy_coverage, self.proxy_max_tokens) for row in mass]
-        self.masks = proxy_masks(ids, len(ctx.str_tokens))  # [F, vocab]
-        if self.context_purity is not None:
-            self.refine = _context.refinements(
-                ctx, self.masks, self.proxy_contexts, self.context_purity
-            )
+        ids, self.masks, self.refine = _auto_proxies(
+            ctx,
+            self.proxy_contexts,
+            self.proxy_coverage,
+            self.proxy_max_tokens,
+            self.context_purity,
+        )
         self.descriptions = [
             "tokens {"
             + ", ".join(repr(ctx.str_tokens[t]) for t in i)

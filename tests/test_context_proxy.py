@@ -83,3 +83,14 @@ def test_streaming_equals_one_shot_with_refinement():
     one = run(Sensitivity(), ctx, size=24)
     many = run(Sensitivity(), _ctx(), size=3)
     assert one == many
+
+
+def test_specificity_and_sensitivity_share_one_proxy_resolution(monkeypatch):
+    ctx = _ctx()
+    calls = []
+    real = _context.refinements
+    monkeypatch.setattr(_context, "refinements", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spec, sens = run(Specificity(), ctx, size=5), run(Sensitivity(), ctx, size=5)
+    assert len(calls) == 1 and spec[0]["proxy"] == sens[0]["proxy"]
+    run(Sensitivity(context_purity=0.99), ctx, size=5)  # other options: resolved anew
+    assert len(calls) == 2
