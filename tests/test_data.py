@@ -166,3 +166,40 @@ def test_state_of_another_shard_is_not_misused(embedded_model, contexts):
     assert len(got) == len(fresh) and all(
         torch.equal(a, b) for a, b in zip(got, fresh, strict=True)
     )
+
+
+def test_sources_read_their_data_once_for_both_splits(tmp_path, embedded_model, monkeypatch):
+    import sae_lightning.data.sources as sources
+
+    for i in range(20):
+        (tmp_path / f"m{i:02d}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 8)
+    loads = []
+    real = sources.load_documents
+    monkeypatch.setattr(sources, "load_documents", lambda *a: loads.append(a) or real(*a))
+    corpus = sources.CorpusSource(str(tmp_path), val_fraction=0.2)
+    tok = embedded_model.tokenizer
+    assert len(corpus.contexts("train", tok, 16)) > len(corpus.contexts("val", tok, 16)) > 0
+    assert len(loads) == 1
+
+    rows = [{"text": f"import os\nprint({i})\n" * 4, "ids": [5, 6, 7] * 10} for i in range(30)]
+    streams = []
+    hf = sources.HFDatasetSource("fake/dataset", max_tokens=10_000, val_fraction=0.1)
+    monkeypatch.setattr(hf, "_load", lambda: streams.append(1) or iter(rows))
+    train, val = hf.contexts("train", tok, 16), hf.contexts("val", tok, 16)
+    assert len(streams) == 1 and (train[:, 0] == tok.bos_token_id).all()
+    expected = make_contexts(
+        torch.cat(
+            [
+                torch.tensor(
+                    [tok.bos_token_id, *tok(r["text"], add_special_tokens=False)["input_ids"]]
+                )
+                for r in rows
+            ]
+        ),
+        16,
+        tok.bos_token_id,
+    )
+    assert torch.equal(torch.cat([val, train]), expected)
+    by_ids = sources.HFDatasetSource("fake/dataset", tokens_column="ids", val_fraction=0.1)
+    monkeypatch.setattr(by_ids, "_load", lambda: iter(rows))
+    assert by_ids.contexts("train", tok, 16)[0, 1:4].tolist() == [5, 6, 7]

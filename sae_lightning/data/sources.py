@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from sae_lightning.data.tokens import encode_documents, make_contexts
 from sae_lightning.hub import hub_unavailable, is_hub_error
-from sae_lightning.toy.corpus import CorpusError, load_documents, split_documents
+from sae_lightning.toy.corpus import CorpusError, Document, load_documents, split_documents
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val"]
@@ -47,12 +47,13 @@ class CorpusSource:
         self, corpus: str = "stdlib", text_field: str = "text", val_fraction: float = 0.05
     ) -> None:
         self.corpus, self.text_field, self.val_fraction = corpus, text_field, val_fraction
+        self._docs: list[Document] | None = None  # read once, split per call
 
     def contexts(self, split: Split, tokenizer, n_ctx: int) -> Contexts:
         _check_split(split)
-        docs = split_documents(
-            load_documents(self.corpus, self.text_field), split, self.val_fraction
-        )
+        if self._docs is None:
+            self._docs = load_documents(self.corpus, self.text_field)
+        docs = split_documents(self._docs, split, self.val_fraction)
         if not docs:
             raise CorpusError(
                 f"corpus {self.corpus!r} has no {split} documents at "
@@ -109,6 +110,7 @@ class HFDatasetSource:
         self.path, self.name, self.split = path, name, split
         self.text_column, self.tokens_column = text_column, tokens_column
         self.max_tokens, self.val_fraction, self.streaming = max_tokens, val_fraction, streaming
+        self._cache: tuple[Any, Tensor] | None = None  # (tokenizer, token stream)
 
     def _load(self):
         from datasets import load_dataset
@@ -145,5 +147,8 @@ class HFDatasetSource:
 
     def contexts(self, split: Split, tokenizer, n_ctx: int) -> Contexts:
         _check_split(split)
-        contexts = make_contexts(self._stream(tokenizer), n_ctx, tokenizer.bos_token_id)
+        # the train and val calls share one read of the dataset (a network stream)
+        if self._cache is None or self._cache[0] is not tokenizer:
+            self._cache = (tokenizer, self._stream(tokenizer))
+        contexts = make_contexts(self._cache[1], n_ctx, tokenizer.bos_token_id)
         return _split_contexts(contexts, split, self.val_fraction)
