@@ -48,6 +48,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     model = instantiate(cfg.model)
+    model_name = exported_model_name(model)
     datamodule = instantiate(cfg.data)
     datamodule.set_model(model)
     d_in = datamodule.d_in()
@@ -65,15 +66,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.is_global_zero:
-        _finish(cfg, out, module, model, metrics, loggers)
+        _finish(cfg, out, module, model, model_name, metrics, loggers)
     return metrics
 
 
-def _finish(cfg: DictConfig, out: Path, module, model, metrics: dict, loggers: list) -> None:
+def exported_model_name(model) -> str:
+    """The name the exported SAE records for its model (analyze.py loads the model by it)."""
+    name = getattr(model.cfg, "model_name", None)
+    if not name:
+        raise ValueError(
+            f"the frozen model {type(model).__name__} has no cfg.model_name; the exported SAE "
+            f"must name its model so that analyze.py can load it (set model_name when booting)"
+        )
+    return str(name)
+
+
+def _finish(
+    cfg: DictConfig, out: Path, module, model, model_name: str, metrics: dict, loggers: list
+) -> None:
     """Export the SAE, write metrics.json, log hyper-parameters with the final metrics."""
     if cfg.get("export", True):
         metadata = {
-            "model_name": getattr(model.cfg, "model_name", None) or "toy-1l",
+            "model_name": model_name,
             "hook_name": cfg.hook_name,
             "context_size": int(cfg.data.get("n_ctx") or model.cfg.n_ctx),
             "prepend_bos": True,

@@ -44,15 +44,18 @@ def small_corpus(tmp_path_factory) -> Path:
     return folder
 
 
+def small_run(corpus: Path) -> list[str]:
+    """Overrides for a tiny run on the small corpus (in-process and command-line tests)."""
+    return ["debug=fast", f"data.source.corpus={corpus}", "data.source.val_fraction=0.2"]
+
+
 def make_cfg(out: Path, corpus: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(
             "train",
             overrides=[
-                "debug=fast",
+                *small_run(corpus),
                 f"paths.output_dir={out}",
-                f"data.source.corpus={corpus}",
-                "data.source.val_fraction=0.2",
                 "callbacks.tokens_per_second.window=5",
                 *overrides,
             ],
@@ -204,9 +207,7 @@ def test_ddp_two_cpu_processes_train_and_log(tmp_path, small_corpus):
             "trainer=ddp",
             "trainer.accelerator=cpu",
             "trainer.devices=2",
-            "debug=fast",
-            f"data.source.corpus={small_corpus}",
-            "data.source.val_fraction=0.2",
+            *small_run(small_corpus),
             f"hydra.run.dir={tmp_path}/run",
         ],
         cwd=tmp_path,
@@ -226,9 +227,7 @@ def test_three_job_sweep_writes_summary(tmp_path, small_corpus):
         [
             "-m",
             "loss.l1_coeff=0.1,5,50",
-            "debug=fast",
-            f"data.source.corpus={small_corpus}",
-            "data.source.val_fraction=0.2",
+            *small_run(small_corpus),
             f"hydra.sweep.dir={tmp_path}/sweep",
         ],
         cwd=tmp_path,
@@ -261,3 +260,15 @@ def test_pickle_payload_checkpoint_is_refused_without_running(tmp_path, small_co
     with pytest.raises(Exception, match="(?i)weights.only|unpickl|GLOBAL"):
         train(make_cfg(tmp_path / "run", small_corpus, f"ckpt_path={evil}"))
     assert not marker.exists()
+
+
+def test_a_model_without_a_name_is_refused_before_training():
+    from types import SimpleNamespace
+
+    from sae_lightning.training import exported_model_name
+
+    assert (
+        exported_model_name(SimpleNamespace(cfg=SimpleNamespace(model_name="toy-1l"))) == "toy-1l"
+    )
+    with pytest.raises(ValueError, match="has no cfg.model_name"):
+        exported_model_name(SimpleNamespace(cfg=SimpleNamespace(model_name=None)))
