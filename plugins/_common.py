@@ -11,7 +11,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 
-from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext
+from sae_lightning.analysis.criterion import AnalysisContext
+from sae_lightning.analysis.sparse import FiringEntries, firing_entries
 from sae_lightning.data.activations import capture_activations
 from sae_lightning.metrics.correlation import FiringCounts
 
@@ -88,12 +89,6 @@ class FeatureMax(Metric):
         return self.max_act
 
 
-def flatten(batch: AnalysisBatch) -> tuple[Tensor, Tensor, Tensor]:
-    """``(acts [n, F], tokens [n], token_index [n])`` with batch and position merged."""
-    acts = batch.feature_acts.flatten(0, 1)  # [batch*pos, F]
-    return acts, batch.tokens.flatten(), batch.token_index.flatten()
-
-
 def module_device(module: Any) -> torch.device:
     """The device of a module's first parameter (CPU for a parameterless object)."""
     try:
@@ -117,6 +112,10 @@ def feature_acts(
 class FirstPass:
     """Statistics of the analysed features over the first contexts, before the main pass."""
 
+    tokens: Int[Tensor, " n"]
+    """The first contexts' tokens, flattened (``n = n_contexts * n_ctx``)."""
+    entries: FiringEntries
+    """Their firing entries (``rows`` index ``tokens``): ~density * n * F, a few MB."""
     max_act: Float[Tensor, " n_features"]
     """Largest activation seen per feature."""
     mass: Float[Tensor, "n_features vocab"]
@@ -137,17 +136,21 @@ def first_pass(ctx: AnalysisContext, n_contexts: int, batch_size: int = 16) -> F
     if n_contexts in cache:
         return cache[n_contexts]
     n_features = len(ctx.features)
-    counts = FiringCounts(n_features, len(ctx.str_tokens))
-    running_max = FeatureMax(n_features)
     contexts = ctx.contexts[:n_contexts]
+    parts = []
     for start in range(0, contexts.shape[0], batch_size):
-        tokens = contexts[start : start + batch_size]
-        acts = feature_acts(ctx, tokens).flatten(0, 1).float().cpu()  # [n, F]
-        counts.update(acts, tokens.flatten().cpu())
-        running_max.update(acts)
+        acts = feature_acts(ctx, contexts[start : start + batch_size]).flatten(0, 1)  # [n, F]
+        e = firing_entries(acts.float().cpu())
+        parts.append((e.rows + start * contexts.shape[1], e.cols, e.values))
+    rows, cols, values = (torch.cat(p) for p in zip(*parts, strict=True))
+    order = torch.sort(cols, stable=True).indices  # batches were col-sorted: re-sort globally
+    entries = FiringEntries(rows[order], cols[order], values[order], contexts.numel(), n_features)
+    tokens = contexts.flatten().cpu()
+    counts = FiringCounts(n_features, len(ctx.str_tokens))
+    counts.update_entries(entries.rows, entries.cols, entries.values, tokens)
     # torchmetrics squeezes one-element results: restore the shapes
     mass = counts.compute()[0].view(n_features, -1)
-    cache[n_contexts] = FirstPass(max_act=running_max.compute().view(n_features), mass=mass)
+    cache[n_contexts] = FirstPass(tokens, entries, entries.segment_max(), mass)
     return cache[n_contexts]
 
 

@@ -15,11 +15,12 @@ not on what the model sees, so it may look ahead.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from plugins._common import feature_acts
+from plugins._common import first_pass
 from sae_lightning.analysis.criterion import AnalysisContext
+from sae_lightning.metrics.sparse import segment_sum
 
 NONE, NEXT_WS, NEXT_NOT_WS = 0, 1, 2
 DESCRIPTIONS = {
@@ -46,33 +47,54 @@ def next_token_classes(
     return next_ws, known
 
 
+def token_classes(
+    tokens: Int[Tensor, "batch pos"], ws_vocab: Bool[Tensor, " vocab"]
+) -> Int[Tensor, "batch pos"]:
+    """Per position: ``0`` next token whitespace-initial, ``1`` it is not, ``2`` no next token."""
+    next_ws, known = next_token_classes(tokens, ws_vocab)
+    return torch.where(known, (~next_ws).long(), 2)
+
+
+def class_counts(
+    tokens: Int[Tensor, "batch pos"], ws_vocab: Bool[Tensor, " vocab"]
+) -> Int[Tensor, "vocab 3"]:
+    """Occurrences of each vocabulary token in each :func:`token_classes` class."""
+    flat = tokens.flatten() * 3 + token_classes(tokens, ws_vocab).flatten()
+    return torch.bincount(flat, minlength=3 * ws_vocab.numel()).view(-1, 3)
+
+
+def proxy_occurrences(
+    masks: Bool[Tensor, "*f vocab"], counts: Int[Tensor, "vocab 3"], refine: Int[Tensor, " f"]
+) -> Float[Tensor, " f"]:
+    """Per feature, occurrences of its (refined) proxy, from per-token :func:`class_counts`
+    (``masks`` has one row per feature, or one row shared by all)."""
+    per_class = masks.double() @ counts.to(masks.device).double()  # [f or 1, 3]
+    refine = refine.to(masks.device).long()
+    per_class = per_class.expand(refine.shape[0], 3)
+    refined = per_class.gather(1, (refine - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    return torch.where(refine == NONE, per_class.sum(1), refined)
+
+
 @torch.no_grad()
 def refinements(
     ctx: AnalysisContext,
     masks: Bool[Tensor, "n_features vocab"],
     n_contexts: int,
     purity: float,
-    batch_size: int = 16,
 ) -> Int[Tensor, " n_features"]:
-    """Per feature: ``NONE``, ``NEXT_WS`` or ``NEXT_NOT_WS`` from the first contexts."""
+    """Per feature: ``NONE``, ``NEXT_WS`` or ``NEXT_NOT_WS``, from the first pass's entries."""
     ws_vocab = whitespace_vocab(ctx.str_tokens)
     n_features = masks.shape[0]
-    ws_mass = torch.zeros(n_features, dtype=torch.float64)  # feature mass, next token ws
-    known_mass = torch.zeros(n_features, dtype=torch.float64)
-    ws_occ = torch.zeros(n_features, dtype=torch.float64)  # proxy-token occurrences, same split
-    known_occ = torch.zeros(n_features, dtype=torch.float64)
-    contexts = ctx.contexts[:n_contexts]
-    for start in range(0, contexts.shape[0], batch_size):
-        tokens = contexts[start : start + batch_size]  # [b, pos]
-        acts = feature_acts(ctx, tokens).double().cpu()  # [b, pos, F]
-        on_proxy = masks[:, tokens].permute(1, 2, 0)  # [b, pos, F]
-        next_ws, known = next_token_classes(tokens, ws_vocab)
-        occ = (on_proxy & known.unsqueeze(-1)).double()  # [b, pos, F]
-        mass = acts.clamp(min=0) * occ
-        known_mass += mass.sum((0, 1))
-        ws_mass += (mass * next_ws.unsqueeze(-1)).sum((0, 1))
-        known_occ += occ.sum((0, 1))
-        ws_occ += (occ * next_ws.unsqueeze(-1)).sum((0, 1))
+    fp = first_pass(ctx, n_contexts)
+    e, n_ctx = fp.entries, ctx.contexts.shape[1]
+    classes = token_classes(fp.tokens.view(-1, n_ctx), ws_vocab).flatten()[e.rows]  # [m]
+    on_proxy = masks[e.cols, fp.tokens[e.rows]] & (classes < 2)  # [m], next token known
+    known_mass = segment_sum(e.cols[on_proxy], e.values[on_proxy], n_features)
+    ws = on_proxy & (classes == 0)
+    ws_mass = segment_sum(e.cols[ws], e.values[ws], n_features)
+    counts = class_counts(fp.tokens.view(-1, n_ctx), ws_vocab)  # [vocab, 3]
+    ws_occ = masks.double() @ counts[:, 0].double()  # [F] proxy occurrences, next ws
+    known_occ = masks.double() @ counts[:, :2].sum(1).double()
     mass_ws = ws_mass / known_mass.clamp(min=1e-30)  # [F]
     occ_ws = ws_occ / known_occ.clamp(min=1e-30)  # [F]
     fired = known_mass > 0
@@ -83,14 +105,17 @@ def refinements(
 
 
 def apply(
-    proxy: Bool[Tensor, "n n_features"],
-    refine: Int[Tensor, " n_features"],
-    next_ws: Bool[Tensor, " n"],
-    known: Bool[Tensor, " n"],
-) -> tuple[Bool[Tensor, "n n_features"], Bool[Tensor, "n n_features"]]:
-    """``(proxy, valid)``: the refined proxy, and which positions count for each feature."""
-    r = refine.to(proxy.device).unsqueeze(0)  # [1, F]
-    ws, kn = next_ws.unsqueeze(1), known.unsqueeze(1)  # [n, 1]
-    context_ok = (r == NONE) | ((r == NEXT_WS) & ws) | ((r == NEXT_NOT_WS) & ~ws)
-    valid = (r == NONE) | kn  # [n, F]
+    proxy: Bool[Tensor, "*n"],
+    refine: Int[Tensor, "*n"],
+    next_class: Int[Tensor, "*n"],
+) -> tuple[Bool[Tensor, "*n"], Bool[Tensor, "*n"]]:
+    """``(proxy, valid)`` elementwise (broadcasting): the refined proxy, and whether the
+    position counts for the feature at all (a refined proxy needs a next token)."""
+    r = refine.to(proxy.device)
+    context_ok = (
+        (r == NONE)
+        | ((r == NEXT_WS) & (next_class == 0))
+        | ((r == NEXT_NOT_WS) & (next_class == 1))
+    )
+    valid = (r == NONE) | (next_class < 2)
     return proxy & context_ok & valid, valid

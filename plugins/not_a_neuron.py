@@ -51,9 +51,8 @@ class NotANeuron(Criterion):
 
     @override
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
-        acts = batch.feature_acts.flatten(0, 1)  # [n, F]
-        neurons = batch.neuron_acts.flatten(0, 1)  # [n, d_in]
-        self.pearson.update(acts, neurons)
+        e = batch.firing()  # features are sparse: O(nnz * d_in), not O(n * F * d_in)
+        self.pearson.update_entries(e.rows, e.cols, e.values, batch.neuron_acts.flatten(0, 1))
 
     @override
     def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:

@@ -20,9 +20,10 @@ from torch import Tensor
 from typing_extensions import override
 
 from plugins import _context
-from plugins._common import FeatureCounts, FeatureMax, first_pass, flatten, number, proxy_masks
+from plugins._common import FeatureCounts, FeatureMax, first_pass, number, proxy_masks
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.proxies import Proxy, auto_proxy
+from sae_lightning.analysis.sparse import FiringEntries
 from sae_lightning.metrics.histogram import ProxyHistogram, log_likelihood_ratio, precision_above
 
 _AUTO_PROXY_KEY = "_auto_proxies"
@@ -119,17 +120,20 @@ class ProxyCriterion(Criterion):
             for i, r in zip(ids, self.refine.tolist(), strict=True)
         ]
 
-    def proxy_of(self, batch: AnalysisBatch) -> tuple[Bool[Tensor, "n f"], Bool[Tensor, "n f"]]:
-        """``(proxy, valid)``, ``[n, F]`` over flattened positions: whether position ``i``
-        satisfies feature ``j``'s proxy, and whether it counts for feature ``j`` at all (a
+    def proxy_of(
+        self, batch: AnalysisBatch
+    ) -> tuple[FiringEntries, Bool[Tensor, " m"], Bool[Tensor, " m"]]:
+        """The batch's firing entries with, per entry, ``(proxy, valid)``: whether its token
+        satisfies its feature's proxy, and whether it counts for the feature at all (a
         context-refined proxy cannot judge a position whose next token is unknown)."""
-        tokens = batch.tokens.flatten()  # [n]
-        n_features = batch.feature_acts.shape[-1]
-        if self.masks.device != tokens.device:
-            self.masks = self.masks.to(tokens.device)
-        proxy = self.masks[:, tokens].T.expand(tokens.shape[0], n_features)  # [n, F]
-        next_ws, known = _context.next_token_classes(batch.tokens, self.ws_vocab)
-        return _context.apply(proxy, self.refine, next_ws.flatten(), known.flatten())
+        e = batch.firing()
+        if self.masks.device != e.cols.device:
+            self.masks, self.refine = self.masks.to(e.cols.device), self.refine.to(e.cols.device)
+        tokens = batch.tokens.flatten()[e.rows]  # [m]
+        mask_row = e.cols if self.masks.shape[0] > 1 else torch.zeros_like(e.cols)
+        classes = _context.token_classes(batch.tokens, self.ws_vocab).flatten()[e.rows]  # [m]
+        proxy, valid = _context.apply(self.masks[mask_row, tokens], self.refine[e.cols], classes)
+        return e, proxy, valid
 
     def proxy_result(self, ctx: AnalysisContext, row: int) -> dict[str, Any]:
         """The proxy's description and (up to 32 of) its tokens as strings."""
@@ -209,14 +213,22 @@ class Specificity(ProxyCriterion):
 
     @override
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
-        acts, _, _ = flatten(batch)  # [n, F]
-        proxy, valid = self.proxy_of(batch)  # [n, F] each
-        scale, cut = self.scale.to(acts.device), self.cut.to(acts.device)
-        counted = torch.where(valid, acts, 0.0)  # positions a refined proxy cannot judge drop out
-        self.histogram.update(counted.double() / scale, proxy)
-        above = (counted > 0) & (counted.double() > cut)  # [n, F]
-        self.above.update(torch.stack([above.sum(0), (above & proxy).sum(0)], dim=1))
-        self.max_act.update(acts)
+        e, proxy, valid = self.proxy_of(batch)  # entries; [m] each
+        cols, values, proxy = e.cols[valid], e.values[valid].double(), proxy[valid]
+        scale, cut = self.scale.to(values.device), self.cut.to(values.device)
+        self.histogram.update_entries(values / scale[cols], cols, proxy)
+        above = values > cut[cols]  # [m']
+        n_features = e.n_features
+        self.above.update(
+            torch.stack(
+                [
+                    torch.bincount(cols[above], minlength=n_features),
+                    torch.bincount(cols[above & proxy], minlength=n_features),
+                ],
+                dim=1,
+            )
+        )
+        self.max_act.update(e.segment_max().unsqueeze(0))
 
     @override
     def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
@@ -285,27 +297,29 @@ class Sensitivity(ProxyCriterion):
     @override
     def setup_metrics(self, n_features: int, ctx: AnalysisContext) -> None:
         self.setup_proxies(ctx)
-        self.counts = FeatureCounts(n_features, 2)  # [proxy tokens, proxy tokens fired on]
+        self.fired = FeatureCounts(n_features, 1)  # proxy tokens the feature fired on
+        self.classes = FeatureCounts(len(ctx.str_tokens), 3)  # token occurrences per class
 
     @override
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
-        acts, _, _ = flatten(batch)  # [n, F]
-        proxy, _ = self.proxy_of(batch)  # [n, F], already limited to the valid positions
-        fired = proxy & (acts > 0)
-        self.counts.update(torch.stack([proxy.sum(0), fired.sum(0)], dim=1))
+        e, proxy, _ = self.proxy_of(batch)  # proxy is already limited to valid positions
+        self.fired.update(torch.bincount(e.cols[proxy], minlength=e.n_features).unsqueeze(1))
+        self.classes.update(_context.class_counts(batch.tokens, self.ws_vocab))
 
     @override
     def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
-        counts = self.counts.compute().cpu()  # [F, 2]
-        value = torch.where(counts[:, 0] > 0, counts[:, 1] / counts[:, 0].clamp(min=1), torch.nan)
+        fired = self.fired.compute().view(-1).cpu().double()  # [F]
+        classes = self.classes.compute().view(-1, 3).cpu()  # [vocab, 3]
+        total = _context.proxy_occurrences(self.masks.cpu(), classes, self.refine.cpu())  # [F]
+        value = torch.where(total > 0, fired / total.clamp(min=1), torch.nan)
         out: dict[int, dict[str, Any]] = {}
         for row, f in enumerate(ctx.features):
             sensitivity = number(value[row])
             out[f] = {
                 **self.proxy_result(ctx, row),
                 "sensitivity": sensitivity,
-                "n_proxy_tokens": int(counts[row, 0]),
-                "n_proxy_fired": int(counts[row, 1]),
+                "n_proxy_tokens": int(total[row]),
+                "n_proxy_fired": int(fired[row]),
                 "verdict": self.verdict(sensitivity),
             }
         return out

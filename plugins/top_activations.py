@@ -18,12 +18,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
-from plugins._common import context_window, first_pass, flatten, number
+from plugins._common import context_window, first_pass, number
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.proxies import auto_proxy
 from sae_lightning.metrics.correlation import FiringCounts
@@ -34,17 +34,14 @@ _KEY_BITS = 20  # random bits of a sampling key; key * 2**32 + act bits stays be
 _ACT_SHIFT = 2.0**32
 
 
-def _sample_values(
-    acts: Float[Tensor, "n f"], keys: Int[Tensor, "n f"], member: Bool[Tensor, "n f"]
-) -> Float[Tensor, "n f"]:
-    """``key * 2**32 + float32 bits of act`` where ``member``, else ``-inf`` (float64, exact).
+def _sample_values(acts: Float[Tensor, " m"], keys: Int[Tensor, " m"]) -> Float[Tensor, " m"]:
+    """``key * 2**32 + float32 bits of act`` (float64, exact).
 
     Ranking these by value ranks by the random key (a uniform sample of the members) while
     the low 32 bits keep each sample's activation exactly.
     """
-    bits = acts.float().clamp(min=0).view(torch.int32).double()  # [n, f], in [0, 2**31)
-    values = keys.double() * _ACT_SHIFT + bits
-    return torch.where(member, values, float("-inf"))
+    bits = acts.float().clamp(min=0).view(torch.int32).double()  # [m], in [0, 2**31)
+    return keys.double() * _ACT_SHIFT + bits
 
 
 def _sample_acts(values: Float[Tensor, "*s"]) -> Float[Tensor, "*s"]:
@@ -121,7 +118,7 @@ class TopActivations(Criterion):
         self.scale = estimate.double().clamp(min=1e-30)  # [F]
         self._generator: torch.Generator | None = None
 
-    def _keys(self, shape: torch.Size, device: torch.device) -> Int[Tensor, "n f"]:
+    def _keys(self, shape: torch.Size, device: torch.device) -> Int[Tensor, " m"]:
         """Random sampling keys in ``[0, 2**20)`` (a seeded generator on ``device``)."""
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
@@ -131,17 +128,17 @@ class TopActivations(Criterion):
 
     @override
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
-        acts, tokens, token_index = flatten(batch)  # [n, F], [n], [n]
-        self.topk.update(acts, token_index)
-        self.density.update(acts)
-        self.firing.update(acts, tokens)
-        frac = acts.double() / self.scale.to(acts.device)  # [n, F]
-        bucket = (frac * self.n_intervals).floor().clamp(max=self.n_intervals - 1)
-        bucket = torch.where(acts > 0, bucket, -1.0)  # [n, F]; -1: did not fire
-        keys = self._keys(acts.shape, acts.device)  # [n, F]
-        packed = _sample_values(acts, keys, bucket >= 0)  # [n, F], packed once for all intervals
+        e = batch.firing()  # the nonzero activations, [m] each
+        tokens, ids = batch.tokens.flatten(), batch.token_index.flatten()[e.rows]  # [n], [m]
+        self.topk.update_entries(e.values, e.cols, ids)
+        self.density.update_counts(e.counts(), e.n_rows)
+        self.firing.update_entries(e.rows, e.cols, e.values, tokens)
+        frac = e.values.double() / self.scale.to(e.values.device)[e.cols]  # [m]
+        bucket = (frac * self.n_intervals).floor().clamp(max=self.n_intervals - 1).long()
+        packed = _sample_values(e.values, self._keys(e.values.shape, e.values.device))  # [m]
         for i, samples in enumerate(self.samples):
-            samples.update(torch.where(bucket == i, packed, float("-inf")), token_index)
+            chosen = bucket == i
+            samples.update_entries(packed[chosen], e.cols[chosen], ids[chosen])
 
     def _examples(
         self, ctx: AnalysisContext, values: list[float], ids: list[int]

@@ -67,13 +67,13 @@ class Universality(Criterion):
 
     @override
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
-        acts = batch.feature_acts.flatten(0, 1)  # [n, F]
+        e = batch.firing()  # features are sparse: cross sums cost O(nnz * d_other)
         if self.enabled:
             if batch.other_acts is None:
                 raise ValueError("universality: ctx.other_sae is set but batch.other_acts is None")
-            self.other.update(acts, batch.other_acts.flatten(0, 1))
+            self.other.update_entries(e.rows, e.cols, e.values, batch.other_acts.flatten(0, 1))
         if self.neuron_baseline:
-            self.neurons.update(acts, batch.neuron_acts.flatten(0, 1))
+            self.neurons.update_entries(e.rows, e.cols, e.values, batch.neuron_acts.flatten(0, 1))
 
     def _neuron_corr(self, ctx: AnalysisContext) -> list[float | None]:
         """Per feature, ``|corr|`` with its best MLP neuron (None where not available)."""

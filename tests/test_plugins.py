@@ -122,7 +122,8 @@ def one_token_ctx(**kw) -> AnalysisContext:
 
 def test_not_a_neuron_copy_of_a_neuron():
     gen = torch.Generator().manual_seed(0)
-    neurons = torch.randn(3, 7, 6, generator=gen)
+    # SAE features are >= 0 (criteria read the entries > 0): copy a non-negative neuron
+    neurons = torch.randn(3, 7, 6, generator=gen).abs()
     feature_acts = torch.stack([neurons[..., 3], torch.randn(3, 7, generator=gen)], dim=-1)
     sae = ReLUSAE(6, 2)
     with torch.no_grad():
@@ -199,7 +200,9 @@ def test_streaming_equals_one_shot(random_ctx, make):
         assert many[f].keys() == one[f].keys()
         for key, value in one[f].items():
             if isinstance(value, float):
-                assert many[f][key] == pytest.approx(value, abs=1e-9), key
+                # correlations: float32 (centred) cross products, ~1e-7 apart by batching
+                tol = 1e-6 if "corr" in key else 1e-9
+                assert many[f][key] == pytest.approx(value, abs=tol), key
             else:
                 assert many[f][key] == value, key
 

@@ -19,7 +19,7 @@ Example (a complete criterion living outside the package)::
             self.counts = FeatureDensity(n_features)
 
         def update(self, batch, ctx):
-            self.counts.update(batch.feature_acts.flatten(0, 1))
+            self.counts.update(batch.feature_acts.flatten(0, 1))  # or sparse: batch.firing()
 
         def results(self, ctx):
             density = self.counts.compute()
@@ -40,6 +40,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
+from sae_lightning.analysis.sparse import FiringEntries, firing_entries
+
 
 @dataclass
 class AnalysisBatch:
@@ -55,6 +57,16 @@ class AnalysisBatch:
     """The hooked activations themselves (the MLP neurons for ``mlp.hook_post``)."""
     other_acts: Float[Tensor, "batch pos d_other"] | None = None
     """All feature activations of the ``compare_with`` SAE on the same tokens, if any."""
+    _firing: FiringEntries | None = field(default=None, init=False, repr=False)
+
+    def firing(self) -> FiringEntries:
+        """The nonzero feature activations over flattened positions (``batch * pos`` rows),
+        sorted by feature: extracted on first use and shared by every criterion. Most
+        criteria should read these rather than the dense ``feature_acts`` (see
+        :mod:`sae_lightning.analysis.sparse`)."""
+        if self._firing is None:
+            self._firing = firing_entries(self.feature_acts.flatten(0, 1))
+        return self._firing
 
 
 @dataclass

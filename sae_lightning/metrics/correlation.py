@@ -11,6 +11,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 
+from sae_lightning.metrics.sparse import counts_as_update, segment_sum, transpose_matmul
+
 # A column whose centred sum of squares is below this fraction of its raw sum of squares is
 # treated as constant: the raw-moment formula leaves ~1e-16 relative round-off there.
 _REL_VAR_TOL = 1e-10
@@ -88,7 +90,36 @@ class StreamingPearson(Metric):
             raise ValueError(f"x must have shape [n, {self.n_x}], got {list(x.shape)}")
         if y.ndim != 2 or y.shape != (x.shape[0], self.n_y):
             raise ValueError(f"y must have shape [{x.shape[0]}, {self.n_y}], got {list(y.shape)}")
-        sx, sy, sxx, syy, sxy, n = _pearson_update(x, y)
+        self._add(*_pearson_update(x, y))
+
+    @counts_as_update
+    def update_entries(
+        self,
+        rows: Int[Tensor, " m"],
+        cols: Int[Tensor, " m"],
+        values: Float[Tensor, " m"],
+        y: Float[Tensor, "n n_y"],
+    ) -> None:
+        """Add a batch whose ``x`` is sparse: its nonzero entries ``x[rows[i], cols[i]] =
+        values[i]``, sorted by column then row (``y`` is dense, row ``i`` the same token).
+
+        The cross sums cost ``O(nnz * n_y)`` (a CSR product) instead of ``O(n * n_x * n_y)``.
+        The product runs in ``y``'s dtype on ``y`` minus its batch mean ``c``, and
+        ``Σx · c`` is added back in float64: the centred product has no cancellation to lose
+        precision to, so float32 keeps the correlation within ~1e-6 of the float64 sums.
+        """
+        if y.ndim != 2 or y.shape[1] != self.n_y:
+            raise ValueError(f"y must have shape [n, {self.n_y}], got {list(y.shape)}")
+        y = y.detach()
+        shift = y.mean(dim=0)  # [n_y]
+        sx = segment_sum(cols, values, self.n_x)  # [n_x]
+        sxx = segment_sum(cols, values.double().pow(2), self.n_x)
+        sxy = transpose_matmul(rows, cols, values, self.n_x, y - shift).double()  # [n_x, n_y]
+        sxy += torch.outer(sx, shift.double())
+        y64 = y.double()
+        self._add(sx, y64.sum(0), sxx, y64.pow(2).sum(0), sxy, y.shape[0])
+
+    def _add(self, sx: Tensor, sy: Tensor, sxx: Tensor, syy: Tensor, sxy: Tensor, n: int) -> None:
         self.sum_x = self.sum_x + sx
         self.sum_y = self.sum_y + sy
         self.sum_xx = self.sum_xx + sxx
@@ -122,7 +153,7 @@ def max_correlation(
 class FiringCounts(Metric):
     """Per feature and vocabulary token: activation mass and number of firings.
 
-    States ``mass`` (Σ activation, float64) and ``fires`` (count of activations ``> 0``),
+    States ``mass`` (Σ positive activation, float64) and ``fires`` (count of activations ``> 0``),
     both ``[n_features, vocab]``, plus ``token_counts [vocab]`` (occurrences of each token).
     They feed the automatic proxy (tokens carrying most of a feature's mass) and sensitivity
     (:func:`proxy_sensitivity`). Memory is ``16 * n_features * vocab`` bytes.
@@ -168,16 +199,34 @@ class FiringCounts(Metric):
                 f"tokens must be integer ids of shape [{acts.shape[0]}], "
                 f"got {tokens.dtype} {list(tokens.shape)}"
             )
+        fired = (acts.detach() > 0).nonzero()  # [nnz, 2]
+        rows, cols = fired[:, 0], fired[:, 1]
+        self.update_entries(rows, cols, acts[rows, cols], tokens)
+
+    @counts_as_update
+    def update_entries(
+        self,
+        rows: Int[Tensor, " m"],
+        cols: Int[Tensor, " m"],
+        values: Float[Tensor, " m"],
+        tokens: Int[Tensor, " n"],
+    ) -> None:
+        """Add a batch given as its firing entries: ``values[i] > 0`` of feature ``cols[i]``
+        at row ``rows[i]``; ``tokens`` are the vocabulary ids of all ``n`` rows."""
+        if tokens.ndim != 1 or tokens.is_floating_point():
+            raise ValueError(
+                f"tokens must be 1-D integer ids, got {tokens.dtype} {list(tokens.shape)}"
+            )
         if tokens.numel():
             lo, hi = (int(v) for v in torch.aminmax(tokens))
             if lo < 0 or hi >= self.n_tokens_vocab:
                 raise ValueError(
                     f"token ids must lie in [0, {self.n_tokens_vocab}), got range [{lo}, {hi}]"
                 )
-        acts_t = acts.detach().T  # [f, n]
-        # In place: a batch-sized [f, vocab] copy per update would double peak memory.
-        self.mass.index_add_(1, tokens, acts_t.double())
-        self.fires.index_add_(1, tokens, (acts_t > 0).long())
+        flat = cols * self.n_tokens_vocab + tokens[rows]  # [m], index into [f * vocab]
+        # in place on flat views: a batch-sized [f, vocab] copy would double peak memory
+        self.mass.view(-1).index_add_(0, flat, values.detach().double())
+        self.fires.view(-1).index_add_(0, flat, torch.ones_like(flat))
         self.token_counts += torch.bincount(tokens, minlength=self.n_tokens_vocab)
 
     def compute(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -7,6 +7,8 @@ from jaxtyping import Float
 from torch import Tensor
 from torchmetrics import Metric
 
+from sae_lightning.metrics.sparse import counts_as_update
+
 
 def _density_update(feature_acts: Float[Tensor, "n d_sae"]) -> tuple[Tensor, int]:
     """Batch sums: (per-feature count of tokens where it fired [d_sae], token count)."""
@@ -53,7 +55,13 @@ class FeatureDensity(Metric):
             raise ValueError(
                 f"feature_acts must have shape [n, {self.d_sae}], got {list(feature_acts.shape)}"
             )
-        fire_count, n = _density_update(feature_acts)
+        self.update_counts(*_density_update(feature_acts))
+
+    @counts_as_update
+    def update_counts(self, fire_count: Tensor, n: int) -> None:
+        """Add precomputed batch sums: firings per feature ``[d_sae]`` over ``n`` tokens."""
+        if fire_count.shape != (self.d_sae,):
+            raise ValueError(f"fire_count must be [{self.d_sae}], got {list(fire_count.shape)}")
         self.fire_count = self.fire_count + fire_count
         self.n = self.n + n
 

@@ -13,6 +13,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 
+from sae_lightning.metrics.sparse import counts_as_update
+
 
 def _check_edges(bins: Tensor) -> Float[Tensor, " e"]:
     """Return ``bins`` as float64 edges, or raise naming what is wrong with them."""
@@ -27,19 +29,30 @@ def _check_edges(bins: Tensor) -> Float[Tensor, " e"]:
 def _histogram_update(
     acts: Float[Tensor, "n f"], proxy: Bool[Tensor, "n f"], edges: Float[Tensor, " e"]
 ) -> tuple[Int[Tensor, "f b"], Int[Tensor, "f b"]]:
-    """Batch counts (proxy-positive, proxy-negative) of nonzero activations per feature/bin.
+    """Batch counts (proxy-positive, proxy-negative) of nonzero activations per feature/bin."""
+    fired = (acts.detach() > 0).nonzero()  # [nnz, 2]
+    rows, cols = fired[:, 0], fired[:, 1]
+    return _histogram_entries(acts[rows, cols], cols, proxy[rows, cols], edges, acts.shape[1])
+
+
+def _histogram_entries(
+    values: Float[Tensor, " m"],
+    cols: Int[Tensor, " m"],
+    proxy: Bool[Tensor, " m"],
+    edges: Float[Tensor, " e"],
+    n_features: int,
+) -> tuple[Int[Tensor, "f b"], Int[Tensor, "f b"]]:
+    """Counts (proxy-positive, proxy-negative) per feature and bin of the given entries.
 
     Bin ``i`` is ``[edges[i], edges[i+1])``; values outside the edges are clamped into the
     first or last bin.
     """
-    n_features, n_bins = acts.shape[1], edges.numel() - 1
-    values = acts.detach().to(edges.dtype)
-    bin_idx = (torch.bucketize(values, edges, right=True) - 1).clamp_(0, n_bins - 1)  # [n, f]
-    flat = bin_idx + torch.arange(n_features, device=acts.device) * n_bins  # [n, f]
-    fired = values > 0
+    n_bins = edges.numel() - 1
+    bin_idx = torch.bucketize(values.detach().to(edges.dtype), edges, right=True) - 1
+    flat = bin_idx.clamp_(0, n_bins - 1) + cols * n_bins  # [m]
     size = n_features * n_bins
-    pos = torch.bincount(flat[fired & proxy], minlength=size).view(n_features, n_bins)
-    neg = torch.bincount(flat[fired & ~proxy], minlength=size).view(n_features, n_bins)
+    pos = torch.bincount(flat[proxy], minlength=size).view(n_features, n_bins)
+    neg = torch.bincount(flat[~proxy], minlength=size).view(n_features, n_bins)
     return pos, neg
 
 
@@ -97,6 +110,24 @@ class ProxyHistogram(Metric):
                 f"got {proxy.dtype} {list(proxy.shape)}"
             )
         pos, neg = _histogram_update(acts, proxy, self.bins.to(acts.device))
+        self.pos_counts = self.pos_counts + pos
+        self.neg_counts = self.neg_counts + neg
+
+    @counts_as_update
+    def update_entries(
+        self, values: Float[Tensor, " m"], cols: Int[Tensor, " m"], proxy: Bool[Tensor, " m"]
+    ) -> None:
+        """Add sparse entries: activation ``values[i] > 0`` of feature ``cols[i]``, and
+        whether its token satisfies that feature's proxy (entries ``<= 0`` are skipped)."""
+        if not values.shape == cols.shape == proxy.shape or values.ndim != 1:
+            raise ValueError(
+                "values, cols and proxy must be 1-D of one length, got "
+                f"{list(values.shape)}, {list(cols.shape)}, {list(proxy.shape)}"
+            )
+        fired = values > 0
+        pos, neg = _histogram_entries(
+            values[fired], cols[fired], proxy[fired], self.bins.to(values.device), self.n_features
+        )
         self.pos_counts = self.pos_counts + pos
         self.neg_counts = self.neg_counts + neg
 

@@ -18,6 +18,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 
+from sae_lightning.metrics.sparse import counts_as_update, segment_rank
+
 _MAX_EXACT_ID = 2**53  # float64 represents every integer below this exactly
 
 
@@ -58,6 +60,35 @@ def _topk_update(
     ids = token_index.to(packed.dtype)[batch_top.indices.T]  # [f, k']
     batch_packed = torch.stack([values, ids], dim=-1)  # [f, k', 2]
     return _select_topk(torch.cat([packed, batch_packed], dim=1), k)
+
+
+def _topk_merge_entries(
+    packed: Float[Tensor, "f k 2"],
+    values: Float[Tensor, " m"],
+    cols: Int[Tensor, " m"],
+    ids: Int[Tensor, " m"],
+) -> Float[Tensor, "f k 2"]:
+    """Merge sparse entries ``(value, feature, id)`` into the running top-k.
+
+    Only entries above their feature's current k-th value can enter, and once the buffers
+    fill those are few: they are ranked within their feature (one sort by value, one stable
+    sort by feature) and at most ``k`` per feature are merged.
+    """
+    f, k, _ = packed.shape
+    values = values.to(packed.dtype)
+    keep = values > packed[:, -1, 0][cols]  # [m]: beats the feature's k-th value
+    if not bool(keep.any()):
+        return packed
+    values, cols, ids = values[keep], cols[keep], ids[keep].to(packed.dtype)
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(cols[order], stable=True).indices]  # by feature, then value desc
+    values, cols, ids = values[order], cols[order], ids[order]
+    rank = segment_rank(cols, f)
+    top = rank < k
+    incoming = torch.empty_like(packed)  # [f, k, 2], unfilled: (-inf, -1)
+    incoming[..., 0], incoming[..., 1] = float("-inf"), -1.0
+    incoming[cols[top], rank[top]] = torch.stack([values[top], ids[top]], dim=-1)
+    return _select_topk(torch.cat([packed, incoming], dim=1), k)
 
 
 class TopKActivations(Metric):
@@ -122,6 +153,27 @@ class TopKActivations(Metric):
             if lo < 0 or hi >= _MAX_EXACT_ID:
                 raise ValueError(f"token_index must lie in [0, 2**53), got range [{lo}, {hi}]")
         self.packed = _topk_update(self.packed, acts, token_index)
+
+    @counts_as_update
+    def update_entries(
+        self, values: Float[Tensor, " m"], cols: Int[Tensor, " m"], token_index: Int[Tensor, " m"]
+    ) -> None:
+        """Merge sparse entries: ``values[i]`` of feature ``cols[i]`` on token ``token_index[i]``.
+
+        Entries left out count as activations that cannot enter the top-k (e.g. zeros): the
+        result equals :meth:`update` on the dense matrix wherever the top-k values are
+        ``> 0``; slots no entry filled stay ``(-inf, -1)``.
+        """
+        if not values.shape == cols.shape == token_index.shape or values.ndim != 1:
+            raise ValueError(
+                "values, cols and token_index must be 1-D of one length, got "
+                f"{list(values.shape)}, {list(cols.shape)}, {list(token_index.shape)}"
+            )
+        if cols.numel():
+            lo, hi = (int(v) for v in torch.aminmax(cols))
+            if lo < 0 or hi >= self.n_features:
+                raise ValueError(f"cols must lie in [0, {self.n_features}), got [{lo}, {hi}]")
+        self.packed = _topk_merge_entries(self.packed, values, cols, token_index)
 
     def merge_state(self, incoming_state: dict[str, Tensor] | Metric) -> None:
         """Merge another instance's top-k (as a DDP rank would), via :func:`merge_topk`.

@@ -1,0 +1,77 @@
+"""Functional helpers for metrics fed with sparse entries ``(rows, cols, values)``.
+
+SAE activations are ~99% zeros, so the analysis metrics accept just the nonzero entries of an
+``[n, n_features]`` matrix. Entries are sorted by column (feature), then row, where noted.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def counts_as_update(method: _F) -> _F:
+    """Make a second update method of a torchmetrics ``Metric`` behave like ``update``.
+
+    torchmetrics wraps only ``update``: it drops the cached ``compute()`` result and counts
+    the call (``compute`` warns when nothing was counted). A method such as
+    ``update_entries`` must do the same, or a ``compute`` after it returns a stale result.
+    """
+
+    @functools.wraps(method)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
+        self._computed = None
+        self._update_count += 1
+        with torch.no_grad():
+            method(self, *args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def segment_rank(cols: Int[Tensor, " m"], n_segments: int) -> Int[Tensor, " m"]:
+    """Position of each entry within its run of equal ``cols`` (``cols`` must be sorted)."""
+    counts = torch.bincount(cols, minlength=n_segments)
+    starts = counts.cumsum(0) - counts  # [n_segments]
+    return torch.arange(cols.numel(), device=cols.device) - starts[cols]
+
+
+def transpose_matmul(
+    rows: Int[Tensor, " nnz"],
+    cols: Int[Tensor, " nnz"],
+    values: Float[Tensor, " nnz"],
+    n_cols: int,
+    y: Float[Tensor, "n d"],
+) -> Float[Tensor, "n_cols d"]:
+    """``A.T @ y`` for the sparse ``A [n, n_cols]`` with the given entries, sorted by column
+    then row: a CSR sparse-dense product, ``O(nnz * d)``, in ``y``'s dtype."""
+    if not cols.numel():
+        return y.new_zeros(n_cols, y.shape[1])
+    counts = torch.bincount(cols, minlength=n_cols)
+    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta", once per process
+        warnings.simplefilter("ignore", UserWarning)
+        sparse = torch.sparse_csr_tensor(
+            crow,
+            rows,
+            values.to(y.dtype),
+            size=(n_cols, y.shape[0]),
+            check_invariants=False,  # sorted by construction; the check is a full extra pass
+        )
+    return sparse @ y
+
+
+def segment_sum(
+    cols: Int[Tensor, " nnz"], values: Float[Tensor, " nnz"], n_cols: int
+) -> Float[Tensor, " n_cols"]:
+    """Sum of ``values`` per column, in float64."""
+    return torch.zeros(n_cols, dtype=torch.float64, device=values.device).index_add_(
+        0, cols, values.double()
+    )
