@@ -108,6 +108,17 @@ def feature_acts(
     return encoded[..., ctx.features]
 
 
+@torch.no_grad()
+def neuron_mean(ctx: AnalysisContext, n_contexts: int = 4) -> Float[Tensor, " d_in"]:
+    """Mean hooked activation over the first contexts (cached): a shift that keeps streamed
+    float32 cross sums precise (:class:`StreamingPearson` ``y_shift``), equal on all ranks."""
+    if "_neuron_mean" not in ctx.extras:
+        tokens = ctx.contexts[:n_contexts].to(module_device(ctx.model))
+        acts = capture_activations(ctx.model, tokens, ctx.hook_name)  # [c, pos, d_in]
+        ctx.extras["_neuron_mean"] = acts.flatten(0, 1).double().mean(0).cpu()
+    return ctx.extras["_neuron_mean"]
+
+
 @dataclass
 class FirstPass:
     """Statistics of the analysed features over the first contexts, before the main pass."""

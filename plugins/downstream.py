@@ -85,27 +85,75 @@ def _next_logprobs(
 
 @torch.no_grad()
 def ablation_deltas(
-    ctx: AnalysisContext, feature: int, tokens: Int[Tensor, "c pos"]
-) -> tuple[Float[Tensor, "c pos_1"], Float[Tensor, "c pos_1"]]:
-    """Change in next-token log-prob when ``feature`` is removed at the hook.
+    ctx: AnalysisContext, features: list[int], tokens: Int[Tensor, "r pos"], batch_size: int = 32
+) -> tuple[Float[Tensor, "r pos_1"], Float[Tensor, "r pos_1"]]:
+    """Change in next-token log-prob when ``features[r]`` is removed at the hook in row ``r``.
+
+    Rows are ablated ``batch_size`` at a time, each with its own feature (one forward for
+    many features); the clean log-probs are computed once per distinct context.
 
     Returns:
-        ``(delta, acts)``: ``delta[c, p]`` is ablated minus clean log-prob of ``tokens[c,
-        p + 1]``; ``acts[c, p]`` is the feature's activation at position ``p``.
+        ``(delta, acts)``: ``delta[r, p]`` is ablated minus clean log-prob of ``tokens[r,
+        p + 1]``; ``acts[r, p]`` is feature ``features[r]``'s activation at position ``p``.
     """
-    tokens = tokens.to(module_device(ctx.model))
-    w_dec = ctx.sae.W_dec[feature]  # [d_in]
+    device = module_device(ctx.model)
+    unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)  # distinct contexts
+    clean = torch.cat(
+        [
+            _next_logprobs(ctx.model(chunk.to(device)), chunk.to(device)).cpu()
+            for chunk in unique.split(batch_size)
+        ]
+    )[inverse]  # [r, pos-1]
+    deltas, acts = [], []
+    for rows in torch.arange(tokens.shape[0]).split(batch_size):
+        chunk = tokens[rows].to(device)
+        index = torch.tensor([features[r] for r in rows.tolist()], device=ctx.sae.W_dec.device)
+        logprobs, act = _ablated_logprobs(ctx, chunk, index)
+        deltas.append(logprobs.cpu() - clean[rows])
+        acts.append(act[:, :-1].float().cpu())
+    return torch.cat(deltas), torch.cat(acts)
+
+
+def _ablated_logprobs(
+    ctx: AnalysisContext, tokens: Int[Tensor, "r pos"], index: Int[Tensor, " r"]
+) -> tuple[Float[Tensor, "r pos_1"], Float[Tensor, "r pos"]]:
+    """Next-token log-probs with feature ``index[r]`` subtracted from row ``r`` at the hook,
+    and the removed activations."""
+    w_dec = ctx.sae.W_dec[index]  # [r, d_in]
     box: list[Tensor] = []
 
     def remove(x: Tensor, hook: Any) -> Tensor:
-        act = ctx.sae.encode(x.to(w_dec.dtype))[..., feature]  # [c, pos]
+        act = ctx.sae.encode_selected(x.to(w_dec.dtype), index)  # [r, pos]
         box.append(act)
-        return x - (act.unsqueeze(-1) * w_dec).to(x.dtype)
+        return x - (act.unsqueeze(-1) * w_dec.unsqueeze(1)).to(x.dtype)
 
-    clean = _next_logprobs(ctx.model(tokens), tokens)  # [c, pos-1]
-    ablated = ctx.model.run_with_hooks(tokens, fwd_hooks=[(ctx.hook_name, remove)])
-    delta = _next_logprobs(ablated, tokens) - clean  # [c, pos-1]
-    return delta.cpu(), box[0][:, :-1].float().cpu()
+    logits = ctx.model.run_with_hooks(tokens, fwd_hooks=[(ctx.hook_name, remove)])
+    return _next_logprobs(logits, tokens), box[0]
+
+
+def logit_summaries(
+    weights: Float[Tensor, "f vocab"], n_tokens: int, n_bins: int
+) -> dict[str, list[Any]]:
+    """Per row: top and bottom ``n_tokens`` (ids and values) and an ``n_bins`` histogram on
+    ``[min, max]`` (edges and counts), computed for all rows at once."""
+    k = min(n_tokens, weights.shape[1])
+    top, bottom = weights.topk(k, dim=1), weights.topk(k, dim=1, largest=False)
+    lo, hi = weights.amin(dim=1), weights.amax(dim=1)  # [f]
+    width = torch.where(hi > lo, hi - lo, 1.0)  # [f]; a constant row spans [lo, lo + 1]
+    frac = ((weights - lo[:, None]) / width[:, None]).double()  # [f, vocab]
+    bins = (frac * n_bins).long().clamp_(0, n_bins - 1)  # the max falls in the last bin
+    flat = bins + torch.arange(weights.shape[0])[:, None] * n_bins
+    counts = torch.bincount(flat.flatten(), minlength=weights.shape[0] * n_bins)
+    steps = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    edges = lo.double()[:, None] + width.double()[:, None] * steps  # [f, n_bins + 1]
+    return {
+        "top_ids": top.indices.tolist(),
+        "top_values": top.values.tolist(),
+        "bottom_ids": bottom.indices.tolist(),
+        "bottom_values": bottom.values.tolist(),
+        "edges": edges.tolist(),
+        "counts": counts.view(-1, n_bins).tolist(),
+    }
 
 
 class Downstream(Criterion):
@@ -154,61 +202,60 @@ class Downstream(Criterion):
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
         """Nothing to accumulate."""
 
-    def _logit_result(self, ctx: AnalysisContext, weights: Tensor) -> dict[str, Any]:
-        """Top/bottom tokens and the histogram of one feature's logit weights ``[vocab]``."""
-        k = min(self.n_tokens, weights.numel())
-        top, bottom = weights.topk(k), weights.topk(k, largest=False)
-        lo, hi = float(weights.min()), float(weights.max())
-        counts = torch.histc(weights, bins=self.n_bins, min=lo, max=hi if hi > lo else lo + 1)
-        edges = torch.linspace(lo, hi if hi > lo else lo + 1, self.n_bins + 1)
-        return {
-            "top_tokens": [ctx.str_tokens[i] for i in top.indices.tolist()],
-            "top_values": top.values.tolist(),
-            "bottom_tokens": [ctx.str_tokens[i] for i in bottom.indices.tolist()],
-            "bottom_values": bottom.values.tolist(),
-            "histogram": {"edges": edges.tolist(), "counts": counts.long().tolist()},
-        }
-
-    def _ablation_result(self, ctx: AnalysisContext, feature: int) -> dict[str, Any] | None:
-        """Ablation effects on the feature's top contexts, or None if it never fired."""
+    def _ablations(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+        """Ablation effects on the top contexts of the first ``ablation_max_features``
+        analysed features that fired (all ablated together, see :func:`ablation_deltas`)."""
         n_ctx = ctx.contexts.shape[1]
-        examples = ctx.extras.get("top_examples", {}).get(feature, [])
-        contexts = list(dict.fromkeys(i // n_ctx for i, _ in examples))[: self.ablation_contexts]
-        if not contexts:
-            return None
-        tokens = ctx.contexts[contexts]  # [c, n_ctx]
-        delta, acts = ablation_deltas(ctx, feature, tokens)  # [c, n_ctx-1] each
-        fired = acts > 0
-        mean = float(delta[fired].mean()) if fired.any() else None
-        return {
-            "contexts": contexts,
-            "mean_delta_logprob_where_fired": mean,
-            "mean_delta_logprob": float(delta.mean()),
-            "top_context_tokens": [ctx.str_tokens[t] for t in tokens[0].tolist()],
-            "top_context_delta": delta[0].tolist(),  # [n_ctx-1]: prediction of token p+1
-        }
+        top_examples = ctx.extras.get("top_examples", {})
+        chosen: dict[int, list[int]] = {}
+        for f in ctx.features:
+            if len(chosen) >= self.ablation_max_features or not self.ablation_contexts:
+                break
+            examples = top_examples.get(f, [])
+            contexts = list(dict.fromkeys(i // n_ctx for i, _ in examples))
+            if contexts:
+                chosen[f] = contexts[: self.ablation_contexts]
+        if not chosen:
+            return {}
+        rows = [(f, c) for f, contexts in chosen.items() for c in contexts]
+        tokens = ctx.contexts[[c for _, c in rows]]  # [r, n_ctx]
+        delta, acts = ablation_deltas(ctx, [f for f, _ in rows], tokens)  # [r, n_ctx-1] each
+        out, start = {}, 0
+        for f, contexts in chosen.items():
+            d, fired = delta[start : start + len(contexts)], acts[start : start + len(contexts)] > 0
+            out[f] = {
+                "contexts": contexts,
+                "mean_delta_logprob_where_fired": float(d[fired].mean()) if fired.any() else None,
+                "mean_delta_logprob": float(d.mean()),
+                "top_context_tokens": [ctx.str_tokens[t] for t in tokens[start].tolist()],
+                "top_context_delta": d[0].tolist(),  # [n_ctx-1]: prediction of token p+1
+            }
+            start += len(contexts)
+        return out
 
     @override
     def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+        ablations = self._ablations(ctx)
+        names = ctx.str_tokens
         out: dict[int, dict[str, Any]] = {}
-        ablated = 0
-        for row, f in enumerate(ctx.features):
-            if row % LOGIT_CHUNK == 0:  # [chunk, vocab] at a time: [F, vocab] can be gigabytes
-                w_dec = ctx.sae.W_dec[ctx.features[row : row + LOGIT_CHUNK]]  # [chunk, d_in]
-                weights = logit_weights(ctx.model, ctx.hook_name, w_dec).cpu()
-            logits = weights[row % LOGIT_CHUNK]  # [vocab]
-            ablation = None
-            if ablated < self.ablation_max_features and self.ablation_contexts:
-                ablation = self._ablation_result(ctx, f)
-                ablated += ablation is not None
-            out[f] = {
-                **self._logit_result(ctx, logits),
-                "ablation_delta_logprob": None
-                if ablation is None
-                else ablation["mean_delta_logprob_where_fired"],
-                "ablation": ablation,
-                "verdict": None,
-            }
+        for start in range(0, len(ctx.features), LOGIT_CHUNK):  # [F, vocab] can be gigabytes
+            chunk = ctx.features[start : start + LOGIT_CHUNK]
+            weights = logit_weights(ctx.model, ctx.hook_name, ctx.sae.W_dec[chunk]).cpu()
+            s = logit_summaries(weights, self.n_tokens, self.n_bins)
+            for row, f in enumerate(chunk):
+                ablation = ablations.get(f)
+                out[f] = {
+                    "top_tokens": [names[i] for i in s["top_ids"][row]],
+                    "top_values": s["top_values"][row],
+                    "bottom_tokens": [names[i] for i in s["bottom_ids"][row]],
+                    "bottom_values": s["bottom_values"][row],
+                    "histogram": {"edges": s["edges"][row], "counts": s["counts"][row]},
+                    "ablation_delta_logprob": None
+                    if ablation is None
+                    else ablation["mean_delta_logprob_where_fired"],
+                    "ablation": ablation,
+                    "verdict": None,
+                }
         return out
 
     @override

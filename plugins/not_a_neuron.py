@@ -15,7 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 from typing_extensions import override
 
-from plugins._common import number
+from plugins._common import neuron_mean, number
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.metrics.correlation import StreamingPearson, max_correlation
 
@@ -47,7 +47,8 @@ class NotANeuron(Criterion):
 
     @override
     def setup_metrics(self, n_features: int, ctx: AnalysisContext) -> None:
-        self.pearson = StreamingPearson(n_features, int(ctx.sae.W_dec.shape[1]))
+        d_in = int(ctx.sae.W_dec.shape[1])
+        self.pearson = StreamingPearson(n_features, d_in, y_shift=neuron_mean(ctx))
 
     @override
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:

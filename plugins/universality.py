@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 from typing_extensions import override
 
-from plugins._common import number
+from plugins._common import neuron_mean, number
 from plugins.downstream import LOGIT_CHUNK, logit_weights
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.metrics.correlation import StreamingPearson, max_correlation
@@ -63,7 +63,8 @@ class Universality(Criterion):
         if self.enabled:
             self.other = StreamingPearson(n_features, int(ctx.other_sae.W_dec.shape[0]))
         if self.neuron_baseline:
-            self.neurons = StreamingPearson(n_features, int(ctx.sae.W_dec.shape[1]))
+            d_in = int(ctx.sae.W_dec.shape[1])
+            self.neurons = StreamingPearson(n_features, d_in, y_shift=neuron_mean(ctx))
 
     @override
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:

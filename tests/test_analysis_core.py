@@ -240,6 +240,10 @@ def test_report_json_is_strict_and_scorecard_shows_headlines(tmp_path):
     assert lines[2].split() == ["4", "2.50e-01", "0.25", "✓"]
     with pytest.raises(ValueError, match=r"features \[7\] that are not analysed"):
         report.add("d", {7: {"verdict": True}}, {})
+    # nested non-finite values and tensors are cleaned too (the writer's slow path)
+    report.add("n", {4: {"h": [1.0, float("inf")], "t": {"x": torch.ones(2)}, "verdict": None}}, {})
+    data = json.loads(report.to_json(tmp_path / "r" / "criteria.json").read_text())
+    assert data["features"]["4"]["n"] == {"h": [1.0, None], "t": {"x": [1.0, 1.0]}, "verdict": None}
 
 
 # ---------------------------------------------------------------- end to end

@@ -128,7 +128,7 @@ def test_not_a_neuron_copy_of_a_neuron():
     sae = ReLUSAE(6, 2)
     with torch.no_grad():
         sae.W_dec[0] = torch.eye(6)[3] * 2.0
-    ctx = make_ctx(FakeModel(torch.eye(4)), sae, torch.zeros(3, 7, dtype=torch.long), [0, 1])
+    ctx = make_ctx(FakeModel(torch.eye(6)), sae, torch.zeros(3, 7, dtype=torch.long), [0, 1])
     index = torch.arange(21).view(3, 7)
     criterion = NotANeuron()
     criterion.setup_metrics(2, ctx)
@@ -294,6 +294,11 @@ def test_logit_weights_by_hand(random_ctx):
     assert res[2]["top_tokens"] == [f"t{i}" for i in weights.topk(3).indices.tolist()]
     assert res[2]["bottom_values"] == pytest.approx(weights.sort().values[:3].tolist())
     assert sum(res[2]["histogram"]["counts"]) == 12 and res[2]["ablation"] is None
+    for row, f in enumerate(random_ctx.features):  # every row's histogram equals histc's
+        w = got[f]
+        expected = torch.histc(w, bins=4, min=float(w.min()), max=float(w.max()))
+        assert res[f]["histogram"]["counts"] == expected.long().tolist(), row
+        assert res[f]["histogram"]["edges"][-1] == pytest.approx(float(w.max()))
 
 
 def test_ablation_on_the_embedded_model(embedded_model):
@@ -305,10 +310,15 @@ def test_ablation_on_the_embedded_model(embedded_model):
     ctx = AnalysisContext(
         sae, embedded_model, HOOK, [0, 1], [str(i) for i in range(4096)], contexts
     )
-    delta0, acts0 = ablation_deltas(ctx, 0, contexts)
+    delta0, acts0 = ablation_deltas(ctx, [0, 0], contexts)
     assert (acts0 == 0).all() and (delta0 == 0).all()
-    delta1, acts1 = ablation_deltas(ctx, 1, contexts)
+    delta1, acts1 = ablation_deltas(ctx, [1, 1], contexts)
     assert (acts1 > 0).all() and delta1.abs().min() > 0
+    # one batch mixing features (and a repeated context) equals the rows ablated one by one
+    rows = torch.cat([contexts, contexts[:1]])
+    mixed, mixed_acts = ablation_deltas(ctx, [1, 0, 1], rows, batch_size=2)
+    torch.testing.assert_close(mixed[[0, 2]], delta1[[0, 0]])
+    assert (mixed[1] == 0).all() and (mixed_acts[1] == 0).all()
     ctx.extras["top_examples"] = {0: [], 1: [(13, 1.0), (2, 0.5)]}
     res = Downstream(ablation_contexts=8).results(ctx)
     assert res[0]["ablation"] is None

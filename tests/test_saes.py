@@ -36,6 +36,18 @@ def test_forward_is_decode_of_encode(architecture: str) -> None:
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_encode_selected_picks_one_feature_per_row(architecture: str, apply_b_dec: bool) -> None:
+    sae = make(architecture)
+    sae.apply_b_dec_to_input = apply_b_dec
+    x = torch.randn(3, 5, D_IN)
+    index = torch.tensor([7, 0, 7])
+    expected = torch.stack([sae.encode(x[r])[:, f] for r, f in enumerate(index.tolist())])
+    torch.testing.assert_close(sae.encode_selected(x, index), expected)
+    assert (expected > 0).any()  # the biases make some of them fire
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_init_is_unit_norm_decoder_tied_encoder(architecture: str) -> None:
     sae = make(architecture)
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(D_SAE))

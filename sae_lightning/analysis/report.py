@@ -36,6 +36,29 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
+def _scalar_safe(value: Any) -> Any:
+    """Top-level cleaning of one result value: tensors/arrays to Python, non-finite to None.
+
+    Nested lists and dicts are left as they are (cheap for thousands of features); the
+    writer makes them strict JSON (:meth:`Report.to_json`)."""
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _encode_default(value: Any) -> Any:
+    """``json`` fallback for tensors, arrays and sets (the C encoder calls it)."""
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return value.tolist()
+    if isinstance(value, set):
+        return list(value)
+    if isinstance(value, Real):
+        return float(value)
+    return str(value)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -84,7 +107,9 @@ class Report:
                 f"analysed; analysed: {self.feature_list[:10]}{'...' * (len(self.features) > 10)}"
             )
         for feature, numbers in results.items():
-            self.features[int(feature)][criterion] = json_safe(numbers)
+            self.features[int(feature)][criterion] = {
+                str(k): _scalar_safe(v) for k, v in numbers.items()
+            }
         self.summaries[criterion] = json_safe(summary)
         self.headlines[criterion] = headline
 
@@ -106,18 +131,32 @@ class Report:
                     numeric.append(key)
         return numeric[0] if numeric else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def _raw_dict(self) -> dict[str, Any]:
         return {
             "metadata": json_safe(self.metadata),
             "criteria": self.summaries,
             "features": {str(f): self.features[f] for f in self.feature_list},
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as strict-JSON-able Python objects (what ``criteria.json`` holds)."""
+        return json_safe(self._raw_dict())
+
     def to_json(self, path: str | Path) -> Path:
-        """Write ``criteria.json`` (creating its folder); returns the path written."""
+        """Write ``criteria.json`` (creating its folder); returns the path written.
+
+        Compact (no indent): thousands of features make tens of MB, and only the C encoder,
+        which ``indent`` disables, writes that in seconds. Results are encoded as they are;
+        only if one holds a NaN or infinity deep inside is the whole report cleaned first.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        options: dict[str, Any] = {"allow_nan": False, "separators": (",", ":")}
+        try:
+            text = json.dumps(self._raw_dict(), default=_encode_default, **options)
+        except ValueError:  # a non-finite float somewhere: clean everything (slow path)
+            text = json.dumps(self.to_dict(), **options)
+        path.write_text(text + "\n")
         return path
 
     def _density(self, feature: int) -> float | None:

@@ -18,14 +18,6 @@ from sae_lightning.metrics.sparse import counts_as_update, segment_sum, transpos
 _REL_VAR_TOL = 1e-10
 
 
-def _pearson_update(
-    x: Float[Tensor, "n nx"], y: Float[Tensor, "n ny"]
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
-    """Batch sums in float64: (Σx, Σy, Σx², Σy², Σxyᵀ, n)."""
-    x, y = x.detach().double(), y.detach().double()
-    return x.sum(0), y.sum(0), x.pow(2).sum(0), y.pow(2).sum(0), x.T @ y, x.shape[0]
-
-
 def _pearson_compute(
     sum_x: Tensor, sum_y: Tensor, sum_xx: Tensor, sum_yy: Tensor, sum_xy: Tensor, n: Tensor
 ) -> Float[Tensor, "nx ny"]:
@@ -45,13 +37,17 @@ class StreamingPearson(Metric):
     """Pearson correlation of every column of ``x`` with every column of ``y``.
 
     Kept as float64 running sums, so ``compute()`` costs ``O(n_x * n_y)`` whatever the token
-    count. A column with zero variance (constant over every token seen, e.g. a dead feature)
-    has correlation **0** with everything, rather than NaN. Columns whose variance is below
-    ``1e-10`` of their mean square count as constant (raw moments cannot resolve less).
+    count. The cross sums are kept against ``y - y_shift`` (a constant per column, e.g. a
+    rough mean of ``y``, the same on every rank), which keeps float32 cross products exact
+    enough when a column's mean is large next to its spread. A column with zero variance
+    (constant over every token seen, e.g. a dead feature) has correlation **0** with
+    everything, rather than NaN. Columns whose variance is below ``1e-10`` of their mean
+    square count as constant (raw moments cannot resolve less).
 
     Args:
         n_x: Number of ``x`` columns (e.g. SAE features).
         n_y: Number of ``y`` columns (e.g. MLP neurons).
+        y_shift: Per-column offset of ``y`` for the cross sums (default zeros).
 
     Example:
         >>> metric = StreamingPearson(n_x=1, n_y=2)
@@ -72,7 +68,7 @@ class StreamingPearson(Metric):
     sum_xy: Tensor
     n: Tensor
 
-    def __init__(self, n_x: int, n_y: int) -> None:
+    def __init__(self, n_x: int, n_y: int, y_shift: Float[Tensor, " n_y"] | None = None) -> None:
         super().__init__()
         for name, value in (("n_x", n_x), ("n_y", n_y)):
             if value < 1:
@@ -83,6 +79,12 @@ class StreamingPearson(Metric):
             self.add_state(name, default=torch.zeros(shape, dtype=f64), dist_reduce_fx="sum")
         self.add_state("sum_xy", default=torch.zeros(n_x, n_y, dtype=f64), dist_reduce_fx="sum")
         self.add_state("n", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        if y_shift is not None and y_shift.shape != (n_y,):
+            raise ValueError(f"y_shift must be [{n_y}], got {list(y_shift.shape)}")
+        # a plain attribute (not a state): the same on every rank, moved to y's device on use
+        self.y_shift = (
+            torch.zeros(n_y, dtype=f64) if y_shift is None else y_shift.detach().double().cpu()
+        )
 
     def update(self, x: Float[Tensor, "n n_x"], y: Float[Tensor, "n n_y"]) -> None:
         """Add a batch of paired rows (row ``i`` of ``x`` and of ``y`` are the same token)."""
@@ -90,7 +92,9 @@ class StreamingPearson(Metric):
             raise ValueError(f"x must have shape [n, {self.n_x}], got {list(x.shape)}")
         if y.ndim != 2 or y.shape != (x.shape[0], self.n_y):
             raise ValueError(f"y must have shape [{x.shape[0]}, {self.n_y}], got {list(y.shape)}")
-        self._add(*_pearson_update(x, y))
+        x64, y64 = x.detach().double(), y.detach().double()
+        self.sum_xy.add_(x64.T @ (y64 - self.y_shift.to(y.device)))  # in place: [n_x, n_y]
+        self._add_marginals(x64.sum(0), x64.pow(2).sum(0), y64)
 
     @counts_as_update
     def update_entries(
@@ -103,35 +107,32 @@ class StreamingPearson(Metric):
         """Add a batch whose ``x`` is sparse: its nonzero entries ``x[rows[i], cols[i]] =
         values[i]``, sorted by column then row (``y`` is dense, row ``i`` the same token).
 
-        The cross sums cost ``O(nnz * n_y)`` (a CSR product) instead of ``O(n * n_x * n_y)``.
-        The product runs in ``y``'s dtype on ``y`` minus its batch mean ``c``, and
-        ``Σx · c`` is added back in float64: the centred product has no cancellation to lose
-        precision to, so float32 keeps the correlation within ~1e-6 of the float64 sums.
+        The cross sums cost ``O(nnz * n_y)`` (a CSR product) instead of ``O(n * n_x * n_y)``,
+        in ``y``'s dtype (float32) and added to the float64 state. With ``y_shift`` near
+        ``y``'s mean the product has no large common part to lose digits to, and the
+        correlations stay within ~1e-6 of an all-float64 computation.
         """
         if y.ndim != 2 or y.shape[1] != self.n_y:
             raise ValueError(f"y must have shape [n, {self.n_y}], got {list(y.shape)}")
         y = y.detach()
-        shift = y.mean(dim=0)  # [n_y]
+        centred = y - self.y_shift.to(device=y.device, dtype=y.dtype)  # [n, n_y]
+        self.sum_xy.add_(transpose_matmul(rows, cols, values, self.n_x, centred))  # in place
         sx = segment_sum(cols, values, self.n_x)  # [n_x]
-        sxx = segment_sum(cols, values.double().pow(2), self.n_x)
-        sxy = transpose_matmul(rows, cols, values, self.n_x, y - shift).double()  # [n_x, n_y]
-        sxy += torch.outer(sx, shift.double())
-        y64 = y.double()
-        self._add(sx, y64.sum(0), sxx, y64.pow(2).sum(0), sxy, y.shape[0])
+        self._add_marginals(sx, segment_sum(cols, values.double().pow(2), self.n_x), y.double())
 
-    def _add(self, sx: Tensor, sy: Tensor, sxx: Tensor, syy: Tensor, sxy: Tensor, n: int) -> None:
+    def _add_marginals(self, sx: Tensor, sxx: Tensor, y: Float[Tensor, "n n_y"]) -> None:
+        """Add ``Σx``, ``Σx²`` and ``y``'s own sums (float64) to the states."""
         self.sum_x = self.sum_x + sx
-        self.sum_y = self.sum_y + sy
         self.sum_xx = self.sum_xx + sxx
-        self.sum_yy = self.sum_yy + syy
-        self.sum_xy = self.sum_xy + sxy
-        self.n = self.n + n
+        self.sum_y = self.sum_y + y.sum(0)
+        self.sum_yy = self.sum_yy + y.pow(2).sum(0)
+        self.n = self.n + y.shape[0]
 
     def compute(self) -> Float[Tensor, "n_x n_y"]:
         """Correlation matrix ``[n_x, n_y]`` (float64) over everything seen since reset."""
-        return _pearson_compute(
-            self.sum_x, self.sum_y, self.sum_xx, self.sum_yy, self.sum_xy, self.n
-        )
+        # sum_xy holds Σ x (y - shift): add Σx · shift back
+        sum_xy = self.sum_xy + torch.outer(self.sum_x, self.y_shift.to(self.sum_x.device))
+        return _pearson_compute(self.sum_x, self.sum_y, self.sum_xx, self.sum_yy, sum_xy, self.n)
 
 
 def max_correlation(

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from sae_lightning.saes.geometric_median import geometric_median
@@ -87,6 +87,18 @@ class SAE(nn.Module, ABC):
         Raises:
             ValueError: If ``x``'s last dimension is not ``d_in``.
         """
+
+    def encode_selected(
+        self, x: Float[Tensor, "rows pos d_in"], index: Int[Tensor, " rows"]
+    ) -> Float[Tensor, "rows pos"]:
+        """Activation of feature ``index[r]`` on every position of row ``r``.
+
+        The default encodes every feature and picks one per row (right for any
+        architecture, including those whose features compete, like TopK); an architecture
+        whose features are independent can override it with one dot product per row.
+        """
+        encoded = self.encode(x)  # [rows, pos, d_sae]
+        return encoded.gather(-1, index.view(-1, 1, 1).expand(-1, x.shape[1], 1)).squeeze(-1)
 
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
         """Reconstruction ``feature_acts @ W_dec + b_dec``.

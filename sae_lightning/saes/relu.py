@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from sae_lightning.saes.base import SAE
@@ -45,3 +45,15 @@ class ReLUSAE(SAE):
             ValueError: If ``x``'s last dimension is not ``d_in``.
         """
         return torch.relu(self.encode_pre(x))  # [*batch, d_sae]
+
+    def encode_selected(
+        self, x: Float[Tensor, "rows pos d_in"], index: Int[Tensor, " rows"]
+    ) -> Float[Tensor, "rows pos"]:
+        """Activation of feature ``index[r]`` on row ``r``: ReLU features are independent, so
+        one dot product per row instead of the whole dictionary."""
+        self._check_width(x, "d_in", "input")
+        w = self.W_enc.T[index]  # [rows, d_in]
+        bias = self.b_enc[index]  # [rows]
+        if self.apply_b_dec_to_input:
+            bias = bias - w @ self.b_dec
+        return torch.relu(torch.einsum("rpd,rd->rp", x, w) + bias[:, None])  # [rows, pos]
