@@ -7,8 +7,10 @@ For each token count it runs, each in a fresh process (so peak memory is that ru
 the bare pass (frozen forward to ``blocks.0.mlp.hook_post`` + SAE encode, through the same
 ``AnalysisModule`` and ``trainer.validate``, no criteria) and the full pass with every
 criterion of ``conf/criteria/`` except universality (it needs a second SAE). Reported:
-tokens/s of the streaming part, the seconds spent after it (criteria results, second
-passes such as ablations), overall tokens/s, and peak memory (process RSS; on CUDA also
+the seconds of setup before the first batch (the criteria's first pass over
+``proxy_contexts`` contexts), tokens/s of the streaming part, the seconds spent after it
+(criteria results, second passes such as ablations), tokens/s of the whole
+``trainer.validate`` (all three), and peak memory (process RSS; on CUDA also
 ``max_memory_allocated``). Memory that stays flat from 200k to 2M tokens is the point: the
 criteria keep top-k buffers, fixed-bin histograms and running sums, never all activations.
 
@@ -125,13 +127,17 @@ def worker(args: argparse.Namespace) -> dict:
         callbacks=[*criteria, timer],  # the timer last: its batch end follows the criteria's
     )
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    trainer.validate(module, verbose=False)
+    begin = time.perf_counter()
+    trainer.validate(module, verbose=False)  # setup (first pass), stream, results
+    total = time.perf_counter() - begin
     cuda = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
     return {
         "mode": args.mode,
         "tokens": contexts.numel(),
+        "setup_s": timer.start - begin,
         "stream_s": timer.stream_end - timer.start,
         "after_s": timer.end - timer.stream_end,
+        "total_s": total,
         "rss_before_mb": rss_before,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cuda_peak_mb": cuda,
@@ -171,20 +177,34 @@ def main() -> None:
         return
     print(f"device={args.device} precision={args.precision} d_sae={args.d_sae[0]} hook={HOOK}")
     print(f"full pass criteria: {', '.join(criteria_names())}")
-    head = ("mode", "tokens", "stream tok/s", "after s", "total tok/s", "RSS MB", "peak RSS MB")
-    print("{:>5} {:>8} {:>13} {:>8} {:>12} {:>8} {:>12} {:>13}".format(*head, "CUDA peak MB"))
+    head = ("mode", "tokens", "setup s", "stream tok/s", "after s", "total tok/s", "RSS MB")
+    print(
+        "{:>5} {:>8} {:>8} {:>13} {:>8} {:>12} {:>8} {:>12} {:>13}".format(
+            *head, "peak RSS MB", "CUDA peak MB"
+        )
+    )
+    peaks = {}
     for tokens in args.tokens:
-        rates = {}
+        stream, total = {}, {}
         for mode in ("bare", "full"):
             r = spawn(args, tokens, mode)
-            rates[mode] = r["tokens"] / r["stream_s"]
-            total = r["tokens"] / (r["stream_s"] + r["after_s"])
+            stream[mode] = r["tokens"] / r["stream_s"]
+            total[mode] = r["tokens"] / r["total_s"]  # setup + stream + results, all of it
+            peaks[mode, tokens] = r["peak_rss_mb"]
             cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
             print(
-                f"{mode:>5} {r['tokens']:>8} {rates[mode]:>13.0f} {r['after_s']:>8.1f} "
-                f"{total:>12.0f} {r['rss_before_mb']:>8.0f} {r['peak_rss_mb']:>12.0f} {cuda:>13}"
+                f"{mode:>5} {r['tokens']:>8} {r['setup_s']:>8.1f} {stream[mode]:>13.0f} "
+                f"{r['after_s']:>8.1f} {total[mode]:>12.0f} {r['rss_before_mb']:>8.0f} "
+                f"{r['peak_rss_mb']:>12.0f} {cuda:>13}"
             )
-        print(f"      full / bare streaming rate: {rates['full'] / rates['bare']:.3f}")
+        print(
+            f"      full / bare: streaming rate {stream['full'] / stream['bare']:.3f}, "
+            f"whole pass (setup + stream + results) {total['full'] / total['bare']:.3f}"
+        )
+    if len(args.tokens) > 1:
+        lo, hi = min(args.tokens), max(args.tokens)
+        growth = peaks["full", hi] / peaks["full", lo] - 1
+        print(f"      full pass peak RSS at {hi} vs {lo} tokens: {growth:+.1%}")
 
 
 if __name__ == "__main__":

@@ -175,20 +175,41 @@ def proxy_masks(
     return masks
 
 
-def context_window(ctx: AnalysisContext, token_index: int, radius: int) -> dict[str, Any]:
-    """The ``±radius`` tokens around a global token id, as strings, with the token's offset."""
-    n_ctx = ctx.contexts.shape[1]
-    context, pos = divmod(int(token_index), n_ctx)
-    if not 0 <= context < ctx.contexts.shape[0]:
+def context_windows(
+    ctx: AnalysisContext, token_indices: list[int], radius: int
+) -> dict[int, dict[str, Any]]:
+    """The ``±radius`` tokens around each global token id, as strings, with the token's
+    offset (``highlight``): one tensor gather for all ids, then one string lookup each."""
+    n_contexts, n_ctx = ctx.contexts.shape
+    index = torch.tensor(sorted(set(token_indices)), dtype=torch.long)
+    context, pos = index // n_ctx, index % n_ctx
+    bad = (context < 0) | (context >= n_contexts)
+    if bool(bad.any()):
+        first = int(index[bad][0])
         raise ValueError(
-            f"token_index {token_index} points at context {context}, outside the "
-            f"{ctx.contexts.shape[0]} analysed contexts"
+            f"token_index {first} points at context {first // n_ctx}, outside the "
+            f"{n_contexts} analysed contexts"
         )
-    lo = max(0, pos - radius)
-    ids = ctx.contexts[context, lo : pos + radius + 1].tolist()
+    lo = (pos - radius).clamp(min=0)  # [m]
+    length = torch.minimum(pos + radius + 1, torch.full_like(pos, n_ctx)) - lo  # [m]
+    cols = (lo[:, None] + torch.arange(2 * radius + 1)).clamp(max=n_ctx - 1)  # [m, w]
+    ids = ctx.contexts[context[:, None], cols].tolist()  # [m, w]
+    names = ctx.str_tokens
     return {
-        "context": context,
-        "position": pos,
-        "tokens": [ctx.str_tokens[t] for t in ids],
-        "highlight": pos - lo,
+        i: {
+            "context": c,
+            "position": p,
+            "tokens": [names[t] for t in row[:n]],
+            "highlight": p - start,
+        }
+        for i, c, p, start, n, row in zip(
+            index.tolist(),
+            context.tolist(),
+            pos.tolist(),
+            lo.tolist(),
+            length.tolist(),
+            ids,
+            strict=True,
+        )
     }
+

@@ -23,9 +23,9 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
-from plugins._common import context_window, first_pass, number
+from plugins._common import context_windows, first_pass, number
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
-from sae_lightning.analysis.proxies import auto_proxy
+from sae_lightning.analysis.proxies import auto_proxies
 from sae_lightning.metrics.correlation import FiringCounts
 from sae_lightning.metrics.density import FeatureDensity, dead_fraction
 from sae_lightning.metrics.topk import TopKActivations
@@ -145,7 +145,7 @@ class TopActivations(Criterion):
     ) -> list[dict[str, Any]]:
         """Examples with their context windows (unfilled and non-firing entries dropped)."""
         return [
-            {"token_index": i, "activation": v, **context_window(ctx, i, self.window)}
+            {"token_index": i, "activation": v, **self._windows[i]}
             for v, i in zip(values, ids, strict=True)
             if v > 0 and i >= 0
         ]
@@ -175,10 +175,8 @@ class TopActivations(Criterion):
         n_features = len(ctx.features)  # views: torchmetrics squeezes one-element results
         mass, fires, token_counts = self.firing.compute()
         mass, fires = mass.view(n_features, -1), fires.view(n_features, -1)
-        proxies = {
-            f: auto_proxy(mass[row], self.proxy_coverage, self.proxy_max_tokens)
-            for row, f in enumerate(ctx.features)
-        }
+        rows = auto_proxies(mass, self.proxy_coverage, self.proxy_max_tokens)
+        proxies = dict(zip(ctx.features, rows, strict=True))
         ctx.extras["top_examples"] = {
             f: [(i, v) for v, i in zip(vals, idx, strict=True) if v > 0 and i >= 0]
             for f, vals, idx in zip(ctx.features, values.tolist(), ids.tolist(), strict=True)
@@ -200,6 +198,9 @@ class TopActivations(Criterion):
         n_features = len(ctx.features)  # views: torchmetrics squeezes one-element results
         values, ids = (t.view(n_features, -1) for t in self.topk.compute())  # [F, k]
         density = self.density.compute().view(n_features)  # [F]
+        wanted = [ids[values > 0]] + [s.compute()[1].flatten() for s in self.samples]
+        wanted = torch.cat([w.flatten().cpu() for w in wanted])
+        self._windows = context_windows(ctx, wanted[wanted >= 0].tolist(), self.window)
         proxies = self._write_extras(ctx, values, ids, density)
         quantiles = self._quantile_samples(ctx)
         out: dict[int, dict[str, Any]] = {}

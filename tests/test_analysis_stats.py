@@ -17,6 +17,7 @@ from sae_lightning.analysis.proxies import (
     RegexProxy,
     ScriptProxy,
     TokenSetProxy,
+    auto_proxies,
     auto_proxy,
 )
 from sae_lightning.metrics.correlation import (
@@ -306,3 +307,26 @@ def test_auto_proxy_minimal_covering_set():
     assert auto_proxy(torch.zeros(4)) == []
     with pytest.raises(ValueError, match="coverage must be in \\(0, 1\\], got 1.5"):
         auto_proxy(mass, coverage=1.5)
+
+
+def _one_row_auto_proxy(mass: torch.Tensor, coverage: float, max_tokens: int) -> list[int]:
+    """The definition, one row: a full stable sort by descending mass (ties: lower id first)."""
+    ordered = sorted(range(len(mass)), key=lambda i: (-float(mass[i]), i))
+    total = float(mass.clamp(min=0).sum())
+    taken, running = [], 0.0
+    for i in ordered:
+        if total <= 0 or float(mass[i]) <= 0 or running >= coverage * total:
+            break
+        taken.append(i)
+        running += float(mass[i])
+    return taken[:max_tokens]
+
+
+@pytest.mark.parametrize("coverage,max_tokens", [(0.5, 8), (0.9, 3), (1.0, 20)])
+def test_auto_proxies_all_rows_equal_the_one_row_definition(coverage, max_tokens):
+    gen = torch.Generator().manual_seed(0)
+    mass = torch.randint(0, 4, (40, 12), generator=gen).double()  # integer mass: many ties
+    mass[::7] = 0.0  # some features never fired
+    got = auto_proxies(mass, coverage, max_tokens)
+    assert got == [_one_row_auto_proxy(row, coverage, max_tokens) for row in mass]
+    assert got[0] == [] and any(len(r) > 1 for r in got)

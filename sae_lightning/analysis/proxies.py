@@ -206,17 +206,45 @@ def auto_proxy(
     Returns:
         Token ids, heaviest first.
     """
+    if mass.ndim != 1:
+        raise ValueError(f"mass must be 1-D [vocab], got {list(mass.shape)}")
+    return auto_proxies(mass.unsqueeze(0), coverage, max_tokens)[0]
+
+
+def auto_proxies(
+    mass: Float[Tensor, "f vocab"], coverage: float = 0.5, max_tokens: int = 8
+) -> list[list[int]]:
+    """:func:`auto_proxy` of every row of ``mass`` at once (no per-row sort of the vocab).
+
+    Only a row's ``max_tokens`` heaviest tokens can enter, so the running sum needs just
+    their values (``topk``) and the row total; ties at the cut are ordered by id exactly as
+    the one-row definition says.
+    """
     if not 0 < coverage <= 1:
         raise ValueError(f"coverage must be in (0, 1], got {coverage!r}")
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
-    if mass.ndim != 1:
-        raise ValueError(f"mass must be 1-D [vocab], got {list(mass.shape)}")
-    sorted_mass, order = mass.double().clamp(min=0).sort(descending=True, stable=True)
-    cumulative = sorted_mass.cumsum(0)
-    if cumulative.numel() == 0 or cumulative[-1] <= 0:
-        return []
-    # First position where the running sum reaches the target (cumulative[-1], not a fresh
-    # sum, so coverage=1.0 is reachable despite round-off).
-    needed = int((cumulative < coverage * cumulative[-1]).sum()) + 1
-    return order[: min(needed, max_tokens)].tolist()
+    if mass.ndim != 2:
+        raise ValueError(f"mass must be 2-D [f, vocab], got {list(mass.shape)}")
+    mass = mass.double().clamp(min=0)
+    k = min(max_tokens, mass.shape[1])
+    top = mass.topk(k, dim=1).values  # [f, k], descending
+    total = mass.sum(dim=1)  # [f]
+    # first position where the running sum reaches the target, capped at max_tokens; the
+    # top-k's running sum reaches the full total (not a fresh sum) only when all mass is in it
+    cumulative = torch.minimum(top.cumsum(dim=1), total[:, None])
+    needed = ((cumulative < coverage * total[:, None]).sum(dim=1) + 1).clamp(max=k)  # [f]
+    needed = torch.where(total > 0, needed, 0)
+    # candidates: tokens at least as heavy as the k-th (ties included), ordered by
+    # (row, mass descending, id ascending); nonzero() yields them by (row, id)
+    rows, ids = ((mass >= top[:, -1:]) & (mass > 0)).nonzero(as_tuple=True)
+    order = torch.sort(mass[rows, ids], descending=True, stable=True).indices
+    order = order[torch.sort(rows[order], stable=True).indices]
+    rows, ids = rows[order], ids[order]
+    counts = torch.bincount(rows, minlength=mass.shape[0])
+    rank = torch.arange(rows.numel()) - (counts.cumsum(0) - counts)[rows]
+    keep = rank < needed[rows]
+    per_row: list[list[int]] = [[] for _ in range(mass.shape[0])]
+    for row, token in zip(rows[keep].tolist(), ids[keep].tolist(), strict=True):
+        per_row[row].append(token)
+    return per_row
