@@ -2,13 +2,14 @@
 
 A token-set proxy cannot tell a sentence-final ``.`` from an attribute ``.`` (``os.path``):
 both are the same token. The text can: a sentence-final full stop is followed by
-whitespace. When at least ``purity`` of a feature's first-pass activation mass on its proxy
-tokens sits at positions whose next token starts with whitespace (or at least ``purity``
-sits at positions whose next token does not), while the proxy tokens themselves occur in
-that class less often than ``purity`` (so the refinement says something the token alone
-does not), the proxy is refined to "proxy token, and the next token is (not)
-whitespace-initial". Positions whose next token is unknown (the last of
-a context) are left out of a refined feature's counts. The proxy is a label on the text,
+whitespace. When at least ``purity`` of a feature's *top* activation mass on its proxy
+tokens (first pass, activations above half the feature's max: what it responds to, not
+its weak background firing) sits at positions whose next token starts with whitespace
+(or at least ``purity`` sits at positions whose next token does not), while the proxy
+tokens themselves occur in that class less often than ``purity`` (so the refinement says
+something the token alone does not), the proxy is refined to "proxy token, and the next
+token is (not) whitespace-initial". Positions whose next token is unknown (the last of a
+context) are left out of a refined feature's counts. The proxy is a label on the text,
 not on what the model sees, so it may look ahead.
 """
 
@@ -88,7 +89,8 @@ def refinements(
     fp = first_pass(ctx, n_contexts)
     e, n_ctx = fp.entries, ctx.contexts.shape[1]
     classes = token_classes(fp.tokens.view(-1, n_ctx), ws_vocab).flatten()[e.rows]  # [m]
-    on_proxy = masks[e.cols, fp.tokens[e.rows]] & (classes < 2)  # [m], next token known
+    strong = e.values > 0.5 * fp.max_act[e.cols]  # [m]: the feature's top activations
+    on_proxy = masks[e.cols, fp.tokens[e.rows]] & (classes < 2) & strong  # next token known
     known_mass = segment_sum(e.cols[on_proxy], e.values[on_proxy], n_features)
     ws = on_proxy & (classes == 0)
     ws_mass = segment_sum(e.cols[ws], e.values[ws], n_features)

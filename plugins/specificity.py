@@ -22,7 +22,7 @@ from typing_extensions import override
 from plugins import _context
 from plugins._common import FeatureCounts, FeatureMax, first_pass, number, proxy_masks
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
-from sae_lightning.analysis.proxies import Proxy, auto_proxies
+from sae_lightning.analysis.proxies import Proxy, auto_proxies, punctuation_closure
 from sae_lightning.analysis.sparse import FiringEntries
 from sae_lightning.metrics.histogram import ProxyHistogram, log_likelihood_ratio, precision_above
 
@@ -46,7 +46,7 @@ def _auto_proxies(
     key = (n_contexts, coverage, max_tokens, purity)
     if key not in cache:
         mass = first_pass(ctx, n_contexts).mass  # [F, vocab]
-        ids = auto_proxies(mass, coverage, max_tokens)
+        ids = punctuation_closure(auto_proxies(mass, coverage, max_tokens), ctx.str_tokens)
         masks = proxy_masks(ids, len(ctx.str_tokens))  # [F, vocab]
         refine = (
             _context.refinements(ctx, masks, n_contexts, purity)

@@ -94,3 +94,36 @@ def test_specificity_and_sensitivity_share_one_proxy_resolution(monkeypatch):
     assert len(calls) == 1 and spec[0]["proxy"] == sens[0]["proxy"]
     run(Sensitivity(context_purity=0.99), ctx, size=5)  # other options: resolved anew
     assert len(calls) == 2
+
+
+class BackgroundModel(LookaheadModel):
+    """As LookaheadModel, plus weak background firing (0.2) of dim 0 on every other '.'."""
+
+    def acts(self, tokens: torch.Tensor) -> torch.Tensor:
+        acts = super().acts(tokens)
+        acts[..., 0] = torch.where((tokens == 0) & (acts[..., 0] == 0), 0.2, acts[..., 0])
+        return acts
+
+
+def test_refinement_judges_the_top_activations_not_the_weak_background():
+    ctx = _ctx()
+    ctx.model = BackgroundModel()
+    c = ctx.contexts
+    sentence_end = ((c[:, :-1] == 0) & (c[:, 1:] == 1)).sum()
+    other = (c == 0).sum() - sentence_end
+    assert sentence_end / (sentence_end + 0.2 * other) < 0.8  # all-mass purity would fail
+    spec, sens = run(Specificity(), ctx, size=5), run(Sensitivity(), ctx, size=5)
+    assert spec[0]["proxy"] == "tokens {'.'}, next token starts with whitespace"
+    assert spec[0]["specificity"] == 1.0 and sens[0]["sensitivity"] == 1.0
+
+
+def test_punctuation_closure_adds_the_same_mark_glued_to_punctuation():
+    from sae_lightning.analysis.proxies import punctuation_closure
+
+    vocab = [".", ").", "...", " .", "x.", "a", ",", "),", '".', "._"]
+    assert punctuation_closure([[0], [5], [6, 5], []], vocab) == [
+        [0, 1, 3, 8],  # not '...' (the mark repeats), 'x.' (a letter), '._' (ends in '_')
+        [5],
+        [6, 5, 7],  # the proxy first, then the additions
+        [],
+    ]

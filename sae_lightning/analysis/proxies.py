@@ -248,3 +248,34 @@ def auto_proxies(
     for row, token in zip(rows[keep].tolist(), ids[keep].tolist(), strict=True):
         per_row[row].append(token)
     return per_row
+
+
+def _is_punctuation(text: str) -> bool:
+    return bool(text) and all(unicodedata.category(ch).startswith("P") for ch in text)
+
+
+def _punctuation_families(str_tokens: Sequence[str]) -> dict[int, list[int]]:
+    """For each single-punctuation-character token id: the ids of the tokens that are
+    punctuation only (whitespace around allowed) and end with that character, once."""
+    singles = {s: i for i, s in enumerate(str_tokens) if len(s) == 1 and _is_punctuation(s)}
+    families: dict[int, list[int]] = {i: [] for i in singles.values()}
+    for i, s in enumerate(str_tokens):
+        core = s.strip()
+        if _is_punctuation(core) and core[-1] in singles and core.count(core[-1]) == 1:
+            families[singles[core[-1]]].append(i)
+    return families
+
+
+def punctuation_closure(rows: list[list[int]], str_tokens: Sequence[str]) -> list[list[int]]:
+    """Each row of token ids plus, for each single punctuation character in it, every token
+    that is the same mark glued by BPE to other punctuation or whitespace (``.`` → ``).``,
+    ``".``, `` .``; not ``...``, where the mark repeats). A full-stop feature fires on the
+    full stop of ``(see below).`` too: a token-set proxy should not count that as a miss."""
+    families = _punctuation_families(str_tokens)
+    out = []
+    for ids in rows:
+        row = list(ids)
+        for i in ids:
+            row += [j for j in families.get(i, []) if j not in row]
+        out.append(row)
+    return out
