@@ -10,9 +10,11 @@ read from ``ctx.model.state_dict()``: ``blocks.{layer}.mlp.out.weight`` (an ``nn
 
 Ablations run after the pass on each feature's top contexts (``ctx.extras["top_examples"]``
 from :mod:`plugins.top_activations`): the model runs clean and with ``act_f * W_dec[f]``
-subtracted at the hook at every position, and the change in log-prob of the actual next
-tokens is reported. The verdict is None: in a one-layer model the tokens a feature predicts
-are usually not the tokens it reads, so no pass/fail rule follows from the logit weights.
+subtracted at the hook at every position, on each context's prefix up to
+``ablation_window`` tokens after its last top example, and the change in log-prob of the
+actual next tokens is reported. The verdict is None: in a one-layer model the tokens a
+feature predicts are usually not the tokens it reads, so no pass/fail rule follows from
+the logit weights.
 """
 
 from __future__ import annotations
@@ -85,33 +87,52 @@ def _next_logprobs(
 
 @torch.no_grad()
 def ablation_deltas(
-    ctx: AnalysisContext, features: list[int], tokens: Int[Tensor, "r pos"], batch_size: int = 32
-) -> tuple[Float[Tensor, "r pos_1"], Float[Tensor, "r pos_1"]]:
+    ctx: AnalysisContext,
+    features: list[int],
+    tokens: Int[Tensor, "r pos"],
+    lengths: list[int] | None = None,
+    batch_size: int = 32,
+) -> tuple[list[Float[Tensor, " len_1"]], list[Float[Tensor, " len_1"]]]:
     """Change in next-token log-prob when ``features[r]`` is removed at the hook in row ``r``.
 
-    Rows are ablated ``batch_size`` at a time, each with its own feature (one forward for
-    many features); the clean log-probs are computed once per distinct context.
+    Row ``r`` runs only on its prefix ``tokens[r, :lengths[r]]``: the model is causal, so a
+    prefix gives exactly the log-probs the whole context would, up to its end. Rows are
+    ablated ``batch_size`` at a time (longest first, so a batch is cut to about one length),
+    each with its own feature; the clean log-probs are computed once per distinct context.
 
     Returns:
-        ``(delta, acts)``: ``delta[r, p]`` is ablated minus clean log-prob of ``tokens[r,
-        p + 1]``; ``acts[r, p]`` is feature ``features[r]``'s activation at position ``p``.
+        ``(deltas, acts)``, one ``[lengths[r] - 1]`` tensor per row: ``deltas[r][p]`` is
+        ablated minus clean log-prob of ``tokens[r, p + 1]``; ``acts[r][p]`` is feature
+        ``features[r]``'s activation at position ``p``.
     """
     device = module_device(ctx.model)
+    lengths = [tokens.shape[1]] * tokens.shape[0] if lengths is None else lengths
     unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)  # distinct contexts
-    clean = torch.cat(
-        [
-            _next_logprobs(ctx.model(chunk.to(device)), chunk.to(device)).cpu()
-            for chunk in unique.split(batch_size)
-        ]
-    )[inverse]  # [r, pos-1]
-    deltas, acts = [], []
-    for rows in torch.arange(tokens.shape[0]).split(batch_size):
-        chunk = tokens[rows].to(device)
-        index = torch.tensor([features[r] for r in rows.tolist()], device=ctx.sae.W_dec.device)
+    need = [0] * unique.shape[0]
+    for row, u in enumerate(inverse.tolist()):
+        need[u] = max(need[u], lengths[row])
+    clean: list[Tensor] = [torch.empty(0)] * unique.shape[0]
+    for group in _by_length(need, batch_size):
+        chunk = unique[group, : need[group[0]]].to(device)
+        for u, logprobs in zip(group, _next_logprobs(ctx.model(chunk), chunk).cpu(), strict=True):
+            clean[u] = logprobs
+    deltas: list[Tensor] = [torch.empty(0)] * tokens.shape[0]
+    acts: list[Tensor] = [torch.empty(0)] * tokens.shape[0]
+    for group in _by_length(lengths, batch_size):
+        chunk = tokens[group, : lengths[group[0]]].to(device)
+        index = torch.tensor([features[r] for r in group], device=ctx.sae.W_dec.device)
         logprobs, act = _ablated_logprobs(ctx, chunk, index)
-        deltas.append(logprobs.cpu() - clean[rows])
-        acts.append(act[:, :-1].float().cpu())
-    return torch.cat(deltas), torch.cat(acts)
+        for i, r in enumerate(group):
+            n = lengths[r] - 1
+            deltas[r] = logprobs[i, :n].cpu() - clean[int(inverse[r])][:n]
+            acts[r] = act[i, :n].float().cpu()
+    return deltas, acts
+
+
+def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of ``batch_size``, longest first (each batch's first is longest)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _ablated_logprobs(
@@ -163,6 +184,9 @@ class Downstream(Criterion):
         n_tokens: Top and bottom logit-weight tokens reported.
         n_bins: Bins of the logit-weight histogram.
         ablation_contexts: Top contexts per feature to ablate on (distinct contexts).
+        ablation_window: Tokens after a context's last top example that are ablated too
+            (the prefix up to there is what a dashboard shows; the model is causal, so
+            nothing after it is computed).
         ablation_max_features: Ablate only the first this-many analysed features that fired
             (two forward passes each); the others report logit weights only.
     """
@@ -179,6 +203,7 @@ class Downstream(Criterion):
         n_bins: int = 50,
         ablation_contexts: int = 8,
         ablation_max_features: int = 64,
+        ablation_window: int = 8,
     ) -> None:
         super().__init__()
         for key, value in (("n_tokens", n_tokens), ("n_bins", n_bins)):
@@ -187,12 +212,14 @@ class Downstream(Criterion):
         for key, value in (
             ("ablation_contexts", ablation_contexts),
             ("ablation_max_features", ablation_max_features),
+            ("ablation_window", ablation_window),
         ):
             if value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value!r}")
         self.n_tokens, self.n_bins = n_tokens, n_bins
         self.ablation_contexts = ablation_contexts
         self.ablation_max_features = ablation_max_features
+        self.ablation_window = ablation_window
 
     @override
     def setup_metrics(self, n_features: int, ctx: AnalysisContext) -> None:
@@ -212,25 +239,34 @@ class Downstream(Criterion):
             if len(chosen) >= self.ablation_max_features or not self.ablation_contexts:
                 break
             examples = top_examples.get(f, [])
-            contexts = list(dict.fromkeys(i // n_ctx for i, _ in examples))
-            if contexts:
-                chosen[f] = contexts[: self.ablation_contexts]
+            ends: dict[int, int] = {}  # context -> end of its shown prefix
+            for i, _ in examples:
+                c, pos = divmod(i, n_ctx)
+                if c in ends or len(ends) < self.ablation_contexts:
+                    ends[c] = max(ends.get(c, 0), min(n_ctx, pos + 1 + self.ablation_window))
+            if ends:
+                chosen[f] = ends
         if not chosen:
             return {}
-        rows = [(f, c) for f, contexts in chosen.items() for c in contexts]
-        tokens = ctx.contexts[[c for _, c in rows]]  # [r, n_ctx]
-        delta, acts = ablation_deltas(ctx, [f for f, _ in rows], tokens)  # [r, n_ctx-1] each
+        rows = [(f, c, end) for f, ends in chosen.items() for c, end in ends.items()]
+        tokens = ctx.contexts[[c for _, c, _ in rows]]  # [r, n_ctx]
+        deltas, acts = ablation_deltas(
+            ctx, [f for f, _, _ in rows], tokens, [end for _, _, end in rows]
+        )  # per row: [end - 1]
         out, start = {}, 0
-        for f, contexts in chosen.items():
-            d, fired = delta[start : start + len(contexts)], acts[start : start + len(contexts)] > 0
+        for f, ends in chosen.items():
+            d = torch.cat(deltas[start : start + len(ends)])
+            fired = torch.cat(acts[start : start + len(ends)]) > 0
+            top = rows[start]
             out[f] = {
-                "contexts": contexts,
+                "contexts": list(ends),
+                "context_ends": list(ends.values()),
                 "mean_delta_logprob_where_fired": float(d[fired].mean()) if fired.any() else None,
                 "mean_delta_logprob": float(d.mean()),
-                "top_context_tokens": [ctx.str_tokens[t] for t in tokens[start].tolist()],
-                "top_context_delta": d[0].tolist(),  # [n_ctx-1]: prediction of token p+1
+                "top_context_tokens": [ctx.str_tokens[t] for t in tokens[start, : top[2]].tolist()],
+                "top_context_delta": deltas[start].tolist(),  # prediction of token p+1
             }
-            start += len(contexts)
+            start += len(ends)
         return out
 
     @override

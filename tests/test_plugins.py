@@ -311,21 +311,26 @@ def test_ablation_on_the_embedded_model(embedded_model):
         sae, embedded_model, HOOK, [0, 1], [str(i) for i in range(4096)], contexts
     )
     delta0, acts0 = ablation_deltas(ctx, [0, 0], contexts)
-    assert (acts0 == 0).all() and (delta0 == 0).all()
+    assert all((a == 0).all() and (d == 0).all() for a, d in zip(acts0, delta0, strict=True))
     delta1, acts1 = ablation_deltas(ctx, [1, 1], contexts)
-    assert (acts1 > 0).all() and delta1.abs().min() > 0
-    # one batch mixing features (and a repeated context) equals the rows ablated one by one
+    assert all((a > 0).all() and d.abs().min() > 0 for a, d in zip(acts1, delta1, strict=True))
+    # one batch mixing features, a repeated context and prefixes equals the rows ablated one
+    # by one on whole contexts, cut to the prefix (the model is causal)
     rows = torch.cat([contexts, contexts[:1]])
-    mixed, mixed_acts = ablation_deltas(ctx, [1, 0, 1], rows, batch_size=2)
-    torch.testing.assert_close(mixed[[0, 2]], delta1[[0, 0]])
+    mixed, mixed_acts = ablation_deltas(ctx, [1, 0, 1], rows, lengths=[12, 7, 5], batch_size=2)
+    assert [len(d) for d in mixed] == [11, 6, 4]
+    torch.testing.assert_close(mixed[0], delta1[0])
+    torch.testing.assert_close(mixed[2], delta1[0][:4])
     assert (mixed[1] == 0).all() and (mixed_acts[1] == 0).all()
-    ctx.extras["top_examples"] = {0: [], 1: [(13, 1.0), (2, 0.5)]}
-    res = Downstream(ablation_contexts=8).results(ctx)
+    ctx.extras["top_examples"] = {0: [], 1: [(13, 1.0), (2, 0.5)]}  # context 1 pos 1, 0 pos 2
+    res = Downstream(ablation_contexts=8, ablation_window=3).results(ctx)
     assert res[0]["ablation"] is None
     ablation = res[1]["ablation"]
-    assert ablation["contexts"] == [1, 0]
-    assert ablation["top_context_delta"] == pytest.approx(delta1[1].tolist())
-    assert ablation["mean_delta_logprob_where_fired"] == pytest.approx(float(delta1.mean()))
+    assert ablation["contexts"] == [1, 0] and ablation["context_ends"] == [5, 6]
+    assert ablation["top_context_delta"] == pytest.approx(delta1[1][:4].tolist())
+    assert len(ablation["top_context_tokens"]) == 5
+    expected = float(torch.cat([delta1[1][:4], delta1[0][:5]]).mean())  # fired everywhere
+    assert ablation["mean_delta_logprob_where_fired"] == pytest.approx(expected)
     assert res[1]["ablation_delta_logprob"] == ablation["mean_delta_logprob_where_fired"]
     assert len(res[1]["top_tokens"]) == 10
 
