@@ -2,7 +2,9 @@
 
 One streaming pass (``trainer.validate`` on :class:`AnalysisModule`) feeds the criteria;
 the per-feature results go to ``<out>/report/criteria.json``, TensorBoard
-(``<out>/tensorboard``) and a scorecard in the log.
+(``<out>/tensorboard``) and a scorecard in the log; with ``dashboards=true`` also the HTML
+dashboards (``report/index.html``, ``report/features/<i>.html``, and ``report/prompts.html``
+for ``prompt=...``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sae_lightning.analysis.loading import check_compatible, latest_run, load_sa
 from sae_lightning.analysis.module import AnalysisModule
 from sae_lightning.analysis.report import Report
 from sae_lightning.analysis.selection import select_features
+from sae_lightning.report.windows import add_window_activations
 from sae_lightning.training import instantiate_dict
 
 log = logging.getLogger(__name__)
@@ -155,6 +158,33 @@ def analyze(cfg: DictConfig) -> Report:
     )
     trainer.validate(module)
     if trainer.is_global_zero:
+        if cfg.get("dashboards"):
+            add_window_activations(report.features, sae, model, hook, contexts)
         path = report.to_json(out / REPORT_FILE)
         rank_zero_info(f"feature scorecard ({path}):\n{report.scorecard()}")
+        if cfg.get("dashboards") or cfg.get("prompt"):
+            _write_dashboards(cfg, path, sae, model, hook, logger)
     return report
+
+
+def _write_dashboards(
+    cfg: DictConfig, path: Path, sae, model, hook: str, logger: TensorBoardLogger
+) -> None:
+    """The HTML report from the criteria.json just written; its path to TensorBoard."""
+    from sae_lightning.report import Dashboards, load_report, write_dashboards
+    from sae_lightning.report.prompts import analyse_prompts
+
+    written = []
+    if cfg.get("dashboards"):
+        written.append(write_dashboards(path))
+    if cfg.get("prompt"):
+        prompts = cfg.prompt
+        prompts = [prompts] if isinstance(prompts, str) else [str(p) for p in prompts]
+        report = load_report(path)
+        analyses = analyse_prompts(prompts, sae, model, hook, report)
+        written.append(Dashboards(report, path.parent).write_prompts(analyses))
+    for page in written:
+        rank_zero_info(f"dashboard: file://{page.resolve()}")
+    text = "\n".join(f"    file://{page.resolve()}" for page in written)
+    logger.experiment.add_text("report/dashboards", text, 0)
+    logger.experiment.flush()

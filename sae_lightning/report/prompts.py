@@ -1,0 +1,154 @@
+"""The prompt-centric view: which features fire on a prompt, how strongly, and what they do.
+
+For each prompt: tokenise (BOS first), run the frozen model to the hook, encode with the
+SAE; per token its strongest features; the features ranked by activation (their max over
+the prompt), by activation quantile (that max over the feature's max activation in the
+report) and by loss effect (the mean next-token loss with the feature removed at the hook
+at every position, minus the clean loss: positive means the feature helped). Ablations are
+batched: one row per candidate feature, each row its own feature, many rows per forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from sae_lightning.data.activations import capture_activations
+from sae_lightning.report.data import fmt, tokens_view
+
+
+def prompt_tokens(model, text: str) -> Int[Tensor, " pos"]:
+    """``text``'s token ids with the model's BOS in front (as the analysis contexts have)."""
+    tokenizer = model.tokenizer
+    ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"prompt {text!r} has no tokens: give a non-empty prompt")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return torch.tensor(bos + list(ids), dtype=torch.long)
+
+
+def _next_token_loss(logits: Float[Tensor, "r pos vocab"], tokens: Tensor) -> Float[Tensor, " r"]:
+    """Mean next-token cross-entropy of each row."""
+    logits = logits[:, :-1].float()  # [r, pos-1, vocab]
+    picked = logits.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # [r, pos-1]
+    return (logits.logsumexp(-1) - picked).mean(dim=1)
+
+
+@torch.inference_mode()
+def loss_effects(
+    sae, model, hook_name: str, tokens: Int[Tensor, " pos"], features: list[int], batch: int = 32
+) -> tuple[float, list[float]]:
+    """Clean loss, and per feature (ablated loss − clean loss) on ``tokens``.
+
+    Each row of a forward removes one feature's contribution ``act * W_dec[f]`` at the hook.
+    """
+    device = next(model.parameters()).device
+    row = tokens.to(device)[None]  # [1, pos]
+    clean = float(_next_token_loss(model(row), row)[0])
+    effects: list[float] = []
+    for start in range(0, len(features), batch):
+        chunk = features[start : start + batch]
+        index = torch.tensor(chunk, device=sae.W_dec.device)
+        w_dec = sae.W_dec[index]  # [r, d_in]
+
+        def remove(x: Tensor, hook: Any, index=index, w_dec=w_dec) -> Tensor:
+            act = sae.encode_selected(x.to(w_dec.dtype), index)  # [r, pos]
+            return x - (act.unsqueeze(-1) * w_dec.unsqueeze(1)).to(x.dtype)
+
+        rows = row.expand(len(chunk), -1)  # [r, pos]
+        logits = model.run_with_hooks(rows, fwd_hooks=[(hook_name, remove)])
+        effects += (_next_token_loss(logits, rows) - clean).tolist()
+    return clean, effects
+
+
+def _entry(f: int, acts: Tensor, known: set[int], strs: list[str], scale: float) -> dict:
+    column = acts[:, f].tolist()  # [pos]
+    return {
+        "feature": f,
+        "known": f in known,
+        "activation": max(column),
+        "view": tokens_view(strs, column, scale),
+    }
+
+
+@torch.inference_mode()
+def analyse_prompt(
+    text: str,
+    sae,
+    model,
+    hook_name: str,
+    max_activation: dict[int, float],
+    per_token: int = 5,
+    n_ranked: int = 20,
+    n_ablate: int = 64,
+) -> dict[str, Any]:
+    """Everything ``prompts.html`` shows about one prompt (plain Python values).
+
+    Args:
+        max_activation: The report's max activation per analysed feature (for quantiles
+            and links; features not in it are shown without a page link).
+        per_token: Features listed per token.
+        n_ranked: Rows of each ranking.
+        n_ablate: Strongest features (by activation on the prompt) whose loss effect is measured.
+    """
+    tokens = prompt_tokens(model, text)
+    device = next(model.parameters()).device
+    hooked = capture_activations(model, tokens.to(device)[None], hook_name)[0]  # [pos, d_in]
+    acts = sae.encode(hooked.to(sae.W_enc.dtype)).float().cpu()  # [pos, d_sae]
+    acts[0] = 0.0 if tokens[0] == model.tokenizer.bos_token_id else acts[0]  # BOS: not shown
+    strs = [model.tokenizer.decode([t]) for t in tokens.tolist()]
+    known = set(max_activation)
+    peak = acts.amax(dim=0)  # [d_sae]
+    firing = [int(f) for f in torch.argsort(peak, descending=True, stable=True) if peak[f] > 0]
+    top_vals, top_ids = acts.topk(min(per_token, acts.shape[1]), dim=1)  # [pos, k]
+    rows = []
+    for p, (vals, ids) in enumerate(zip(top_vals.tolist(), top_ids.tolist(), strict=True)):
+        feats = [
+            {"feature": f, "activation": v, "known": f in known}
+            for v, f in zip(vals, ids, strict=True)
+            if v > 0
+        ]
+        rows.append({"position": p, "token": strs[p], "features": feats})
+    scale = float(peak.max()) if firing else 1.0
+    by_act = [_entry(f, acts, known, strs, float(peak[f])) for f in firing[:n_ranked]]
+    quantiles = sorted(
+        ((float(peak[f]) / max_activation[f], f) for f in firing
+         if f in known and (max_activation[f] or 0) > 0),
+        reverse=True,
+    )[:n_ranked]  # fmt: skip
+    by_quantile = [
+        _entry(f, acts, known, strs, max_activation[f]) | {"quantile": q} for q, f in quantiles
+    ]
+    candidates = firing[:n_ablate]
+    clean, effects = loss_effects(sae, model, hook_name, tokens, candidates)
+    ranked = sorted(zip(effects, candidates, strict=True), key=lambda e: -abs(e[0]))[:n_ranked]
+    by_loss = [_entry(f, acts, known, strs, float(peak[f])) | {"loss_effect": e} for e, f in ranked]
+    strongest = acts.amax(dim=1).tolist()  # [pos]
+    return {
+        "text": text,
+        "tokens": strs,
+        "view": tokens_view(strs, strongest, scale),
+        "clean_loss": clean,
+        "per_token": rows,
+        "by_activation": by_act,
+        "by_quantile": by_quantile,
+        "by_loss": by_loss,
+        "summary": f"{len(firing)} features fire; clean loss {fmt(clean)}",
+    }
+
+
+def analyse_prompts(
+    prompts: str | list[str], sae, model, hook_name: str, report: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """:func:`analyse_prompt` of each prompt, with quantiles against the report's maxima."""
+    texts = [prompts] if isinstance(prompts, str) else [str(p) for p in prompts]
+    if not texts:
+        raise ValueError("prompt=[] gives no prompt: pass a text or a list of texts")
+    max_activation = {
+        int(k): float((v.get("top_activations") or {}).get("max_activation") or 0.0)
+        for k, v in report["features"].items()
+    }
+    return [analyse_prompt(t, sae, model, hook_name, max_activation) for t in texts]

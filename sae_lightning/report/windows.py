@@ -1,0 +1,106 @@
+"""Every token's activation in the context windows a feature page shows.
+
+The pass keeps only each example's own activation. For per-token highlighting the
+dashboards need the feature's activation on every token of the window: this recomputes it
+after the pass, one frozen forward (to the hook) per distinct context and one
+``sae.encode_selected`` row per window, and stores it in the report next to the tokens:
+``acts`` in each example of ``top_activations.top_examples`` and ``quantile_samples``, and
+``top_context_acts`` in ``downstream.ablation``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, NamedTuple
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from sae_lightning.data.activations import capture_activations
+
+ROW_BUDGET = 2**24  # hooked floats gathered at once ([rows, width, d_in])
+
+
+class Window(NamedTuple):
+    """One window to fill: feature, context row, first position, length, where to write."""
+
+    feature: int
+    context: int
+    start: int
+    length: int
+    target: dict[str, Any]
+    key: str
+
+
+def _windows(features: dict[int, dict[str, Any]], n_ctx: int) -> list[Window]:
+    out = []
+    for f, per_feature in features.items():
+        top = per_feature.get("top_activations") or {}
+        examples = list(top.get("top_examples") or [])
+        for q in top.get("quantile_samples") or []:
+            examples += q.get("examples") or []
+        for e in examples:
+            if {"context", "position", "highlight", "tokens"} <= set(e):
+                start = int(e["position"]) - int(e["highlight"])
+                out.append(Window(f, int(e["context"]), start, len(e["tokens"]), e, "acts"))
+        ablation = (per_feature.get("downstream") or {}).get("ablation")
+        if ablation and ablation.get("contexts") and ablation.get("top_context_tokens"):
+            length = min(len(ablation["top_context_tokens"]), n_ctx)
+            out.append(Window(f, ablation["contexts"][0], 0, length, ablation, "top_context_acts"))
+    return [w for w in out if 0 <= w.start and w.start + w.length <= n_ctx and w.length > 0]
+
+
+def _fill(sae, acts: Tensor, local: dict[int, int], windows: list[Window], digits: int) -> None:
+    """Encode each window's tokens for its feature and write the rounded activations."""
+    by_length: dict[int, list[Window]] = defaultdict(list)
+    for w in windows:
+        by_length[w.length].append(w)
+    for length, group in by_length.items():
+        step = max(1, ROW_BUDGET // (length * acts.shape[-1]))
+        for i in range(0, len(group), step):
+            chunk = group[i : i + step]
+            rows = torch.tensor([local[w.context] for w in chunk], device=acts.device)
+            starts = torch.tensor([w.start for w in chunk], device=acts.device)
+            pos = starts[:, None] + torch.arange(length, device=acts.device)  # [r, length]
+            x = acts[rows[:, None], pos]  # [r, length, d_in]
+            index = torch.tensor([w.feature for w in chunk], device=sae.W_enc.device)
+            values = sae.encode_selected(x.to(sae.W_enc.dtype), index).float().cpu()  # [r, len]
+            for w, row in zip(chunk, values.tolist(), strict=True):
+                w.target[w.key] = [round(v, digits) for v in row]
+
+
+@torch.inference_mode()
+def add_window_activations(
+    features: dict[int, dict[str, Any]],
+    sae,
+    model,
+    hook_name: str,
+    contexts: Int[Tensor, "n n_ctx"],
+    batch_size: int = 32,
+    digits: int = 4,
+) -> int:
+    """Store every token's activation in the report's example windows (see module doc).
+
+    Args:
+        features: ``Report.features`` (``{feature: {criterion: results}}``), edited in place.
+        sae, model, hook_name: As analysed; ``contexts`` the analysed token contexts.
+        batch_size: Contexts per frozen forward.
+        digits: Decimals kept.
+
+    Returns:
+        How many windows were filled.
+    """
+    windows = _windows(features, int(contexts.shape[1]))
+    by_context: dict[int, list[Window]] = defaultdict(list)
+    for w in windows:
+        by_context[w.context].append(w)
+    order = sorted(by_context)
+    device = next(model.parameters()).device
+    for i in range(0, len(order), batch_size):
+        chosen = order[i : i + batch_size]
+        tokens = contexts[torch.tensor(chosen)].to(device)  # [b, n_ctx]
+        acts = capture_activations(model, tokens, hook_name)  # [b, n_ctx, d_in]
+        local = {c: j for j, c in enumerate(chosen)}
+        _fill(sae, acts, local, [w for c in chosen for w in by_context[c]], digits)
+    return len(windows)
