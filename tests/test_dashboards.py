@@ -17,10 +17,8 @@ from sae_lightning.analysis.loading import load_sae
 from sae_lightning.analysis.run import analyze, load_contexts
 from sae_lightning.data.activations import capture_activations
 from sae_lightning.formats import save_saelens
-from sae_lightning.report import Dashboards, load_report, write_dashboards
+from sae_lightning.report import Dashboards, load_report
 from sae_lightning.report.__main__ import main as rerender
-from sae_lightning.report.data import tokens_view
-from sae_lightning.report.html import script_json
 from sae_lightning.report.prompts import analyse_prompt, prompt_tokens
 from sae_lightning.saes import ReLUSAE
 
@@ -95,23 +93,21 @@ def test_window_activations_agree_with_a_direct_encoding(run, embedded_model):
     folder, report, cfg = run
     sae, _ = load_sae(Path(report["metadata"]["source"]))
     contexts = load_contexts(cfg, embedded_model, 32)
+    with torch.no_grad():
+        encoded = sae.encode(capture_activations(embedded_model, contexts, HOOK))  # [n, pos, d]
     checked = 0
     for f in FEATURES:
         top = report["features"][str(f)]["top_activations"]
         for e in top["top_examples"][:3] + top["quantile_samples"][0]["examples"][:1]:
             assert e["acts"][e["highlight"]] == pytest.approx(e["activation"], abs=1e-3)
             start = e["position"] - e["highlight"]
-            with torch.no_grad():
-                row = contexts[e["context"]][None]
-                acts = sae.encode(capture_activations(embedded_model, row, HOOK))[0, :, f]
+            acts = encoded[e["context"], :, f]
             want = acts[start : start + len(e["tokens"])].tolist()
             assert e["acts"] == pytest.approx(want, abs=1e-3)
             checked += 1
         ablation = report["features"][str(f)]["downstream"]["ablation"]
         if ablation:
-            with torch.no_grad():
-                row = contexts[ablation["contexts"][0]][None]
-                acts = sae.encode(capture_activations(embedded_model, row, HOOK))[0, :, f]
+            acts = encoded[ablation["contexts"][0], :, f]
             want = acts[: len(ablation["top_context_tokens"])].tolist()  # the shown prefix
             assert ablation["top_context_acts"] == pytest.approx(want, abs=1e-3)
             checked += 1
@@ -139,66 +135,6 @@ def test_feature_page_numbers_highlighting_and_sections(run):
     assert f"feature <b>{match}</b>" in page
     down = report["features"][str(f)]["downstream"]
     assert f"<code>{down['top_tokens'][0]}</code>".replace("\n", "↵") in page or "&" in page
-
-
-def test_tokens_view_colours_by_activation_and_underlines_by_delta():
-    view = tokens_view(
-        ["a", "\n", "c", "d"], [2.0, 0.0, 8.0, 1.0], 4.0, deltas=[None, -1.0, 0.5, 0.01]
-    )
-    assert [v[0] for v in view] == ["a", "↵", "c", "d"]
-    assert [v[2] for v in view] == ["0.50", "", "1.00", "0.25"]
-    assert [v[3] for v in view] == ["", "fell3", "rose2", ""]  # 0.01 < 5% of the largest
-    assert "Δlogp -1.000" in view[1][1] and "act 8" in view[2][1]
-    only = tokens_view(["a", "b"], None, 2.0, highlight=1, highlight_act=1.0)
-    assert [v[2] for v in only] == ["", "0.50"] and only[1][3] == "hl"
-
-
-def synthetic_report() -> dict:
-    ex = {"activation": 2.0, "context": 0, "position": 1, "tokens": ["a", XSS, "</script>"]}
-    per = {
-        "top_activations": {
-            "density": 0.5, "max_activation": 2.0, "auto_proxy": [XSS], "verdict": None,
-            "top_examples": [ex | {"highlight": 1}], "quantile_samples": [],
-        },
-        "specificity": {
-            "proxy": f"tokens {{'{XSS}'}}", "specificity": 0.9, "verdict": True,
-            "histogram": {"edges": [0, 1, 2], "proxy_counts": [1, 2], "other_counts": [3, 0],
-                          "llr": [-1.0, 2.0]},
-        },
-        "downstream": {"top_tokens": [f"</script>{XSS}"], "top_values": [1.0], "verdict": None,
-                       "bottom_tokens": [], "bottom_values": [],
-                       "histogram": {"edges": [0, 1], "counts": [5]}},
-    }  # fmt: skip
-    return {"metadata": {"model_name": XSS, "criteria": list(per)}, "features": {"7": per}}
-
-
-def test_every_token_string_is_escaped(tmp_path):
-    write_dashboards(synthetic_report(), tmp_path)
-    for page in (tmp_path / "index.html", tmp_path / "features" / "7.html"):
-        html = page.read_text()
-        assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
-    html = (tmp_path / "features" / "7.html").read_text()
-    # plotly.js, two figure blocks, dashboard.js: no other script element, none cut short
-    assert html.count("<script") == html.count("</script>") == 4
-    assert "&lt;/script&gt;" in html
-    html = (tmp_path / "features" / "7.html").read_text()
-    block = re.search(r'id="fig-specificity">(.*?)</script>', html, re.S).group(1)
-    assert "<" not in block and "\\u003cimg" in block
-    assert XSS in json.loads(block)["layout"]["title"]["text"]  # the data itself is intact
-    assert str(script_json("</script>&")) == '"\\u003c/script\\u003e\\u0026"'
-
-
-def test_missing_or_corrupt_reports_and_unknown_features_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "criteria.json"))):
-        load_report(tmp_path)
-    (tmp_path / "criteria.json").write_text('{"metadata": {}, "features": {')
-    with pytest.raises(ValueError, match="corrupt JSON"):
-        load_report(tmp_path)
-    (tmp_path / "criteria.json").write_text('{"metadata": {}}')
-    with pytest.raises(ValueError, match=r"lacks the keys \['features'\]"):
-        load_report(tmp_path)
-    with pytest.raises(ValueError, match=r"features \[999\] are not in the report.*\[7\]"):
-        write_dashboards(synthetic_report(), tmp_path, features=[999])
 
 
 def test_prompt_view_numbers_match_direct_computation(run, embedded_model):
@@ -250,3 +186,112 @@ def test_tensorboard_gets_the_report_path_and_the_cli_rerenders(run, tmp_path):
     assert (tmp_path / "index.html").read_text() == Dashboards(
         load_report(folder), tmp_path
     ).index_page()
+
+
+# ---------------------------------------------------------------- in a browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts" / "dashboards"  # git-ignored
+BROWSER_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, path: Path):
+    """The page at ``path`` (file://), with what went wrong on it: console errors, uncaught
+    exceptions, dialogs (a script ran), and requests for anything but local files."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: dict[str, list[str]] = {"errors": [], "requests": [], "dialogs": []}
+    page.on("console", lambda m: m.type == "error" and problems["errors"].append(m.text))
+    page.on("pageerror", lambda e: problems["errors"].append(str(e)))
+    page.on("dialog", lambda d: (problems["dialogs"].append(d.message), d.dismiss()))
+    page.on(
+        "request",
+        lambda r: r.url.startswith(("file://", "data:")) or problems["requests"].append(r.url),
+    )
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    return page, problems
+
+
+def test_index_sorts_filters_and_links_offline(run, browser):
+    folder, report, _ = run
+    page, problems = open_page(browser, folder / "index.html")
+    rows = page.locator("#scorecard tbody tr")
+    assert rows.count() == len(FEATURES) and page.locator("#summary").count() == 1
+    density = page.locator("#scorecard th").nth(1)
+    density.click()
+    assert density.get_attribute("aria-sort") == "descending"
+    values = [float(v) for v in page.locator("#scorecard tbody tr td:nth-child(2)").evaluate_all(
+        "cells => cells.map(c => c.getAttribute('data-v'))")]  # fmt: skip
+    want = sorted(report["features"][str(f)]["top_activations"]["density"] for f in FEATURES)
+    assert values == want[::-1]
+    density.click()
+    assert density.get_attribute("aria-sort") == "ascending"
+    page.fill("#filter", "no-row-has-this")
+    assert page.locator("#scorecard tbody tr:visible").count() == 0
+    assert page.inner_text("#shown") == f"0 of {len(FEATURES)} shown"
+    page.fill("#filter", "")
+    page.screenshot(path=str(ARTIFACTS / "index.png"), full_page=True)
+    page.locator(f'a[href="features/{FEATURES[1]}.html"]').click()
+    page.wait_for_load_state("load")
+    assert page.url.endswith(f"features/{FEATURES[1]}.html")
+    assert problems == {"errors": [], "requests": [], "dialogs": []}
+
+
+@pytest.mark.parametrize("feature", [FEATURES[0], FEATURES[2]])
+def test_feature_pages_draw_every_section_offline(run, browser, feature):
+    folder, report, _ = run
+    page, problems = open_page(browser, folder / "features" / f"{feature}.html")
+    for section in ("summary", "verdicts", "specificity", "top-activations", "quantiles"):
+        assert page.locator(f"section#{section}").is_visible()
+    for figure in ("specificity", "logits"):  # plotly drew the figure from its JSON block
+        assert page.locator(f"#{figure} .plot svg.main-svg").count() >= 1
+    top = report["features"][str(feature)]["top_activations"]["top_examples"]
+    assert page.locator("#top-activations tr").count() == len(top)
+    assert (
+        page.locator("#top-activations .t.hl")
+        .first.get_attribute("title")
+        .endswith(f"act {top[0]['activation']:.4g}")
+    )
+    if report["features"][str(feature)]["downstream"]["ablation"]:
+        assert page.locator("#ablation .t").count() > 0
+    assert page.locator("#neuron b").first.inner_text() != ""
+    assert "best match" in page.inner_text("#universality")
+    page.screenshot(path=str(ARTIFACTS / f"feature-{feature}.png"), full_page=True)
+    assert problems == {"errors": [], "requests": [], "dialogs": []}
+
+
+def test_an_html_token_shows_as_text_and_runs_nothing(run, browser, tmp_path):
+    folder, report, _ = run
+    page, problems = open_page(browser, folder / "prompts.html")
+    assert XSS in page.inner_text("#prompt-0 .prompt-text")  # the literal text, visible
+    assert page.locator("img").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "prompts.png"), full_page=True)
+    # one token whose whole text is the payload, on a feature page
+    f = str(FEATURES[0])
+    example = report["features"][f]["top_activations"]["top_examples"][0]
+    example["tokens"][example["highlight"]] = XSS
+    Dashboards(report, tmp_path).write_features([FEATURES[0]])
+    (tmp_path / "assets").symlink_to(folder / "assets")
+    page2, problems2 = open_page(browser, tmp_path / "features" / f"{f}.html")
+    assert page2.locator("#top-activations .t.hl").first.inner_text() == XSS
+    assert page2.locator("img").count() == 0
+    assert problems == problems2 == {"errors": [], "requests": [], "dialogs": []}
+    (tmp_path / "raw.html").write_text(f"<p>{XSS}</p>")  # control: unescaped, it would run
+    _, caught = open_page(browser, tmp_path / "raw.html")
+    assert caught["dialogs"] == ["1"]
