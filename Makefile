@@ -6,7 +6,9 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install browser demo test test-slow lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +19,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's chromium for the dashboards' browser tests (never a downloaded browser); without
+# it (no root, no apt) those tests skip with a message.
+browser:
+	@test -x $(CHROMIUM) || apt-get install -y -q chromium >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) \
+		|| echo "warning: could not install chromium: the browser tests will be skipped"
+
 demo: install
 	$(BIN)/python train.py
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
