@@ -35,35 +35,79 @@ DTYPES: dict[str, torch.dtype] = {
 UNIT_NORM_TOL = 1e-5
 
 
-def fold_decoder_norms(sae: SAE) -> dict[str, Tensor]:
+def fold_decoder_norms(sae: SAE, state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The SAE's weights with each decoder row's norm moved into the encoder.
 
-    ``W_dec_i /= n_i``, ``W_enc[:, i] *= n_i``, ``b_enc_i *= n_i``: since ReLU is positively
-    homogeneous, the features are scaled by ``n_i`` and the reconstruction is unchanged.
-    Rows already of unit norm (within ``UNIT_NORM_TOL``) and rows of norm zero are left as
-    they are. An architecture whose encoder is not positively homogeneous needs its own rule.
+    ``W_dec_i /= n_i`` and feature ``i`` is scaled by ``n_i`` (for ReLU: ``W_enc[:, i] *= n_i``,
+    ``b_enc_i *= n_i``; each architecture's ``scale_features`` knows its own rule), so the
+    reconstruction is unchanged. Rows already of unit norm (within ``UNIT_NORM_TOL``) and
+    rows of norm zero are left as they are.
+
+    Args:
+        sae: The SAE (its class decides how features scale).
+        state: Weights to fold instead of ``sae``'s own (same names and shapes).
 
     Returns:
         Detached, contiguous CPU copies of the state dict, folded.
     """
-    state = {k: v.detach().clone().cpu().contiguous() for k, v in sae.state_dict().items()}
+    if state is None:
+        state = sae.state_dict()
+    state = {k: v.detach().clone().cpu().contiguous() for k, v in state.items()}
     norms = state["W_dec"].norm(dim=-1)  # [d_sae]
     keep = ((norms - 1).abs() <= UNIT_NORM_TOL) | (norms == 0)  # [d_sae]
+    if bool(keep.all()):
+        return state
     scale = torch.where(keep, torch.ones_like(norms), norms)  # [d_sae]
-    state["W_dec"] = (state["W_dec"] / scale[:, None]).contiguous()  # [d_sae, d_in]
-    state["W_enc"] = (state["W_enc"] * scale[None, :]).contiguous()  # [d_in, d_sae]
-    state["b_enc"] = (state["b_enc"] * scale).contiguous()  # [d_sae]
+    folded = sae.scale_features(state, scale)
+    return {k: v.contiguous() for k, v in folded.items()}
+
+
+def fold_activation_scale(state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+    """Weights of an SAE trained on ``scale * x``, rewritten to read and return raw ``x``.
+
+    ``(scale x - b_dec) W_enc = (x - b_dec / scale)(scale W_enc)`` and
+    ``x_hat = (f W_dec + b_dec) / scale``: so ``W_enc *= scale``, ``W_dec /= scale``,
+    ``b_dec /= scale``, and the codes are unchanged (for every architecture).
+    """
+    state = dict(state)
+    state["W_enc"] = state["W_enc"] * scale
+    state["W_dec"] = state["W_dec"] / scale
+    state["b_dec"] = state["b_dec"] / scale
     return state
 
 
-def save_saelens(sae: SAE, folder: str | Path, metadata: dict[str, Any]) -> Path:
+def exported(sae: SAE, activation_scale: float = 1.0) -> tuple[SAE, dict[str, Tensor]]:
+    """The inference SAE for ``sae`` (``sae.for_export()``) and its weights with the activation
+    scale and the decoder norms folded in (CPU copies; ``sae`` is not modified)."""
+    target = sae.for_export()
+    state = {k: v.detach().clone().cpu() for k, v in target.state_dict().items()}
+    if activation_scale != 1.0:
+        state = fold_activation_scale(state, activation_scale)
+    return target, fold_decoder_norms(target, state)
+
+
+def to_inference_sae(sae: SAE, activation_scale: float = 1.0) -> SAE:
+    """A new SAE (CPU, eval mode) that reads raw activations: ``exported`` loaded into it."""
+    target, state = exported(sae, activation_scale)
+    with torch.device("meta"):
+        fresh = type(target)(**_constructor_args(type(target), target.config(), Path("?")))
+    fresh.load_state_dict(state, assign=True)
+    return fresh.eval()
+
+
+def save_saelens(
+    sae: SAE, folder: str | Path, metadata: dict[str, Any], activation_scale: float = 1.0
+) -> Path:
     """Write ``sae`` as an SAELens folder (``cfg.json`` + ``sae_weights.safetensors``).
 
     Args:
-        sae: The SAE to export; it is not modified.
+        sae: The SAE to export; it is not modified. A BatchTopK SAE is written as the
+            JumpReLU SAE it is at inference (``for_export``).
         folder: Output folder, created if needed; existing files are overwritten.
         metadata: Must hold ``model_name``, ``hook_name``, ``context_size`` and
             ``prepend_bos``; any further JSON-serialisable keys are written too.
+        activation_scale: The constant the training activations were multiplied by
+            (``SAEModule.act_scale``); folded into the weights, so the export reads raw ones.
 
     Returns:
         The folder written.
@@ -88,8 +132,8 @@ def save_saelens(sae: SAE, folder: str | Path, metadata: dict[str, Any]) -> Path
         )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = fold_decoder_norms(sae)
-    config = sae.config()
+    target, state = exported(sae, activation_scale)
+    config = target.config()
     cfg = {
         "architecture": config.pop("architecture"),
         "d_in": config.pop("d_in"),

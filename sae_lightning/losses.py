@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from sae_lightning.saes.base import SAE, SAEOutput
+from sae_lightning.saes.jumprelu import step as jump_step
+from sae_lightning.saes.topk import TopKSAE
 
 
 def mse(x: Float[Tensor, "*batch d_in"], x_hat: Float[Tensor, "*batch d_in"]) -> Float[Tensor, ""]:
@@ -59,7 +62,33 @@ class LossOutput:
     mse: Float[Tensor, ""]
     """Reconstruction term (squared error summed over d_in, mean over tokens)."""
     l1: Float[Tensor, ""]
-    """Sparsity term before the coefficient (decoder-norm weighted if configured)."""
+    """Sparsity term before the coefficient: L1 (decoder-norm weighted if configured) for
+    ReLU and Gated SAEs, L0 for JumpReLU, 0 for TopK (sparse by construction)."""
+    aux: Float[Tensor, ""] | None = None
+    """Auxiliary term before its coefficient (TopK's AuxK, Gated's gate reconstruction)."""
+
+
+def warmed_up(coeff: float, warmup_steps: int, step: int) -> float:
+    """``coeff`` ramped linearly from 0 over ``warmup_steps`` optimiser steps (0: no ramp).
+
+    Raises:
+        ValueError: If ``step`` is negative.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if warmup_steps == 0:
+        return coeff
+    return coeff * min(1.0, step / warmup_steps)
+
+
+def _check_coeff(name: str, value: float) -> None:
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _check_steps(name: str, steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {steps!r}")
 
 
 @dataclass
@@ -80,11 +109,8 @@ class L1Loss:
     """Steps over which the coefficient ramps linearly from 0 to l1_coeff; 0 disables."""
 
     def __post_init__(self) -> None:
-        if not self.l1_coeff >= 0:  # also rejects NaN
-            raise ValueError(f"l1_coeff must be >= 0, got {self.l1_coeff}")
-        steps = self.l1_warmup_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"l1_warmup_steps must be an integer >= 0, got {steps!r}")
+        _check_coeff("l1_coeff", self.l1_coeff)
+        _check_steps("l1_warmup_steps", self.l1_warmup_steps)
 
     def coefficient(self, step: int) -> float:
         """The L1 coefficient at optimiser step ``step`` (0-based).
@@ -92,11 +118,7 @@ class L1Loss:
         Raises:
             ValueError: If ``step`` is negative.
         """
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        if self.l1_warmup_steps == 0:
-            return self.l1_coeff
-        return self.l1_coeff * min(1.0, step / self.l1_warmup_steps)
+        return warmed_up(self.l1_coeff, self.l1_warmup_steps, step)
 
     def __call__(
         self, x: Float[Tensor, "*batch d_in"], out: SAEOutput, sae: SAE, step: int
@@ -108,3 +130,133 @@ class L1Loss:
         return LossOutput(
             loss=mse_term + self.coefficient(step) * l1_term, mse=mse_term, l1=l1_term
         )
+
+
+@dataclass
+class TopKLoss:
+    """MSE plus the AuxK loss (Gao et al. 2024) for TopK and BatchTopK SAEs.
+
+    AuxK reconstructs the residual ``x - x_hat`` from the top ``k_aux`` *dead* latents (those
+    that have not fired for ``dead_tokens`` training tokens), normalised by the residual's
+    variance, so that dead latents get gradient and come back.
+
+    Example:
+        >>> TopKLoss(auxk_coeff=0.0).dead_tokens
+        1000000
+    """
+
+    auxk_coeff: float = 1 / 32
+    """Weight of the AuxK term; 0 disables it."""
+    k_aux: int = 512
+    """Dead latents used per token by AuxK (Gao et al.: d_in / 2)."""
+    dead_tokens: int = 1_000_000
+    """A latent silent for this many training tokens counts as dead."""
+
+    def __post_init__(self) -> None:
+        _check_coeff("auxk_coeff", self.auxk_coeff)
+        for name in ("k_aux", "dead_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def auxk(self, x: Tensor, out: SAEOutput, sae: TopKSAE) -> Float[Tensor, ""]:
+        """The normalised AuxK term (0 when no latent is dead)."""
+        dead = sae.tokens_since_fired >= self.dead_tokens  # [d_sae]
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return x.new_zeros(())
+        x2 = x.reshape(-1, x.shape[-1])
+        residual = (x2 - out.x_hat.reshape(x2.shape)).detach()  # [batch, d_in]
+        e_hat = sae.auxk_reconstruction(x2, dead, self.k_aux)  # [batch, d_in]
+        scale = min(n_dead / self.k_aux, 1.0)  # fewer dead latents than k_aux: weaker term
+        variance = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        return scale * mse(residual, e_hat) / variance
+
+    def __call__(self, x: Tensor, out: SAEOutput, sae: SAE, step: int) -> LossOutput:
+        """The loss of ``sae``'s output ``out`` on input ``x`` at optimiser step ``step``.
+
+        Raises:
+            TypeError: If ``sae`` is not a TopK-style SAE.
+        """
+        if not isinstance(sae, TopKSAE):
+            raise TypeError(
+                f"TopKLoss needs a TopK or BatchTopK SAE, got {type(sae).__name__}; "
+                "use loss=l1 (ReLU), loss=jumprelu or loss=gated"
+            )
+        mse_term = mse(x, out.x_hat)
+        use_aux = self.auxk_coeff > 0 and torch.is_grad_enabled() and sae.training
+        aux = self.auxk(x, out, sae) if use_aux else x.new_zeros(())
+        return LossOutput(
+            loss=mse_term + self.auxk_coeff * aux, mse=mse_term, l1=x.new_zeros(()), aux=aux
+        )
+
+
+def _require_pre_acts(out: SAEOutput, who: str) -> Tensor:
+    if out.pre_acts is None:
+        raise TypeError(f"{who} needs an SAE whose forward returns pre_acts")
+    return out.pre_acts
+
+
+@dataclass
+class JumpReLULoss:
+    """MSE plus ``l0_coeff`` times the L0 norm, whose gradient reaches the thresholds through
+    the straight-through estimator (Rajamanoharan et al. 2024).
+
+    Example:
+        >>> JumpReLULoss(l0_coeff=0.01, l0_warmup_steps=10).coefficient(5)
+        0.005
+    """
+
+    l0_coeff: float = 0.01
+    """Weight of the L0 term after warm-up."""
+    l0_warmup_steps: int = 0
+    """Steps over which the coefficient ramps linearly from 0; 0 disables."""
+
+    def __post_init__(self) -> None:
+        _check_coeff("l0_coeff", self.l0_coeff)
+        _check_steps("l0_warmup_steps", self.l0_warmup_steps)
+
+    def coefficient(self, step: int) -> float:
+        """The L0 coefficient at optimiser step ``step``."""
+        return warmed_up(self.l0_coeff, self.l0_warmup_steps, step)
+
+    def __call__(self, x: Tensor, out: SAEOutput, sae: SAE, step: int) -> LossOutput:
+        pre = _require_pre_acts(out, "JumpReLULoss")
+        threshold = getattr(sae, "threshold", None)
+        if not isinstance(threshold, torch.nn.Parameter):
+            raise TypeError(f"JumpReLULoss needs a JumpReLU SAE, got {type(sae).__name__}")
+        mse_term = mse(x, out.x_hat)
+        l0 = jump_step(pre, threshold, sae.bandwidth).sum(-1).mean()
+        return LossOutput(loss=mse_term + self.coefficient(step) * l0, mse=mse_term, l1=l0)
+
+
+@dataclass
+class GatedLoss:
+    """The Gated SAE loss: MSE, L1 of ``relu(pi_gate)`` weighted by decoder norms, and the
+    auxiliary reconstruction of ``x`` from ``relu(pi_gate)`` through the frozen decoder.
+
+    Example:
+        >>> GatedLoss(l1_coeff=2.0, l1_warmup_steps=4).coefficient(1)
+        0.5
+    """
+
+    l1_coeff: float = 1.0
+    """Weight of the L1 term after warm-up."""
+    l1_warmup_steps: int = 0
+    """Steps over which the coefficient ramps linearly from 0; 0 disables."""
+
+    def __post_init__(self) -> None:
+        _check_coeff("l1_coeff", self.l1_coeff)
+        _check_steps("l1_warmup_steps", self.l1_warmup_steps)
+
+    def coefficient(self, step: int) -> float:
+        """The L1 coefficient at optimiser step ``step``."""
+        return warmed_up(self.l1_coeff, self.l1_warmup_steps, step)
+
+    def __call__(self, x: Tensor, out: SAEOutput, sae: SAE, step: int) -> LossOutput:
+        gate = torch.relu(_require_pre_acts(out, "GatedLoss"))  # [*batch, d_sae]
+        mse_term = mse(x, out.x_hat)
+        l1_term = l1(gate, sae.decoder_norms())
+        aux = mse(x, gate @ sae.W_dec.detach() + sae.b_dec.detach())
+        loss = mse_term + self.coefficient(step) * l1_term + aux
+        return LossOutput(loss=loss, mse=mse_term, l1=l1_term, aux=aux)

@@ -32,11 +32,17 @@ class SAEModule(L.LightningModule):
         sae: the autoencoder (``conf/sae/``).
         loss: callable ``(x, out, sae, step) -> LossOutput`` (``conf/loss/``).
         optimizer: partial optimizer factory taking the parameters (``_partial_: true``).
-        lr_warmup_steps: linear learning-rate warm-up from 0.
+        scheduler: partial learning-rate scheduler factory ``(optimizer, total_steps)``
+            (``_partial_: true``, e.g. ``sae_lightning.schedules.warmup_decay``), stepped
+            every optimiser step; ``None``: a constant learning rate.
         b_dec_init: how ``b_dec`` is initialised from data at the start of a fresh run.
         b_dec_init_tokens: activations used for that initialisation.
         dead_window_tokens: ``train/dead_fraction`` counts features silent over this many tokens.
         unit_norm_decoder: keep decoder rows at unit norm (project gradients, renormalise).
+        activation_mean_sq_norm: scale the activations by one constant, estimated at the
+            start from ``b_dec_init_tokens`` of them, so that their mean squared norm is this
+            value (e.g. d_in); the SAE is trained on the scaled activations and the constant
+            is folded into the weights on export. ``None``: no normalisation.
     """
 
     def __init__(
@@ -44,20 +50,25 @@ class SAEModule(L.LightningModule):
         sae: SAE,
         loss: Any,
         optimizer: Any,
-        lr_warmup_steps: int = 200,
+        scheduler: Any = None,
         b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median",
         b_dec_init_tokens: int = 8192,
         dead_window_tokens: int = 1_000_000,
         unit_norm_decoder: bool = True,
+        activation_mean_sq_norm: float | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["sae", "loss", "optimizer"])
+        self.save_hyperparameters(ignore=["sae", "loss", "optimizer", "scheduler"])
         self.sae, self.loss_fn, self.optimizer_factory = sae, loss, optimizer
-        self.lr_warmup_steps, self.b_dec_init, self.b_dec_init_tokens = (
-            lr_warmup_steps,
-            b_dec_init,
-            b_dec_init_tokens,
-        )
+        self.scheduler_factory = scheduler
+        self.b_dec_init, self.b_dec_init_tokens = b_dec_init, b_dec_init_tokens
+        if activation_mean_sq_norm is not None and not activation_mean_sq_norm > 0:
+            raise ValueError(
+                f"activation_mean_sq_norm must be > 0 or null, got {activation_mean_sq_norm!r}"
+            )
+        self.activation_mean_sq_norm = activation_mean_sq_norm
+        # x_train = act_scale * x; 1 without normalisation. In the checkpoint, for resuming.
+        self.register_buffer("act_scale", torch.tensor(1.0))
         self.dead_window_tokens, self.unit_norm_decoder = dead_window_tokens, unit_norm_decoder
         d_in, d_sae = sae.d_in, sae.d_sae
         for split in ("train", "val"):
@@ -83,9 +94,20 @@ class SAEModule(L.LightningModule):
             self.frozen.to(self.device)
         if self.trainer.ckpt_path is not None:
             return  # resumed: the weights are restored, re-initialising would change them
-        if self.b_dec_init != "zeros":
+        x = None
+        if self.b_dec_init != "zeros" or self.activation_mean_sq_norm is not None:
             x = self.trainer.datamodule.sample_activations(self.b_dec_init_tokens).to(self.device)
-            self.sae.init_b_dec(x.float(), self.b_dec_init)
+            x = x.float()
+        if self.activation_mean_sq_norm is not None:
+            mean_sq = x.pow(2).sum(-1).mean().clamp_min(1e-12)
+            self.act_scale.fill_(float((self.activation_mean_sq_norm / mean_sq).sqrt()))
+            log.info(
+                "activations scaled by %.4g to a mean squared norm of %g",
+                float(self.act_scale),
+                self.activation_mean_sq_norm,
+            )
+        if self.b_dec_init != "zeros":
+            self.sae.init_b_dec(x * self.act_scale, self.b_dec_init)
         if self.unit_norm_decoder:
             self.sae.set_decoder_norm_to_unit_norm()
 
@@ -113,18 +135,23 @@ class SAEModule(L.LightningModule):
                 prog_bar=name in ("l0", "ev"),
             )
 
-    def training_step(self, batch: Float[Tensor, "batch d_in"], batch_idx: int) -> Tensor:
-        x = batch.float()
+    def training_step(
+        self, batch: Float[Tensor, "batch d_in"], batch_idx: int
+    ) -> dict[str, Tensor]:
+        """The loss (``"loss"``) and the detached ``"feature_acts"`` (for callbacks)."""
+        x = batch.float() * self.act_scale
         out = self.sae(x)
         lo = self.loss_fn(x, out, self.sae, self.global_step)
         self._update_recon("train", x, out, lo)
         self.log("train/loss", lo.loss.detach())
+        if lo.aux is not None:
+            self.log("train/aux", lo.aux.detach())
         self.density.update(out.feature_acts.detach())
         self._window_tokens += x.shape[0]
         if self._window_tokens >= self.dead_window_tokens:
             self._log_density("train", self.density)
             self._window_tokens = 0
-        return lo.loss
+        return {"loss": lo.loss, "feature_acts": out.feature_acts.detach()}
 
     def _log_density(self, split: str, metric: FeatureDensity) -> None:
         density = metric.compute()
@@ -170,12 +197,14 @@ class SAEModule(L.LightningModule):
         logits_clean, cache = self.frozen.run_with_cache(tokens, names_filter=self.hook_name)
         acts = cache[self.hook_name].float()  # [b, pos, d_in]
         x = (acts[:, 1:] if self.drop_bos else acts).reshape(-1, acts.shape[-1])
+        x = x * self.act_scale  # the SAE's units; x_hat goes back to the model's below
         out = self.sae(x)
         lo = self.loss_fn(x, out, self.sae, self.global_step)
         self._update_recon("val", x, out, lo)
         self.val_density.update(out.feature_acts)
         self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
-        logits_sae = self._splice(tokens, self._with_trained_positions(acts, out.x_hat))
+        x_hat = out.x_hat / self.act_scale
+        logits_sae = self._splice(tokens, self._with_trained_positions(acts, x_hat))
         logits_zero = self._splice(tokens, self._with_trained_positions(acts, torch.zeros_like(x)))
         ce_clean, ce_sae, kl = per_token_ce_and_kl(logits_clean, logits_sae, tokens)
         _, ce_zero, _ = per_token_ce_and_kl(logits_clean, logits_zero, tokens)
@@ -193,6 +222,7 @@ class SAEModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         opt = self.optimizer_factory(self.sae.parameters())
-        warmup = max(1, self.lr_warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        if self.scheduler_factory is None:
+            return {"optimizer": opt}
+        sched = self.scheduler_factory(opt, total_steps=self.trainer.max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,4 +1,8 @@
-"""Multirun summary: one row per job (L0, explained variance, loss recovered, dead fraction)."""
+"""Multirun summary: one row per job (L0, explained variance, loss recovered, dead fraction),
+and the L0-vs-loss-recovered frontier across the jobs (``frontier.md``, ``frontier.html``).
+
+Re-run on a finished sweep: ``python -m sae_lightning.sweep multirun/<date>/<time>``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from sae_lightning.frontier import write_frontier
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -24,7 +30,8 @@ COLUMNS = (
 
 
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Read every job's metrics.json under ``sweep_dir``; write summary.csv and summary.md."""
+    """Read every job's metrics.json under ``sweep_dir``; write summary.csv, summary.md and the
+    frontier (frontier.md, frontier.html)."""
     sweep_dir = Path(sweep_dir)
     records = [
         (path.parent.name, json.loads(path.read_text()))
@@ -37,6 +44,7 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     rows = [
         {
             "job": job,
+            "architecture": record.get("architecture", ""),
             "overrides": " ".join(o for o in record.get("overrides", []) if o not in shared),
             **{c: record.get("metrics", {}).get(c) for c in COLUMNS},
         }
@@ -51,6 +59,8 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
         writer.writerows(rows)
     (sweep_dir / "summary.md").write_text(markdown_table(rows))
     log.info("sweep summary of %d jobs:\n%s", len(rows), markdown_table(rows))
+    write_frontier(sweep_dir, rows)
+    log.info("frontier: %s", sweep_dir / "frontier.html")
     return rows
 
 
@@ -74,3 +84,12 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize(config.hydra.sweep.dir)
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m sae_lightning.sweep MULTIRUN_DIR")
+    summarize(sys.argv[1])

@@ -92,9 +92,14 @@ def _finish(
             "context_size": int(cfg.data.get("n_ctx") or model.cfg.n_ctx),
             "prepend_bos": True,
         }
-        folder = save_saelens(module.sae.cpu(), out / "sae", metadata)
+        scale = float(module.act_scale)
+        folder = save_saelens(module.sae.cpu(), out / "sae", metadata, activation_scale=scale)
         log.info("exported the SAE to %s", folder)
-    record = {"metrics": metrics, "overrides": _overrides()}
+    record = {
+        "metrics": metrics,
+        "overrides": _overrides(),
+        "architecture": module.sae.architecture,
+    }
     (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     params = OmegaConf.to_container(cfg, resolve=False)
     flat = {k: v for k, v in _flatten(params).items() if isinstance(v, (int, float, str, bool))}

@@ -111,7 +111,7 @@ def test_missing_tensor(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("architecture", "gated", r"unknown SAE architecture 'gated'; valid: \['standard'"),
+        ("architecture", "mystery", r"unknown SAE architecture 'mystery'; valid: \['batchtopk'"),
         ("d_in", 0, "d_in must be a positive integer, got 0"),
         ("normalize_activations", "layer_norm", r"'layer_norm' is not supported; valid: 'none'"),
         ("dtype", "int8", r"unknown dtype 'int8'; valid: \["),

@@ -8,13 +8,17 @@ import torch
 from sae_lightning.saes import ARCHITECTURES, SAE, ReLUSAE, build_sae, geometric_median
 
 D_IN, D_SAE = 6, 10
+EXTRA = {"topk": {"k": 3}, "batchtopk": {"k": 3}}
+"""Constructor arguments an architecture requires beyond d_in and d_sae."""
 
 
 def make(architecture: str, seed: int = 0) -> SAE:
     torch.manual_seed(seed)
-    sae = build_sae(architecture, d_in=D_IN, d_sae=D_SAE)
+    sae = build_sae(architecture, d_in=D_IN, d_sae=D_SAE, **EXTRA.get(architecture, {}))
     with torch.no_grad():  # non-trivial biases so they are exercised
-        sae.b_enc.normal_(0, 0.1)
+        for name, value in sae.named_parameters():
+            if value.ndim == 1 and value.shape[0] == D_SAE and name != "threshold":
+                value.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.5)
     return sae
 
@@ -26,19 +30,24 @@ def test_forward_is_decode_of_encode(architecture: str) -> None:
     out = sae(x)
     assert out.feature_acts.shape == (2, 5, D_SAE)
     assert out.x_hat.shape == (2, 5, D_IN)
-    torch.testing.assert_close(out.x_hat, sae.decode(sae.encode(x)), rtol=0, atol=0)
+    # exact for dense decoders; TopK's sparse decoder sums the same k terms in another order
+    exact = architecture not in ("topk", "batchtopk")
+    tol = {"rtol": 0, "atol": 0} if exact else {"rtol": 1e-6, "atol": 1e-6}
+    torch.testing.assert_close(out.x_hat, sae.decode(sae.encode(x)), **tol)
     assert sae.config() == {
         "architecture": architecture,
         "d_in": D_IN,
         "d_sae": D_SAE,
         "apply_b_dec_to_input": True,
+        **EXTRA.get(architecture, {}),
+        **({"threshold_momentum": 0.01} if architecture == "batchtopk" else {}),
     }
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_encode_selected_picks_one_feature_per_row(architecture: str, apply_b_dec: bool) -> None:
-    sae = make(architecture)
+    sae = make(architecture).eval()  # eval: BatchTopK's codes do not depend on the batch
     sae.apply_b_dec_to_input = apply_b_dec
     x = torch.randn(3, 5, D_IN)
     index = torch.tensor([7, 0, 7])
@@ -53,8 +62,11 @@ def test_init_is_unit_norm_decoder_tied_encoder(architecture: str) -> None:
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(D_SAE))
     assert torch.equal(sae.W_enc, sae.W_dec.T)
     assert sae.W_enc.shape == (D_IN, D_SAE) and sae.W_dec.shape == (D_SAE, D_IN)
-    assert sae.b_enc.shape == (D_SAE,) and sae.b_dec.shape == (D_IN,)
-    assert torch.equal(build_sae(architecture, d_in=D_IN, d_sae=D_SAE).b_dec, torch.zeros(D_IN))
+    assert sae.b_dec.shape == (D_IN,)
+    for name, dim in sae.feature_params.items():
+        assert getattr(sae, name).shape[dim] == D_SAE, name
+    fresh = build_sae(architecture, d_in=D_IN, d_sae=D_SAE, **EXTRA.get(architecture, {}))
+    assert torch.equal(fresh.b_dec, torch.zeros(D_IN))
 
 
 def test_relu_encode_matches_formula() -> None:
@@ -128,8 +140,8 @@ def test_width_mismatch_names_both_widths(architecture: str) -> None:
 
 
 def test_unknown_architecture_lists_valid() -> None:
-    with pytest.raises(ValueError, match=r"'gated'.*\['standard'"):
-        build_sae("gated", d_in=D_IN, d_sae=D_SAE)
+    with pytest.raises(ValueError, match=r"'mystery'.*\['batchtopk', 'gated', 'jumprelu', "):
+        build_sae("mystery", d_in=D_IN, d_sae=D_SAE)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])

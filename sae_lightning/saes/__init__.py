@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from sae_lightning.saes.base import SAE, SAEOutput
+from sae_lightning.saes.batchtopk import BatchTopKSAE
+from sae_lightning.saes.gated import GatedSAE
 from sae_lightning.saes.geometric_median import geometric_median
+from sae_lightning.saes.jumprelu import JumpReLUSAE
 from sae_lightning.saes.relu import ReLUSAE
+from sae_lightning.saes.topk import TopKSAE
 
-ARCHITECTURES: dict[str, type[SAE]] = {cls.architecture: cls for cls in (ReLUSAE,)}
+ARCHITECTURES: dict[str, type[SAE]] = {
+    cls.architecture: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE)
+}
 """Architecture name (as written in SAELens' ``cfg.json``) -> SAE class."""
 
 
@@ -44,9 +50,13 @@ def build_sae(architecture: str, **kwargs: Any) -> SAE:
 
 __all__ = [
     "ARCHITECTURES",
+    "BatchTopKSAE",
+    "GatedSAE",
+    "JumpReLUSAE",
     "ReLUSAE",
     "SAE",
     "SAEOutput",
+    "TopKSAE",
     "build_sae",
     "geometric_median",
     "get_architecture",

@@ -26,6 +26,9 @@ class SAEOutput(NamedTuple):
     """The reconstruction of the input."""
     feature_acts: Float[Tensor, "*batch d_sae"]
     """The feature (latent) activations."""
+    pre_acts: Float[Tensor, "*batch d_sae"] | None = None
+    """Pre-activations, for the architectures whose loss needs them (JumpReLU's L0 and
+    Gated's gate terms); ``None`` otherwise."""
 
 
 class SAE(nn.Module, ABC):
@@ -44,6 +47,8 @@ class SAE(nn.Module, ABC):
     """
 
     architecture: ClassVar[str]
+    feature_params: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+    """Parameter name -> the dimension indexed by feature (resampling and Adam-state resets)."""
 
     def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = True) -> None:
         super().__init__()
@@ -80,6 +85,26 @@ class SAE(nn.Module, ABC):
                 f"{type(self).__name__} expects {dim}={expected}"
             )
 
+    def encode_pre(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        """Pre-activation ``(x - b_dec) @ W_enc + b_enc``, before the nonlinearity.
+
+        Raises:
+            ValueError: If ``x``'s last dimension is not ``d_in``.
+        """
+        self._check_width(x, "d_in", "input")
+        return x @ self.W_enc + self.encoder_bias()  # [*batch, d_sae]
+
+    def encoder_bias(self) -> Float[Tensor, " d_sae"]:
+        """``b_enc - b_dec @ W_enc`` (or ``b_enc``): the bias of ``x @ W_enc``.
+
+        (x - b_dec) @ W_enc is written this way so that b_dec's gradient is a vector-matrix
+        product: through x - b_dec, autograd would spend a full [batch, d_sae] x [d_sae, d_in]
+        matmul on the input gradient only to sum it over the batch.
+        """
+        if self.apply_b_dec_to_input:
+            return self.b_enc - self.b_dec @ self.W_enc  # [d_sae]
+        return self.b_enc
+
     @abstractmethod
     def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         """Feature activations of ``x``.
@@ -113,6 +138,45 @@ class SAE(nn.Module, ABC):
         """Encode then decode ``x``; ``encode`` validates the width."""
         feature_acts = self.encode(x)  # [*batch, d_sae]
         return SAEOutput(x_hat=self.decode(feature_acts), feature_acts=feature_acts)
+
+    def scale_features(
+        self, state: dict[str, Tensor], scale: Float[Tensor, " d_sae"]
+    ) -> dict[str, Tensor]:
+        """``state`` rewritten so that feature ``i`` is ``scale[i]`` times larger and the
+        reconstruction is unchanged (``W_dec_i /= scale_i``).
+
+        The default is right for encoders positively homogeneous per feature (ReLU):
+        ``W_enc[:, i]`` and ``b_enc_i`` are multiplied by ``scale_i``. ``scale`` must be > 0.
+        """
+        state = dict(state)
+        state["W_dec"] = state["W_dec"] / scale[:, None]  # [d_sae, d_in]
+        state["W_enc"] = state["W_enc"] * scale[None, :]  # [d_in, d_sae]
+        state["b_enc"] = state["b_enc"] * scale  # [d_sae]
+        return state
+
+    def for_export(self) -> SAE:
+        """The SAE to write for inference (BatchTopK exports itself as JumpReLU)."""
+        return self
+
+    @torch.no_grad()
+    def reinit_features(
+        self,
+        index: Int[Tensor, " n"],
+        directions: Float[Tensor, "n d_in"],
+        encoder_norm: float,
+    ) -> None:
+        """Re-initialise features ``index`` (dead-feature resampling, Anthropic 2023).
+
+        Decoder rows become the unit-norm ``directions``, encoder columns the same directions
+        scaled to ``encoder_norm``; every other per-feature parameter is reset to zero
+        (subclasses with parameters that must not be zero override this).
+        """
+        unit = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [n, d_in]
+        self.W_dec[index] = unit.to(self.W_dec.dtype)
+        self.W_enc[:, index] = (unit * encoder_norm).T.to(self.W_enc.dtype)
+        for name, dim in self.feature_params.items():
+            if name not in ("W_enc", "W_dec"):
+                getattr(self, name).index_fill_(dim, index, 0.0)
 
     def decoder_norms(self) -> Float[Tensor, " d_sae"]:
         """Euclidean norm of each decoder row (differentiable)."""

@@ -23,21 +23,6 @@ class ReLUSAE(SAE):
 
     architecture: ClassVar[str] = "standard"
 
-    def encode_pre(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
-        """Pre-activation ``(x - b_dec) @ W_enc + b_enc``, before the nonlinearity.
-
-        Raises:
-            ValueError: If ``x``'s last dimension is not ``d_in``.
-        """
-        self._check_width(x, "d_in", "input")
-        bias = self.b_enc  # [d_sae]
-        if self.apply_b_dec_to_input:
-            # (x - b_dec) @ W_enc, written so that b_dec's gradient is a vector-matrix product:
-            # through x - b_dec, autograd would spend a full [batch, d_sae] x [d_sae, d_in]
-            # matmul on the input gradient only to sum it over the batch
-            bias = bias - self.b_dec @ self.W_enc
-        return x @ self.W_enc + bias  # [*batch, d_sae]
-
     def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         """Feature activations ``relu(encode_pre(x))``.
 

@@ -1,0 +1,136 @@
+"""Sparse feature codes (CSR over ``[batch, d_sae]``) and the autograd functions that train
+TopK-style SAEs at O(k * d_in) per token past the dense encoder forward.
+
+Both functions compute exactly what the dense formulas compute; only the backward differs:
+
+- ``gather_pre``: ``pre[rows, cols]`` where ``pre = x @ W + bias`` was computed without
+  autograd. Backward: ``dW = x^T G`` with G the sparse ``[batch, d_sae]`` gradient (a sparse
+  matmul), ``dbias`` an index_add, instead of a dense ``[d_in, batch] x [batch, d_sae]``.
+- ``sparse_decode``: ``codes @ W_dec`` by ``embedding_bag`` over the active latents.
+  Backward: ``dW_dec = codes^T dY`` (sparse matmul) and ``dvalues`` a sampled dense-dense
+  matmul (SDDMM) on the code's pattern, instead of two dense matmuls.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from torch.autograd.function import FunctionCtx
+
+
+class SparseCodes(NamedTuple):
+    """Active latents of a batch in CSR order: row-major, columns ascending within a row."""
+
+    rows: Int[Tensor, " nnz"]
+    """Token (row) of each entry."""
+    cols: Int[Tensor, " nnz"]
+    """Latent (column) of each entry."""
+    crow: Int[Tensor, " batch_plus_1"]
+    """CSR row pointers: entries of row r are ``crow[r]:crow[r + 1]``."""
+    values: Float[Tensor, " nnz"]
+    """Activation of each entry (differentiable)."""
+    n_rows: int
+    """Number of tokens (rows)."""
+
+    def to_dense(self, d_sae: int) -> Float[Tensor, "batch d_sae"]:
+        """The dense ``[batch, d_sae]`` codes (differentiable through ``values``)."""
+        dense = self.values.new_zeros(self.n_rows, d_sae)
+        return dense.index_put((self.rows, self.cols), self.values)
+
+
+def codes_from_flat(flat: Int[Tensor, " nnz"], n_rows: int, d_sae: int) -> tuple[Tensor, ...]:
+    """``(rows, cols, crow)`` of flat indices ``row * d_sae + col`` (any order)."""
+    flat = flat.sort().values  # row-major: rows ascending, columns ascending within a row
+    rows, cols = flat // d_sae, flat % d_sae
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=flat.device)
+    crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
+    return rows, cols, crow
+
+
+def _feature_major(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """The sparse ``[d_sae, batch]`` COO matrix with ``values`` at ``(cols, rows)``."""
+    return torch.sparse_coo_tensor(torch.stack([cols, rows]), values, shape, check_invariants=False)
+
+
+class _GatherPre(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        pre: Tensor,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight, rows, cols)
+        return pre[rows, cols]
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor):  # type: ignore[override]
+        x, weight, rows, cols = ctx.saved_tensors
+        d_sae, n = weight.shape[1], x.shape[0]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:  # dx = G @ W^T, G sparse [batch, d_sae]
+            g_rows = _feature_major(cols, rows, grad, (n, d_sae))
+            grad_x = torch.sparse.mm(g_rows, weight.T)
+        if ctx.needs_input_grad[2]:  # dW^T = G^T @ x: [d_sae, batch] x [batch, d_in]
+            grad_w = torch.sparse.mm(_feature_major(rows, cols, grad, (d_sae, n)), x).T
+        if ctx.needs_input_grad[3]:
+            grad_b = grad.new_zeros(d_sae).index_add_(0, cols, grad)
+        return None, grad_x, grad_w, grad_b, None, None
+
+
+def gather_pre(
+    x: Float[Tensor, "batch d_in"],
+    weight: Float[Tensor, "d_in d_sae"],
+    bias: Float[Tensor, " d_sae"],
+    pre: Float[Tensor, "batch d_sae"],
+    rows: Int[Tensor, " nnz"],
+    cols: Int[Tensor, " nnz"],
+) -> Float[Tensor, " nnz"]:
+    """``(x @ weight + bias)[rows, cols]`` read from ``pre`` (that product, computed without
+    autograd), with a backward that only touches the selected entries."""
+    return _GatherPre.apply(pre, x, weight, bias, rows, cols)
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        values: Tensor,
+        weight: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        crow: Tensor,
+    ) -> Tensor:
+        ctx.save_for_backward(values, weight, rows, cols, crow)
+        return torch.nn.functional.embedding_bag(
+            cols, weight, crow[:-1], mode="sum", per_sample_weights=values
+        )
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor):  # type: ignore[override]
+        values, weight, rows, cols, crow = ctx.saved_tensors
+        n = crow.numel() - 1
+        grad_values = grad_w = None
+        if ctx.needs_input_grad[0]:  # dvalues[e] = grad[rows[e]] . W[cols[e]]  (SDDMM)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR is in beta"
+                pattern = torch.sparse_csr_tensor(
+                    crow, cols, torch.ones_like(values), (n, weight.shape[0])
+                )
+                grad_values = torch.sparse.sampled_addmm(pattern, grad, weight.T, beta=0.0).values()
+        if ctx.needs_input_grad[1]:  # dW = codes^T @ grad: [d_sae, batch] x [batch, d_in]
+            codes_t = _feature_major(rows, cols, values, (weight.shape[0], n))
+            grad_w = torch.sparse.mm(codes_t, grad)
+        return grad_values, grad_w, None, None, None
+
+
+def sparse_decode(codes: SparseCodes, weight: Float[Tensor, "d_sae d_in"]) -> Tensor:
+    """``codes.to_dense() @ weight`` over the active latents only (``[batch, d_in]``)."""
+    return _SparseDecode.apply(codes.values, weight, codes.rows, codes.cols, codes.crow)
