@@ -2,15 +2,18 @@
 
     python benchmarks/analysis_throughput.py [--tokens 200000 2000000] [--d-sae 4096]
         [--batch-size 16] [--device cpu|cuda] [--precision 32-true] [--sae PATH]
+        [--repeats N]    (best of N runs per mode: other load only ever slows a run down)
 
 For each token count it runs, each in a fresh process (so peak memory is that run's own),
 the bare pass (frozen forward to ``blocks.0.mlp.hook_post`` + SAE encode, through the same
 ``AnalysisModule`` and ``trainer.validate``, no criteria) and the full pass with every
 criterion of ``conf/criteria/`` except universality (it needs a second SAE). Reported:
 the seconds of setup before the first batch (the criteria's first pass over
-``proxy_contexts`` contexts), tokens/s of the streaming part, the seconds spent after it
-(criteria results, second passes such as ablations), tokens/s of the whole
-``trainer.validate`` (all three), and peak memory (process RSS; on CUDA also
+``proxy_contexts`` contexts), tokens/s of the streaming part (and "late/early": seconds
+per batch over its last tenth divided by its first tenth, ~1 when the per-batch cost does
+not grow with the tokens seen), the seconds spent after it (criteria results, second
+passes such as ablations), tokens/s of the whole ``trainer.validate`` (all three), and
+peak memory (process RSS; on CUDA also
 ``max_memory_allocated``). Memory that stays flat from 200k to 2M tokens is the point: the
 criteria keep top-k buffers, fixed-bin histograms and running sums, never all activations.
 
@@ -46,6 +49,7 @@ class PassTimer(L.Callback):
 
     def __init__(self) -> None:
         self.start = self.stream_end = self.end = 0.0
+        self.batch_ends: list[float] = []
 
     def _now(self, device: torch.device) -> float:
         if device.type == "cuda":
@@ -58,6 +62,18 @@ class PassTimer(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *a) -> None:
         self.stream_end = self._now(pl_module.device)
+        self.batch_ends.append(self.stream_end)
+
+    def late_over_early(self) -> float:
+        """Seconds per batch over the last tenth of the pass / over the first tenth (after the
+        first batch): above 1 would mean the per-batch cost grows with the tokens seen."""
+        ends = self.batch_ends
+        tenth = max(1, len(ends) // 10)
+        if len(ends) < 2 * tenth + 2:
+            return float("nan")
+        early = (ends[1 + tenth] - ends[1]) / tenth
+        late = (ends[-1] - ends[-1 - tenth]) / tenth
+        return late / early
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self.end = self._now(pl_module.device)
@@ -138,11 +154,16 @@ def worker(args: argparse.Namespace) -> dict:
         "stream_s": timer.stream_end - timer.start,
         "after_s": timer.end - timer.stream_end,
         "total_s": total,
+        "late_over_early": timer.late_over_early(),
         "rss_before_mb": rss_before,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cuda_peak_mb": cuda,
         "criteria": [c.name for c in criteria],
     }
+
+
+def _total(run: dict) -> float:
+    return run["total_s"]
 
 
 def spawn(args: argparse.Namespace, tokens: int, mode: str) -> dict:
@@ -168,6 +189,7 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--density", type=float, default=0.01)
     parser.add_argument("--sae", default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="best of this many runs per mode")
     parser.add_argument("--mode", choices=["bare", "full"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-tokens", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,24 +199,26 @@ def main() -> None:
         return
     print(f"device={args.device} precision={args.precision} d_sae={args.d_sae[0]} hook={HOOK}")
     print(f"full pass criteria: {', '.join(criteria_names())}")
-    head = ("mode", "tokens", "setup s", "stream tok/s", "after s", "total tok/s", "RSS MB")
+    head = ("mode", "tokens", "setup s", "stream tok/s", "late/early", "after s", "total tok/s")
     print(
-        "{:>5} {:>8} {:>8} {:>13} {:>8} {:>12} {:>8} {:>12} {:>13}".format(
-            *head, "peak RSS MB", "CUDA peak MB"
+        "{:>5} {:>8} {:>8} {:>13} {:>10} {:>8} {:>12} {:>8} {:>12} {:>13}".format(
+            *head, "RSS MB", "peak RSS MB", "CUDA peak MB"
         )
     )
     peaks = {}
     for tokens in args.tokens:
         stream, total = {}, {}
         for mode in ("bare", "full"):
-            r = spawn(args, tokens, mode)
+            # best of --repeats by total time: other work on the machine only slows a run down
+            r = min((spawn(args, tokens, mode) for _ in range(args.repeats)), key=_total)
             stream[mode] = r["tokens"] / r["stream_s"]
             total[mode] = r["tokens"] / r["total_s"]  # setup + stream + results, all of it
             peaks[mode, tokens] = r["peak_rss_mb"]
             cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
             print(
                 f"{mode:>5} {r['tokens']:>8} {r['setup_s']:>8.1f} {stream[mode]:>13.0f} "
-                f"{r['after_s']:>8.1f} {total[mode]:>12.0f} {r['rss_before_mb']:>8.0f} "
+                f"{r['late_over_early']:>10.2f} {r['after_s']:>8.1f} {total[mode]:>12.0f} "
+                f"{r['rss_before_mb']:>8.0f} "
                 f"{r['peak_rss_mb']:>12.0f} {cuda:>13}"
             )
         print(

@@ -212,4 +212,3 @@ def context_windows(
             strict=True,
         )
     }
-
