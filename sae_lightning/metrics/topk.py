@@ -24,8 +24,11 @@ _MAX_EXACT_ID = 2**53  # float64 represents every integer below this exactly
 
 
 def _select_topk(candidates: Float[Tensor, "f c 2"], k: int) -> Float[Tensor, "f k 2"]:
-    """Keep, per feature, the ``k`` candidate rows with the largest value, sorted descending."""
-    top = candidates[..., 0].topk(k, dim=1, largest=True, sorted=True).indices  # [f, k]
+    """Keep, per feature, the ``k`` candidate rows with the largest value, sorted descending;
+    equal values by the lower token id, so the result does not depend on batching or ranks."""
+    by_id = candidates[..., 1].argsort(dim=1, stable=True)  # [f, c]
+    candidates = candidates.gather(1, by_id.unsqueeze(-1).expand(-1, -1, 2))
+    top = candidates[..., 0].argsort(dim=1, descending=True, stable=True)[:, :k]  # [f, k]
     return candidates.gather(1, top.unsqueeze(-1).expand(-1, -1, 2))
 
 
@@ -100,7 +103,9 @@ class TopKActivations(Metric):
     Entries that were never filled (fewer than ``k`` tokens seen) hold value ``-inf`` and id
     ``-1``. All values are kept, zeros included: a feature that fired on 3 tokens still
     returns ``k`` entries, so filter ``values > 0`` when only firing examples are wanted.
-    Ties between equal values are broken arbitrarily.
+    Equal values are ordered by token id when states merge (batches, ranks); with
+    :meth:`update_entries` fed in token order the lowest ids win, however the tokens are
+    batched or sharded.
 
     Args:
         n_features: Number of features (columns of ``acts``).
