@@ -9,10 +9,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, InstantiationException
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sae_lightning.formats import load_saelens
-from sae_lightning.saes import ReLUSAE
+from sae_lightning.saes import ReLUSAE, build_sae
 from sae_lightning.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +167,52 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, small_corpus):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_batchtopk_run_normalised_resampled_exports_jumprelu(
+    tmp_path, small_corpus, embedded_model
+):
+    """sae=batchtopk brings its loss; activations normalised to a mean squared norm of 1024;
+    dead features resampled at step 10; the export is a JumpReLU SAE reading raw activations."""
+    from sae_lightning.analysis.loading import load_sae
+
+    out = tmp_path / "run"
+    cfg = make_cfg(
+        out,
+        small_corpus,
+        "sae=batchtopk",
+        "sae.k=8",
+        "module.activation_mean_sq_norm=1024",
+        "callbacks=resample",
+        "callbacks.dead_feature_resampler.resample_steps=[10]",
+        "callbacks.dead_feature_resampler.sample_tokens=1024",
+    )
+    assert cfg.loss._target_ == "sae_lightning.losses.TopKLoss"
+    metrics = train(cfg)
+    assert 0 < metrics["val/l0"] < 64 and metrics["val/loss_recovered"] > 0
+    state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    scale = float(state["state_dict"]["act_scale"])
+    assert 1.5 < scale < 3  # raw activations have a mean squared norm of about 250
+    exported, cfg_json = load_saelens(out / "sae")
+    assert cfg_json["architecture"] == "jumprelu" and cfg_json["normalize_activations"] == "none"
+    from_ckpt, _ = load_sae(out / "checkpoints" / "last.ckpt")
+    trained = build_sae("batchtopk", d_in=1024, d_sae=256, k=8).eval()
+    trained.load_state_dict(_ckpt_sae(out / "checkpoints" / "last.ckpt"))
+    datamodule = instantiate(cfg.data)
+    datamodule.set_model(embedded_model)
+    x = datamodule.sample_activations(256).float()  # raw activations of the model
+    with torch.no_grad():
+        # the module's codes of raw activations, in export units: unit-norm decoder rows
+        # after the 1 / scale of the output was folded in make the features 1 / scale larger
+        codes = trained.encode(x * scale) / scale
+        assert (codes > 0).sum() > 100
+        for sae in (exported, from_ckpt):
+            got = sae.encode(x)
+            # folding rounds the pre-activations by an ulp: one that sits on the threshold
+            # may flip (JumpReLU jumps there), nothing else moves
+            flipped = (got > 0) != (codes > 0)
+            assert flipped.float().mean() < 1e-3
+            torch.testing.assert_close(got[~flipped], codes[~flipped], atol=1e-5, rtol=1e-4)
+
+
 def test_bad_hook_name_is_one_clear_error(tmp_path, small_corpus):
     with pytest.raises(
         ValueError, match="'blocks.0.mlp.hook_pots' is not a hook point.*blocks.0.mlp.hook_post"
@@ -235,7 +282,7 @@ def test_three_job_sweep_writes_summary(tmp_path, small_corpus):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = (tmp_path / "sweep" / "summary.md").read_text().splitlines()
     assert len(summary) == 2 + 3 and "val/loss_recovered" in summary[0]
-    assert [row.split("|")[2].strip() for row in summary[2:]] == [
+    assert [row.split("|")[3].strip() for row in summary[2:]] == [
         "loss.l1_coeff=0.1",
         "loss.l1_coeff=5",
         "loss.l1_coeff=50",
@@ -245,6 +292,11 @@ def test_three_job_sweep_writes_summary(tmp_path, small_corpus):
     rows = list(csv.DictReader((tmp_path / "sweep" / "summary.csv").open()))
     l0 = [float(r["val/l0"]) for r in rows]
     assert l0[0] > l0[2]  # a larger L1 coefficient gives a sparser code
+    assert {r["architecture"] for r in rows} == {"standard"}
+    frontier = (tmp_path / "sweep" / "frontier.md").read_text().splitlines()
+    assert len(frontier) == 2 + 3 and "yes" in frontier[2]  # the sparsest run is on it
+    assert (tmp_path / "sweep" / "frontier.html").is_file()
+    assert (tmp_path / "sweep" / "plotly.min.js").is_file()
 
 
 class _Payload:
