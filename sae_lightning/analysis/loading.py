@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sae_lightning.data.activations import capture_activations, validate_hook
-from sae_lightning.formats import CFG_FILE, WEIGHTS_FILE, load_saelens
+from sae_lightning.formats import CFG_FILE, WEIGHTS_FILE, load_saelens, to_inference_sae
 from sae_lightning.saes import SAE, ReLUSAE, build_sae
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ def _from_ckpt(path: Path) -> tuple[SAE, dict[str, Any]]:
         raise ValueError(
             f"{path}: its sae.* tensors do not fit sae_config {config}: {err}"
         ) from None
+    scale = float(ckpt["state_dict"].get("act_scale", 1.0))  # trained on normalised acts
+    sae = to_inference_sae(sae, scale) if scale != 1.0 else sae
     return sae.eval(), {"source": str(path), **_ckpt_metadata(path, ckpt)}
 
 
