@@ -188,11 +188,17 @@ class SAEModule(L.LightningModule):
         out[:, 1:] = values.reshape(acts.shape[0], acts.shape[1] - 1, acts.shape[2])
         return out
 
-    def validation_step(self, batch: list[Int[Tensor, "b n_ctx"]], batch_idx: int) -> None:
+    def validation_step(
+        self, batch: list[Int[Tensor, "b n_ctx"]] | Float[Tensor, "b d_in"], batch_idx: int
+    ) -> None:
         if self.frozen is None:
-            raise RuntimeError(
-                "SAEModule has no frozen model: call set_model(model, hook_name) first"
-            )
+            if not (isinstance(batch, Tensor) and batch.is_floating_point()):
+                raise RuntimeError(
+                    "SAEModule has no frozen model: call set_model(model, hook_name) first, "
+                    "or validate on activation batches [b, d_in] (model-free data)"
+                )
+            self._validate_activations(batch)
+            return
         tokens = batch[0]
         logits_clean, cache = self.frozen.run_with_cache(tokens, names_filter=self.hook_name)
         acts = cache[self.hook_name].float()  # [b, pos, d_in]
@@ -210,10 +216,20 @@ class SAEModule(L.LightningModule):
         _, ce_zero, _ = per_token_ce_and_kl(logits_clean, logits_zero, tokens)
         self.val_downstream.update(ce_clean, ce_sae, ce_zero, kl)
 
+    def _validate_activations(self, x: Float[Tensor, "b d_in"]) -> None:
+        """Reconstruction metrics only: model-free data (synthetic) has no logits to splice."""
+        x = x.float() * self.act_scale
+        out = self.sae(x)
+        lo = self.loss_fn(x, out, self.sae, self.global_step)
+        self._update_recon("val", x, out, lo)
+        self.val_density.update(out.feature_acts)
+        self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(x))
+
     def on_validation_epoch_end(self) -> None:
-        for key, value in self.val_downstream.compute().items():
-            self.log(f"val/{key}", value, prog_bar=key == "loss_recovered", sync_dist=False)
-        self.val_downstream.reset()
+        if self.frozen is not None:
+            for key, value in self.val_downstream.compute().items():
+                self.log(f"val/{key}", value, prog_bar=key == "loss_recovered", sync_dist=False)
+            self.val_downstream.reset()
         self._log_density("val", self.val_density)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -17,6 +17,9 @@ from sae_lightning.sweep import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
+SYNTHETIC = "synthetic"
+"""The model name an SAE trained on model-free (synthetic) activations records."""
+
 
 def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` node of a dict of named nodes (callbacks, loggers)."""
@@ -47,15 +50,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train an SAE as configured; returns the final validation metrics."""
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
-    model = instantiate(cfg.model)
-    model_name = exported_model_name(model)
     datamodule = instantiate(cfg.data)
-    datamodule.set_model(model)
+    model = None if datamodule.model_free else instantiate(cfg.model)  # synthetic: no model
+    model_name = SYNTHETIC if model is None else exported_model_name(model)
+    if model is not None:
+        datamodule.set_model(model)
     d_in = datamodule.d_in()
     sae = build_sae(cfg, d_in, cfg.hook_name)
     # objects go in through a partial: instantiate() would turn a dataclass kwarg into a config
     module = instantiate(cfg.module, _partial_=True)(sae=sae, loss=instantiate(cfg.loss))
-    module.set_model(model, cfg.hook_name, datamodule.drop_bos)
+    if model is not None:
+        module.set_model(model, cfg.hook_name, datamodule.drop_bos)
+    else:
+        datamodule.dictionary.save(out)  # the ground truth beside the SAE it should match
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")), logger=loggers or False
@@ -89,7 +96,7 @@ def _finish(
         metadata = {
             "model_name": model_name,
             "hook_name": cfg.hook_name,
-            "context_size": int(cfg.data.get("n_ctx") or model.cfg.n_ctx),
+            "context_size": 1 if model is None else int(cfg.data.get("n_ctx") or model.cfg.n_ctx),
             "prepend_bos": True,
         }
         scale = float(module.act_scale)

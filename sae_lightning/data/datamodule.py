@@ -37,6 +37,9 @@ class ActivationDataModule(L.LightningDataModule):
         seed: seeds context order and buffer shuffles.
     """
 
+    model_free = False
+    """Activations come from a frozen model (``train`` loads it and calls :meth:`set_model`)."""
+
     def __init__(
         self,
         source,

@@ -148,9 +148,11 @@ class SyntheticDataModule(L.LightningDataModule):
             )
         self.dictionary, self.batch_size = dictionary, batch_size
         self.val_samples, self.seed = val_samples, seed
-        self.model = None  # no frozen transformer behind these activations
 
-    @property
+    model_free = True
+    """No frozen transformer behind these activations: training validates on activations."""
+    drop_bos = False
+
     def d_in(self) -> int:
         return self.dictionary.d_in
 
