@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sae_lightning.metrics.sparse import transpose_matmul
+from sae_lightning.metrics.sparse import nonzero_entries, transpose_matmul
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,6 @@ def firing_entries(acts: Float[Tensor, "n n_features"]) -> FiringEntries:
     """
     if acts.ndim != 2:
         raise ValueError(f"acts must be [n, n_features], got {list(acts.shape)}")
-    acts = acts.detach()
-    index = (acts > 0).nonzero()  # [nnz, 2], sorted by row
-    order = torch.sort(index[:, 1], stable=True).indices
-    rows, cols = index[order, 0], index[order, 1]
-    return FiringEntries(rows, cols, acts[rows, cols], acts.shape[0], acts.shape[1])
+    rows, cols, values = nonzero_entries(acts)  # sorted by row
+    order = torch.sort(cols, stable=True).indices
+    return FiringEntries(rows[order], cols[order], values[order], acts.shape[0], acts.shape[1])

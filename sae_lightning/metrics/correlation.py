@@ -11,7 +11,12 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 
-from sae_lightning.metrics.sparse import counts_as_update, segment_sum, transpose_matmul
+from sae_lightning.metrics.sparse import (
+    counts_as_update,
+    nonzero_entries,
+    segment_sum,
+    transpose_matmul,
+)
 
 # A column whose centred sum of squares is below this fraction of its raw sum of squares is
 # treated as constant: the raw-moment formula leaves ~1e-16 relative round-off there.
@@ -200,9 +205,7 @@ class FiringCounts(Metric):
                 f"tokens must be integer ids of shape [{acts.shape[0]}], "
                 f"got {tokens.dtype} {list(tokens.shape)}"
             )
-        fired = (acts.detach() > 0).nonzero()  # [nnz, 2]
-        rows, cols = fired[:, 0], fired[:, 1]
-        self.update_entries(rows, cols, acts[rows, cols], tokens)
+        self.update_entries(*nonzero_entries(acts), tokens)
 
     @counts_as_update
     def update_entries(

@@ -13,7 +13,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 
-from sae_lightning.metrics.sparse import counts_as_update
+from sae_lightning.metrics.sparse import check_entries, counts_as_update, nonzero_entries
 
 
 def _check_edges(bins: Tensor) -> Float[Tensor, " e"]:
@@ -30,9 +30,8 @@ def _histogram_update(
     acts: Float[Tensor, "n f"], proxy: Bool[Tensor, "n f"], edges: Float[Tensor, " e"]
 ) -> tuple[Int[Tensor, "f b"], Int[Tensor, "f b"]]:
     """Batch counts (proxy-positive, proxy-negative) of nonzero activations per feature/bin."""
-    fired = (acts.detach() > 0).nonzero()  # [nnz, 2]
-    rows, cols = fired[:, 0], fired[:, 1]
-    return _histogram_entries(acts[rows, cols], cols, proxy[rows, cols], edges, acts.shape[1])
+    rows, cols, values = nonzero_entries(acts)
+    return _histogram_entries(values, cols, proxy[rows, cols], edges, acts.shape[1])
 
 
 def _histogram_entries(
@@ -119,11 +118,7 @@ class ProxyHistogram(Metric):
     ) -> None:
         """Add sparse entries: activation ``values[i] > 0`` of feature ``cols[i]``, and
         whether its token satisfies that feature's proxy (entries ``<= 0`` are skipped)."""
-        if not values.shape == cols.shape == proxy.shape or values.ndim != 1:
-            raise ValueError(
-                "values, cols and proxy must be 1-D of one length, got "
-                f"{list(values.shape)}, {list(cols.shape)}, {list(proxy.shape)}"
-            )
+        check_entries(values=values, cols=cols, proxy=proxy)
         fired = values > 0
         pos, neg = _histogram_entries(
             values[fired], cols[fired], proxy[fired], self.bins.to(values.device), self.n_features

@@ -36,6 +36,22 @@ def counts_as_update(method: _F) -> _F:
     return wrapped  # type: ignore[return-value]
 
 
+def nonzero_entries(
+    acts: Float[Tensor, "n f"],
+) -> tuple[Int[Tensor, " m"], Int[Tensor, " m"], Float[Tensor, " m"]]:
+    """``(rows, cols, values)`` of the entries of ``acts`` that are ``> 0``, sorted by row."""
+    rows, cols = (acts.detach() > 0).nonzero(as_tuple=True)
+    return rows, cols, acts.detach()[rows, cols]
+
+
+def check_entries(**arrays: Tensor) -> None:
+    """Raise unless every named tensor is 1-D and all have one length (naming them)."""
+    shapes = [tuple(a.shape) for a in arrays.values()]
+    if any(len(s) != 1 for s in shapes) or len(set(shapes)) != 1:
+        names = ", ".join(arrays)
+        raise ValueError(f"{names} must be 1-D of one length, got {[list(s) for s in shapes]}")
+
+
 def segment_rank(cols: Int[Tensor, " m"], n_segments: int) -> Int[Tensor, " m"]:
     """Position of each entry within its run of equal ``cols`` (``cols`` must be sorted)."""
     counts = torch.bincount(cols, minlength=n_segments)

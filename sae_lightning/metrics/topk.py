@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 
-from sae_lightning.metrics.sparse import counts_as_update, segment_rank
+from sae_lightning.metrics.sparse import check_entries, counts_as_update, segment_rank
 
 _MAX_EXACT_ID = 2**53  # float64 represents every integer below this exactly
 
@@ -169,11 +169,7 @@ class TopKActivations(Metric):
         result equals :meth:`update` on the dense matrix wherever the top-k values are
         ``> 0``; slots no entry filled stay ``(-inf, -1)``.
         """
-        if not values.shape == cols.shape == token_index.shape or values.ndim != 1:
-            raise ValueError(
-                "values, cols and token_index must be 1-D of one length, got "
-                f"{list(values.shape)}, {list(cols.shape)}, {list(token_index.shape)}"
-            )
+        check_entries(values=values, cols=cols, token_index=token_index)
         if cols.numel():
             lo, hi = (int(v) for v in torch.aminmax(cols))
             if lo < 0 or hi >= self.n_features:
