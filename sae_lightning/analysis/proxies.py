@@ -20,6 +20,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from sae_lightning.metrics.sparse import segment_rank
+
 # Unicode script names that are not the first word of their characters' names.
 _SCRIPT_ALIASES = {"HAN": "CJK"}
 
@@ -241,9 +243,7 @@ def auto_proxies(
     order = torch.sort(mass[rows, ids], descending=True, stable=True).indices
     order = order[torch.sort(rows[order], stable=True).indices]
     rows, ids = rows[order], ids[order]
-    counts = torch.bincount(rows, minlength=mass.shape[0])
-    rank = torch.arange(rows.numel()) - (counts.cumsum(0) - counts)[rows]
-    keep = rank < needed[rows]
+    keep = segment_rank(rows, mass.shape[0]) < needed[rows]
     per_row: list[list[int]] = [[] for _ in range(mass.shape[0])]
     for row, token in zip(rows[keep].tolist(), ids[keep].tolist(), strict=True):
         per_row[row].append(token)
