@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install browser demo test test-slow lint
+.PHONY: install browser demo replicate test test-slow lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ browser:
 
 demo: install
 	$(BIN)/python train.py
+
+# The Towards Monosemanticity replication (~35 min on 2 CPU cores): two seeds, the analysis,
+# and the report, copied to docs/replication/
+replicate: install
+	$(BIN)/python train.py -m experiment=replicate_monosemanticity \
+		replication.publish_dir=docs/replication
 
 test: install browser
 	$(BIN)/ruff check .

@@ -1,0 +1,39 @@
+"""The Hydra callback that turns a two-seed training sweep into the replication report."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+class Replication(Callback):
+    """At the end of ``python train.py -m experiment=replicate_monosemanticity``: analyse the
+    two runs and write ``<sweep>/replication/`` (see :func:`sae_lightning.replication.replicate`).
+
+    Its settings are the config's ``replication`` node, so they can be overridden on the
+    command line (``replication.publish_dir=docs/replication``).
+    """
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        log.warning(
+            "experiment=replicate_monosemanticity trains two seeds and needs multirun: "
+            "python train.py -m experiment=replicate_monosemanticity (this single run trained "
+            "seed %s only; no replication report was written)",
+            config.get("seed"),
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from sae_lightning.replication.run import replicate
+
+        settings = config.replication
+        with open_dict(settings):
+            settings.command = settings.get("command") or " ".join(
+                ["python", *[a for a in sys.argv if a]]
+            )
+        replicate(config.hydra.sweep.dir, settings, config.data.get("source"))

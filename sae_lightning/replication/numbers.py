@@ -1,0 +1,167 @@
+"""The replication's numbers, gathered from the runs and the analysis reports (``numbers.json``).
+
+Everything the markdown report shows comes from :func:`collect`, so the report can be
+re-rendered, compared between runs, or checked by a test without re-running anything.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from sae_lightning.replication.concepts import Pick
+from sae_lightning.replication.density import densities, density_summary
+
+TRAIN_METRICS = (
+    "val/loss_recovered",
+    "val/l0",
+    "val/explained_variance",
+    "val/dead_fraction",
+    "val/ce_loss_clean",
+    "val/ce_loss_sae",
+    "val/ce_loss_zero_ablation",
+)
+UNIVERSAL = 0.7  # a best-match activation correlation at or above this counts as "found again"
+
+
+def run_numbers(run: Path) -> dict[str, Any]:
+    """A training run's settings, final validation metrics and wall time."""
+    import json
+
+    record = json.loads((run / "metrics.json").read_text())
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra").is_dir() else None
+
+    def setting(key: str) -> Any:
+        if cfg is None:
+            return None
+        return OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+
+    started = run / ".hydra" / "config.yaml"
+    seconds = (run / "metrics.json").stat().st_mtime - started.stat().st_mtime
+    return {
+        "job": run.name,
+        "seed": setting("seed"),
+        "d_sae": setting("sae.d_sae"),
+        "l1_coeff": setting("loss.l1_coeff"),
+        "steps": setting("trainer.max_steps"),
+        "batch_size": setting("data.batch_size"),
+        "train_minutes": round(seconds / 60, 1) if started.is_file() else None,
+        "metrics": {k: record["metrics"].get(k) for k in TRAIN_METRICS},
+    }
+
+
+def population(report: dict[str, Any]) -> dict[str, Any]:
+    """Pass rates of each criterion and the universality statistics over the live features."""
+    out: dict[str, Any] = {
+        name: summary.get("pass_rate")
+        for name, summary in report.get("criteria", {}).items()
+        if "pass_rate" in summary
+    }
+    best, neuron = [], []
+    for entry in report["features"].values():
+        u = entry.get("universality") or {}
+        if u.get("activation_corr") is not None and u.get("verdict") is not None:
+            best.append(float(u["activation_corr"]))
+            if u.get("neuron_corr") is not None:
+                neuron.append(float(u["neuron_corr"]))
+    out["n_compared"] = len(best)
+    out["median_best_match_corr"] = statistics.median(best) if best else None
+    out["median_neuron_corr"] = statistics.median(neuron) if neuron else None
+    universal = sum(b >= UNIVERSAL for b in best)
+    out["share_best_match_universal"] = universal / len(best) if best else None
+    return out
+
+
+def _condition(proxy: str | None) -> str:
+    """The context condition of an automatic proxy's description (after its token set)."""
+    if not proxy or not proxy.startswith("tokens {"):
+        return ""
+    return proxy[proxy.rfind("}") + 1 :].lstrip(", ")
+
+
+def feature_numbers(report: dict[str, Any], feature: int) -> dict[str, Any]:
+    """One feature's headline numbers from a report (missing criteria give None)."""
+    entry = report["features"][str(feature)]
+    spec = entry.get("specificity") or {}
+    sens = entry.get("sensitivity") or {}
+    down = entry.get("downstream") or {}
+    neuron = entry.get("not_a_neuron") or {}
+    uni = entry.get("universality") or {}
+    return {
+        "feature": feature,
+        "density": (entry.get("top_activations") or {}).get("density"),
+        "proxy": spec.get("proxy"),
+        "proxy_tokens": list(spec.get("proxy_tokens") or []),
+        "proxy_condition": _condition(spec.get("proxy")),
+        "specificity": spec.get("specificity"),
+        "n_above_threshold": spec.get("n_above_threshold"),
+        "sensitivity": sens.get("sensitivity"),
+        "n_proxy_fired": sens.get("n_proxy_fired"),
+        "n_proxy_tokens": sens.get("n_proxy_tokens"),
+        "max_neuron_corr": neuron.get("max_neuron_corr"),
+        "neuron": neuron.get("neuron"),
+        "top_logits": list(down.get("top_tokens") or [])[:8],
+        "ablation_delta_logprob": down.get("ablation_delta_logprob"),
+        "best_match": uni.get("best_match"),
+        "activation_corr": uni.get("activation_corr"),
+        "logit_weight_corr": uni.get("logit_weight_corr"),
+        "verdicts": {
+            name: result.get("verdict")
+            for name, result in entry.items()
+            if isinstance(result, dict) and "verdict" in result
+        },
+    }
+
+
+def concept_numbers(
+    picks: list[dict[str, Pick | None]], reports: list[dict[str, Any]], focus: dict | None
+) -> dict[str, Any]:
+    """Per concept: run A's feature (numbers from the focused pass when it has them, which
+    include ablations), run B's own pick, and whether B's pick is A's best match."""
+    out = {}
+    for name, pick in picks[0].items():
+        if pick is None:
+            out[name] = {"a": None, "b": None, "b_is_best_match": None}
+            continue
+        source = focus if focus and str(pick.feature) in focus["features"] else reports[0]
+        a = {**feature_numbers(source, pick.feature), "score": pick.score}
+        a["n_candidates"], a["runner_up"] = pick.n_candidates, pick.runner_up
+        other = picks[1].get(name)
+        b = None if other is None else {**feature_numbers(reports[1], other.feature)}
+        same = None if b is None else b["feature"] == a["best_match"]
+        out[name] = {"a": a, "b": b, "b_is_best_match": same}
+    return out
+
+
+def collect(
+    runs: list[Path],
+    reports: list[dict[str, Any]],
+    picks: list[dict[str, Pick | None]],
+    concepts: dict[str, Any],
+    focus: dict[str, Any] | None = None,
+    analysis_seconds: list[float] | None = None,
+) -> dict[str, Any]:
+    """Everything the report shows, for runs A and B (in that order)."""
+    meta = reports[0]["metadata"]
+    return {
+        "model": meta.get("model_name"),
+        "hook": meta.get("hook_name"),
+        "analysis": {
+            "n_tokens": meta.get("n_tokens"),
+            "split": "val",
+            "seconds": [round(s, 1) for s in analysis_seconds or []],
+        },
+        "runs": [run_numbers(r) for r in runs],
+        "density": [
+            density_summary(densities(r["features"]), int(r["metadata"]["n_tokens"]))
+            for r in reports
+        ],
+        "population": [population(r) for r in reports],
+        "concepts": {
+            name: {"tokens": list(concepts[name]["tokens"]), **numbers}
+            for name, numbers in concept_numbers(picks, reports, focus).items()
+        },
+    }

@@ -1,0 +1,153 @@
+"""``replicate(sweep_dir, settings)``: the analysis half of the replication.
+
+Given a finished sweep of two SAE runs (seeds) on the same model and data, it runs
+``analyze(cfg)`` three times, in process, on the held-out split of the training corpus:
+
+1. every feature of run A with every criterion and universality against run B
+   (population statistics, the density histogram, the concept features of A);
+2. the same for B against A (B's own concept features, and the symmetric statistics);
+3. only A's concept features, with dashboards and a prompt-centric page (these pages are
+   the ones the published report links to; every number on them equals pass 1's).
+
+Then :mod:`sae_lightning.replication.report` writes ``<sweep>/replication/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sae_lightning.analysis.run import REPORT_FILE, analyze
+from sae_lightning.replication.concepts import concept_tokens, select_concept
+from sae_lightning.replication.report import write_report
+from sae_lightning.report import load_report
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+RUN_FILES = ("metrics.json", "sae/cfg.json")
+
+
+def find_runs(sweep_dir: str | Path) -> list[Path]:
+    """The sweep's finished job folders (those with metrics.json and an exported SAE), in
+    job order; at least two are required."""
+    sweep = Path(sweep_dir)
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()] if sweep.is_dir() else []
+    done = sorted((p for p in jobs if all((p / f).is_file() for f in RUN_FILES)), key=_job_number)
+    if len(done) < 2:
+        raise ValueError(
+            f"the replication needs two finished runs (job folders with {' and '.join(RUN_FILES)})"
+            f" under {sweep}, found {[p.name for p in done]}: run "
+            "'python train.py -m experiment=replicate_monosemanticity' (note the -m)"
+        )
+    return done
+
+
+def _job_number(path: Path) -> int:
+    return int(path.name)
+
+
+def publish(report: Path, target: Path) -> None:
+    """Replace ``target`` by a copy of the report folder (only an earlier report is replaced)."""
+    if target.exists() and any(target.iterdir()) and not (target / "numbers.json").is_file():
+        raise ValueError(
+            f"replication.publish_dir={target} exists and is not an earlier replication report "
+            "(no numbers.json): give a new or empty folder, e.g. docs/replication"
+        )
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(report, target)
+    log.info("replication report published to %s", target)
+
+
+def compose_analysis(criteria: list[str]) -> DictConfig:
+    """``conf/analyze.yaml`` with these criteria (inside a running Hydra app or standalone)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"criteria=[{','.join(criteria)}]"]
+    if GlobalHydra.instance().is_initialized():
+        return compose("analyze", overrides=overrides)
+    if not (CONF_DIR / "analyze.yaml").is_file():
+        raise FileNotFoundError(f"no analyze.yaml in {CONF_DIR}: run from a source checkout")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("analyze", overrides=overrides)
+
+
+def analysis_config(
+    settings: DictConfig, source: DictConfig | None, out: Path, **values: Any
+) -> DictConfig:
+    """An analysis config: the settings' criteria and overrides, then ``values`` set on it."""
+    cfg = compose_analysis(list(settings.criteria))
+    with open_dict(cfg):
+        if source is not None:  # the training corpus, so that the val split is held out
+            cfg.data.source = OmegaConf.create(OmegaConf.to_container(source, resolve=True))
+        if settings.get("analysis"):  # nested analyze.yaml keys, e.g. {criteria: {...}}
+            cfg.merge_with(settings.analysis)
+        for key, value in {**values, "report_dir": str(out), "paths.output_dir": str(out)}.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+def _analyse(settings, source, out: Path, **values: Any) -> tuple[dict[str, Any], float]:
+    start = time.perf_counter()
+    analyze(analysis_config(settings, source, out, **values))
+    return load_report(out / REPORT_FILE), time.perf_counter() - start
+
+
+def replicate(sweep_dir: str | Path, settings: DictConfig, source: DictConfig | None) -> Path:
+    """Analyse the sweep's first two runs and write ``<sweep>/replication/``; returns it.
+
+    Args:
+        sweep_dir: The multirun folder of ``python train.py -m experiment=...``.
+        settings: The ``replication`` node of the experiment (criteria, concepts, prompt, ...).
+        source: The training runs' ``data.source`` (the analysis reads its val split).
+    """
+    sweep = Path(sweep_dir)
+    run_a, run_b = find_runs(sweep)[:2]
+    concepts = {name: concept_tokens(spec) for name, spec in settings.concepts.items()}
+    base = {"features": "all", "tokens": settings.tokens, "dashboards": False}
+    log.info("replication: analysing every feature of %s against %s", run_a, run_b)
+    full_a, secs_a = _analyse(
+        settings, source, sweep / "analysis" / "a", sae_path=str(run_a / "sae"),
+        compare_with=str(run_b / "sae"), **base,
+    )  # fmt: skip
+    log.info("replication: analysing every feature of %s against %s", run_b, run_a)
+    full_b, secs_b = _analyse(
+        settings, source, sweep / "analysis" / "b", sae_path=str(run_b / "sae"),
+        compare_with=str(run_a / "sae"), **base,
+    )  # fmt: skip
+    picks_a = {name: select_concept(full_a["features"], t) for name, t in concepts.items()}
+    picks_b = {name: select_concept(full_b["features"], t) for name, t in concepts.items()}
+    chosen = sorted({p.feature for p in picks_a.values() if p is not None})
+    focus_dir = sweep / "analysis" / "focus"
+    if chosen:
+        log.info("replication: dashboards of run A's concept features %s", chosen)
+        _analyse(
+            settings, source, focus_dir, sae_path=str(run_a / "sae"),
+            compare_with=str(run_b / "sae"), features=chosen, tokens=settings.tokens,
+            dashboards=True, prompt=settings.get("prompt"),
+        )  # fmt: skip
+    out = sweep / "replication"
+    if out.exists():
+        shutil.rmtree(out)
+    if chosen:
+        shutil.copytree(focus_dir / "report", out / "dashboards")
+    write_report(
+        out,
+        runs=[run_a, run_b],
+        reports=[full_a, full_b],
+        picks=[picks_a, picks_b],
+        concepts={name: dict(spec) for name, spec in settings.concepts.items()},
+        analysis_seconds=[secs_a, secs_b],
+        command=settings.get("command") or "",
+    )
+    if settings.get("publish_dir"):
+        publish(out, Path(settings.publish_dir))
+    log.info("replication report: %s", out / "README.md")
+    return out
