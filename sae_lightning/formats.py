@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from sae_lightning.saes import SAE, get_architecture
+from sae_lightning.saes import SAE, get_architecture, load_assigned
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -91,8 +91,7 @@ def to_inference_sae(sae: SAE, activation_scale: float = 1.0) -> SAE:
     target, state = exported(sae, activation_scale)
     with torch.device("meta"):
         fresh = type(target)(**_constructor_args(type(target), target.config(), Path("?")))
-    fresh.load_state_dict(state, assign=True)
-    return fresh.eval()
+    return load_assigned(fresh, state).eval()
 
 
 def save_saelens(
@@ -245,5 +244,5 @@ def load_saelens(folder: str | Path) -> tuple[SAE, dict[str, Any]]:
     state = _read_weights(folder / WEIGHTS_FILE)
     _check_state(state, sae.state_dict(), folder / WEIGHTS_FILE, cfg)
     dtype = DTYPES[str(cfg.get("dtype", "float32")).removeprefix("torch.")]
-    sae.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    load_assigned(sae, {k: v.to(dtype) for k, v in state.items()})
     return sae.eval(), cfg

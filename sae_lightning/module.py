@@ -232,9 +232,24 @@ class SAEModule(L.LightningModule):
             self.val_downstream.reset()
         self._log_density("val", self.val_density)
 
+    def _training_buffers(self) -> dict[str, Tensor]:
+        """The SAE's buffers outside its state dict (training state such as TopK's
+        ``tokens_since_fired``): never exported, but saved and restored with a checkpoint."""
+        exported = self.sae.state_dict()
+        return {n: b for n, b in self.sae.named_buffers() if n not in exported}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # lets a .ckpt be turned back into an SAE without the Hydra config that made it
         checkpoint["sae_config"] = self.sae.config()
+        checkpoint["sae_training_buffers"] = {
+            n: b.detach().cpu().clone() for n, b in self._training_buffers().items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("sae_training_buffers") or {}
+        for name, buffer in self._training_buffers().items():
+            if name in saved:  # older checkpoints lack them: the counters restart
+                buffer.copy_(saved[name].to(buffer.device))
 
     def configure_optimizers(self) -> dict:
         opt = self.optimizer_factory(self.sae.parameters())

@@ -196,3 +196,26 @@ def test_activation_normalisation_reaches_the_target_and_is_used() -> None:
     assert module.act_scale.item() < 0.5  # the raw activations were much larger
     with pytest.raises(ValueError, match="activation_mean_sq_norm must be > 0 or null, got -1"):
         SAEModule(ReLUSAE(D_IN, 32), L1Loss(0.01), adam, activation_mean_sq_norm=-1.0)
+
+
+def test_topk_firing_counters_survive_a_checkpoint_but_not_the_export(tmp_path):
+    from sae_lightning.formats import load_saelens, save_saelens
+
+    def module():
+        return SAEModule(TopKSAE(D_IN, 32, k=4), TopKLoss(), adam)
+
+    trained = module().train()
+    trained.sae(torch.randn(3, D_IN, generator=torch.Generator().manual_seed(0)))
+    counters = trained.sae.tokens_since_fired.clone()
+    assert counters.max() == 3 and counters.min() == 0  # <= 12 of 32 fired
+    checkpoint: dict = {}
+    trained.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "c.ckpt")
+    resumed = module()
+    resumed.on_load_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=True))
+    assert torch.equal(resumed.sae.tokens_since_fired, counters)
+    assert "tokens_since_fired" not in trained.sae.state_dict()
+    meta = {"model_name": "m", "hook_name": "h", "context_size": 8, "prepend_bos": True}
+    folder = save_saelens(trained.sae, tmp_path / "sae", meta)
+    loaded = load_saelens(folder)[0].to("cpu")  # its counters are real zeros, not meta tensors
+    assert loaded.tokens_since_fired.eq(0).all() and not loaded.tokens_since_fired.is_meta

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sae_lightning.data.activations import capture_activations, validate_hook
 from sae_lightning.formats import CFG_FILE, WEIGHTS_FILE, load_saelens, to_inference_sae
-from sae_lightning.saes import SAE, ReLUSAE, build_sae
+from sae_lightning.saes import SAE, ReLUSAE, build_sae, load_assigned
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _from_ckpt(path: Path) -> tuple[SAE, dict[str, Any]]:
     try:
         with torch.device("meta"):  # no allocation, no draw from the global RNG
             sae = build_sae(config.pop("architecture", "standard"), **config)
-        sae.load_state_dict(state, assign=True)
+        load_assigned(sae, state)
     except (RuntimeError, TypeError) as err:
         raise ValueError(
             f"{path}: its sae.* tensors do not fit sae_config {config}: {err}"
@@ -157,7 +157,7 @@ def _from_neel(path: Path) -> tuple[SAE, dict[str, Any]]:
     dtype = NEEL_DTYPES.get(cfg.get("enc_dtype", "fp32"), torch.float32)
     with torch.device("meta"):
         sae = ReLUSAE(d_in, d_sae, apply_b_dec_to_input=True)
-    sae.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    load_assigned(sae, {k: v.to(dtype) for k, v in state.items()})
     metadata = {
         "source": str(path),
         "model_name": cfg.get("model_name", "gelu-1l"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from typing import Any
 
 import torch
@@ -48,7 +49,7 @@ def density_summary(values: list[float], n_tokens: int) -> dict[str, Any]:
         "below_1e-5": round(float(ultralow_fraction(d, 1e-5)) * n),
         "below_1e-4": round(float(ultralow_fraction(d, 1e-4)) * n),
         "above_1e-2": int((d > 1e-2).sum()),
-        "median_live_log10": float(live.median()) if len(live) else None,
+        "median_live_log10": statistics.median(live.tolist()) if len(live) else None,
         "histogram": {"edges": edges, "counts": counts or [0] * n_bins},
     }
 

@@ -37,6 +37,8 @@ DIFFERENCES = [
     "(the tokens carrying the feature's top activation mass, refined by the next token). A "
     "concept's feature is the one whose automatic proxy contains the concept's token with the "
     "largest specificity × sensitivity (`sae_lightning/replication/concepts.py`).",
+    "- **Populations.** Medians and pass rates are over the features that fired (and so could be "
+    "judged) on the held-out tokens; the paper leaves out its dead and ultralow-density features.",
     "- **Loss recovered** is measured on the validation contexts of training "
     "(`data.val_contexts`), against zero-ablating the MLP, as in the paper.",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sae_lightning.saes.base import SAE, SAEOutput
+from sae_lightning.saes.base import SAE, SAEOutput, load_assigned
 from sae_lightning.saes.batchtopk import BatchTopKSAE
 from sae_lightning.saes.gated import GatedSAE
 from sae_lightning.saes.geometric_median import geometric_median
@@ -60,4 +60,5 @@ __all__ = [
     "build_sae",
     "geometric_median",
     "get_architecture",
+    "load_assigned",
 ]

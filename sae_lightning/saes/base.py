@@ -231,3 +231,16 @@ class SAE(nn.Module, ABC):
         x = x.to(self.b_dec.device)
         centre = geometric_median(x) if method == "geometric_median" else x.float().mean(dim=0)
         self.b_dec.copy_(centre.to(self.b_dec.dtype))  # [d_in]
+
+
+def load_assigned(sae: SAE, state: dict[str, Tensor]) -> SAE:
+    """Load ``state`` into an SAE built on the meta device (``assign=True``: the tensors are
+    taken, not copied). Buffers outside the state dict (training state such as TopK's
+    ``tokens_since_fired``) would stay on the meta device, where ``.to()`` fails: they get
+    zeros on the CPU."""
+    sae.load_state_dict(state, assign=True)
+    for module in sae.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.is_meta:
+                setattr(module, name, torch.zeros(buffer.shape, dtype=buffer.dtype))
+    return sae

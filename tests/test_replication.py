@@ -1,0 +1,160 @@
+"""The replication experiment: concept selection, density counts, the report, end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+from test_train import _run, small_corpus, small_run  # noqa: F401
+
+from sae_lightning.replication.concepts import concept_tokens, select_concept
+from sae_lightning.replication.density import density_summary, density_svg
+from sae_lightning.replication.numbers import population
+from sae_lightning.replication.report import md_token
+from sae_lightning.replication.run import find_runs, publish
+
+
+def entry(tokens, spec, sens, fired=10, density=0.01, **extra):
+    return {
+        "top_activations": {"density": density},
+        "specificity": {"proxy_tokens": tokens, "specificity": spec, "proxy": "tokens {}"},
+        "sensitivity": {"sensitivity": sens, "n_proxy_fired": fired},
+        **extra,
+    }
+
+
+def test_the_cleanest_feature_whose_proxy_holds_the_token_is_chosen():
+    features = {
+        "0": entry([" for", " if"], 0.9, 0.5),  # 0.45
+        "1": entry([" for"], 0.99, 1.0),  # 0.99: the pick
+        "2": entry([" while"], 1.0, 1.0),  # perfect, but not a candidate
+        "3": entry([" for"], 1.0, None),  # no sensitivity: not judged
+        "4": entry([" for", " in"], 0.99, 1.0, fired=20),  # same score, more fired: wins tie
+    }
+    pick = select_concept(features, [" for"])
+    assert (pick.feature, pick.n_candidates, pick.runner_up) == (4, 3, 1)
+    assert pick.score == pytest.approx(0.99) and pick.runner_up_score == pytest.approx(0.99)
+    assert select_concept(features, [" else"]) is None
+    assert select_concept(features, [" else", " while"]).feature == 2
+
+
+@pytest.mark.parametrize("bad", [{}, {"tokens": []}, {"tokens": "."}, {"tokens": [1]}])
+def test_a_concept_without_token_strings_is_one_clear_error(bad):
+    with pytest.raises(ValueError, match="non-empty list of token strings"):
+        concept_tokens(bad)
+
+
+def test_density_summary_counts_and_histogram():
+    n_tokens = 100_000  # smallest non-zero density 1e-5: bins start at 1e-5
+    values = [0.0, 0.0, 1e-5, 5e-5, 2e-4, 0.02, 0.5, 1.0]
+    d = density_summary(values, n_tokens)
+    assert (d["dead"], d["below_1e-5"], d["below_1e-4"], d["above_1e-2"]) == (2, 2, 4, 3)
+    edges, counts = d["histogram"]["edges"], d["histogram"]["counts"]
+    assert edges[0] == -5.0 and edges[-1] == 0.0 and len(counts) == len(edges) - 1 == 20
+    assert sum(counts) == 6  # every live feature lands in a bin, 1.0 in the last
+    live = [math.log10(v) for v in values[2:]]
+    want = [0] * 20
+    for x in live:
+        want[min(int((x + 5.0) / 0.25 + 1e-9), 19)] += 1
+    assert counts == want
+    assert d["median_live_log10"] == pytest.approx(statistics.median(live))
+
+
+def test_density_svg_is_escaped_and_has_a_bar_per_bin():
+    d = density_summary([0.0, 1e-3, 1e-2], 1000)
+    svg = density_svg(d, "run <script>alert(1)</script>")
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    assert svg.count("<rect") == 1 + len(d["histogram"]["counts"])  # + the never-fired bar
+
+
+def test_population_medians_over_features_that_fired():
+    features = {
+        str(i): {
+            "universality": {
+                "activation_corr": a,
+                "neuron_corr": n,
+                "verdict": None if a is None else a >= 0.7,
+            }
+        }
+        for i, (a, n) in enumerate([(0.9, 0.3), (0.8, 0.5), (0.2, 0.4), (None, 0.1)])
+    }
+    report = {"features": features, "criteria": {"universality": {"pass_rate": 2 / 3}}}
+    p = population(report)
+    assert p["n_compared"] == 3 and p["universality"] == pytest.approx(2 / 3)
+    assert p["median_best_match_corr"] == pytest.approx(0.8)
+    assert p["median_neuron_corr"] == pytest.approx(0.4)
+    assert p["share_best_match_universal"] == pytest.approx(2 / 3)
+
+
+def test_tokens_in_markdown_keep_whitespace_visible_and_table_pipes_escaped():
+    assert md_token(" for") == '`" for"`'
+    assert md_token("\n\n") == '`"\\n\\n"`'
+    assert md_token("a|b") == '`"a\\|b"`'
+    assert md_token("`x") == '`` "`x" ``'
+
+
+def test_publishing_never_replaces_a_folder_that_is_not_a_report(tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "numbers.json").write_text("{}")
+    precious = tmp_path / "src"
+    precious.mkdir()
+    (precious / "code.py").write_text("x = 1")
+    with pytest.raises(ValueError, match="not an earlier replication report"):
+        publish(report, precious)
+    assert (precious / "code.py").is_file()
+    publish(report, tmp_path / "docs")
+    publish(report, tmp_path / "docs")  # an earlier report is replaced
+    assert (tmp_path / "docs" / "numbers.json").is_file()
+
+
+def test_find_runs_names_the_missing_multirun(tmp_path):
+    (tmp_path / "0").mkdir()
+    with pytest.raises(ValueError, match=r"needs two finished runs.*-m"):
+        find_runs(tmp_path)
+
+
+def test_one_command_trains_two_seeds_and_writes_the_report(tmp_path, small_corpus):  # noqa: F811
+    sweep = tmp_path / "sweep"
+    result = _run(
+        [
+            "-m",
+            "experiment=replicate_monosemanticity",
+            *small_run(small_corpus),
+            "replication.tokens=4096",
+            f"replication.publish_dir={tmp_path / 'docs'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seeds = [json.loads((sweep / j / "metrics.json").read_text())["overrides"] for j in "01"]
+    assert "seed=0" in seeds[0] and "seed=1" in seeds[1]
+    out = tmp_path / "docs"
+    numbers = json.loads((out / "numbers.json").read_text())
+    full_a = json.loads((sweep / "analysis" / "a" / "report" / "criteria.json").read_text())
+    assert full_a["metadata"]["compare_with"] == str(sweep / "1" / "sae")
+    assert "universality" in full_a["metadata"]["criteria"]
+    # the report's numbers are the analysis's
+    assert numbers["population"][0] == population(full_a)
+    assert numbers["density"][0]["n_features"] == 256 == len(full_a["features"])
+    histogram = numbers["density"][0]["histogram"]["counts"]
+    assert sum(histogram) + numbers["density"][0]["dead"] == 256
+    for name, concept in numbers["concepts"].items():
+        pick = select_concept(full_a["features"], concept["tokens"])
+        if pick is None:
+            assert concept["a"] is None
+            continue
+        assert concept["a"]["feature"] == pick.feature
+        page = out / "dashboards" / "features" / f"{pick.feature}.html"
+        assert page.is_file(), name
+        assert (
+            concept["a"]["best_match"]
+            == (full_a["features"][str(pick.feature)]["universality"]["best_match"])
+        )
+    readme = (out / "README.md").read_text()
+    assert "0.72" in readme and "0.46" in readme and "density_a.svg" in readme
+    assert f"{numbers['population'][0]['median_best_match_corr']:.3f}" in readme
+    assert (out / "density_a.svg").is_file() and (out / "dashboards" / "prompts.html").is_file()
