@@ -86,6 +86,23 @@ def test_population_medians_over_features_that_fired():
     assert p["median_best_match_corr"] == pytest.approx(0.8)
     assert p["median_neuron_corr"] == pytest.approx(0.4)
     assert p["share_best_match_universal"] == pytest.approx(2 / 3)
+    assert p["groups"]["all"]["n"] == 3  # no densities or verdicts here: other groups empty
+    assert p["groups"]["density >= 1e-3"] == {
+        "n": 0,
+        "median_best_match_corr": None,
+        "median_neuron_corr": None,
+        "share_best_match_universal": None,
+    }
+    for i, (density, verdict) in enumerate([(1e-2, True), (1e-4, True), (1e-2, False)]):
+        features[str(i)]["top_activations"] = {"density": density}
+        features[str(i)]["specificity"] = {"verdict": verdict}
+        features[str(i)]["sensitivity"] = {"verdict": True}
+    groups = population(report)["groups"]
+    assert groups["density >= 1e-3"]["n"] == 2
+    assert groups["density >= 1e-3"]["median_best_match_corr"] == pytest.approx((0.9 + 0.2) / 2)
+    assert groups["density < 1e-3"]["median_neuron_corr"] == pytest.approx(0.5)
+    both = groups["passing specificity and sensitivity"]
+    assert both["n"] == 2 and both["median_best_match_corr"] == pytest.approx(0.85)
 
 
 def test_tokens_in_markdown_keep_whitespace_visible_and_table_pipes_escaped():

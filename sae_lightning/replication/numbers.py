@@ -53,25 +53,62 @@ def run_numbers(run: Path) -> dict[str, Any]:
     }
 
 
+GROUPS = {  # subsets of the compared features over which the universality medians are taken
+    "all": lambda f: True,
+    "density >= 1e-3": lambda f: f["density"] is not None and f["density"] >= 1e-3,
+    "density < 1e-3": lambda f: f["density"] is not None and f["density"] < 1e-3,
+    "passing specificity": lambda f: f["specificity"] is True,
+    "passing specificity and sensitivity": lambda f: (
+        f["specificity"] is True and f["sensitivity"] is True
+    ),
+}
+
+
+def _compared(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per feature that universality judged: its best match, best neuron, density, verdicts."""
+    rows = []
+    for entry in report["features"].values():
+        u = entry.get("universality") or {}
+        if u.get("activation_corr") is None or u.get("verdict") is None:
+            continue
+        rows.append(
+            {
+                "best": float(u["activation_corr"]),
+                "neuron": u.get("neuron_corr"),
+                "density": (entry.get("top_activations") or {}).get("density"),
+                "specificity": (entry.get("specificity") or {}).get("verdict"),
+                "sensitivity": (entry.get("sensitivity") or {}).get("verdict"),
+            }
+        )
+    return rows
+
+
+def _medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    best = [r["best"] for r in rows]
+    neuron = [float(r["neuron"]) for r in rows if r["neuron"] is not None]
+    return {
+        "n": len(rows),
+        "median_best_match_corr": statistics.median(best) if best else None,
+        "median_neuron_corr": statistics.median(neuron) if neuron else None,
+        "share_best_match_universal": sum(b >= UNIVERSAL for b in best) / len(best)
+        if best
+        else None,
+    }
+
+
 def population(report: dict[str, Any]) -> dict[str, Any]:
-    """Pass rates of each criterion and the universality statistics over the live features."""
+    """Pass rates of each criterion, and the universality medians over the features it
+    judged (those that fired), overall (``median_*``) and per :data:`GROUPS` (``groups``)."""
     out: dict[str, Any] = {
         name: summary.get("pass_rate")
         for name, summary in report.get("criteria", {}).items()
         if "pass_rate" in summary
     }
-    best, neuron = [], []
-    for entry in report["features"].values():
-        u = entry.get("universality") or {}
-        if u.get("activation_corr") is not None and u.get("verdict") is not None:
-            best.append(float(u["activation_corr"]))
-            if u.get("neuron_corr") is not None:
-                neuron.append(float(u["neuron_corr"]))
-    out["n_compared"] = len(best)
-    out["median_best_match_corr"] = statistics.median(best) if best else None
-    out["median_neuron_corr"] = statistics.median(neuron) if neuron else None
-    universal = sum(b >= UNIVERSAL for b in best)
-    out["share_best_match_universal"] = universal / len(best) if best else None
+    rows = _compared(report)
+    overall = _medians(rows)
+    out["n_compared"] = overall.pop("n")
+    out.update(overall)
+    out["groups"] = {name: _medians([r for r in rows if keep(r)]) for name, keep in GROUPS.items()}
     return out
 
 

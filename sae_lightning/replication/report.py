@@ -64,6 +64,15 @@ def _mark(verdict: Any) -> str:
     return "–" if verdict is None else ("pass" if verdict else "fail")
 
 
+def _universality(p: dict[str, Any]) -> str:
+    both = p["groups"]["passing specificity and sensitivity"]
+    return (
+        f"{_num(p['median_best_match_corr'])} over all {p['n_compared']:,}; "
+        f"{_num(both['median_best_match_corr'])} over the {both['n']:,} passing specificity "
+        "and sensitivity"
+    )
+
+
 def _glance(n: dict[str, Any]) -> list[str]:
     a, b = n["runs"]
     pa, pb = n["population"]
@@ -87,26 +96,28 @@ def _glance(n: dict[str, Any]) -> list[str]:
          _num(b["metrics"]["val/l0"], 1)),
         (
             "dead features",
-            f"{PAPER['dead']} (no firing in 100M tokens)",
-            f"{da['dead']} on {_num(da['n_tokens'])} held-out tokens",
+            f"{PAPER['dead']} (no firing on 100M tokens)",
+            f"{da['dead']} (no firing on {da['n_tokens']:,} held-out tokens)",
             f"{db['dead']}",
         ),
         (
             "ultralow density",
             f"{PAPER['ultralow']} (density < 1e-6)",
-            f"{da['below_1e-5'] - da['dead']} fire once or not at all beyond dead (< 1e-5)",
-            f"{db['below_1e-5'] - db['dead']}",
+            f"{da['below_1e-4'] - da['dead']} below 1e-4 (1e-6 is below what "
+            f"{da['n_tokens']:,} tokens resolve)",
+            f"{db['below_1e-4'] - db['dead']}",
         ),
         (
             "feature universality: median best-match activation corr",
-            f"{PAPER['feature_universality']} (SAEs on two transformers)",
-            _num(pa["median_best_match_corr"]),
-            _num(pb["median_best_match_corr"]),
+            f"{PAPER['feature_universality']} (SAEs on two transformers; dead and ultralow left "
+            "out)",
+            _universality(pa),
+            _universality(pb),
         ),
         (
             "neuron baseline",
             f"{PAPER['neuron_universality']} (neurons of transformer A vs B)",
-            f"{_num(pa['median_neuron_corr'])} (best neuron of the same model)",
+            f"{_num(pa['median_neuron_corr'])} (each feature's best neuron, same model)",
             _num(pb["median_neuron_corr"]),
         ),
         ("full stop / import / for / else", "found (gelu-1l replication)",
@@ -119,7 +130,7 @@ def _glance(n: dict[str, Any]) -> list[str]:
 def _training(n: dict[str, Any]) -> list[str]:
     lines = [
         "| run | seed | steps × batch | L1 coeff | minutes | loss recovered | L0 | explained "
-        "variance | dead (training window) | CE clean / SAE / zero-ablated |",
+        "variance | silent on the validation tokens | CE clean / SAE / zero-ablated |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in zip("AB", n["runs"], strict=True):
@@ -161,6 +172,16 @@ def _proxy(feature: dict[str, Any], shown: int = 6) -> str:
     return text + (f"; *{feature['proxy_condition']}*" if feature["proxy_condition"] else "")
 
 
+def _own_pick(b: dict[str, Any], same: bool) -> str:
+    """Run B's own feature for a concept: the best match itself, or another with its proxy."""
+    if same:
+        return f"{b['feature']} (the best match)"
+    tokens = ", ".join(md_token(t) for t in b["proxy_tokens"][:3])
+    return (
+        f"{b['feature']} (another: {tokens}; {_num(b['specificity'])} × {_num(b['sensitivity'])})"
+    )
+
+
 def _concepts(n: dict[str, Any]) -> list[str]:
     lines = [
         "| concept | feature (dashboard) | automatic proxy | specificity | sensitivity | max "
@@ -178,8 +199,7 @@ def _concepts(n: dict[str, Any]) -> list[str]:
         logits = ", ".join(md_token(t) for t in a["top_logits"][:6])
         sens = f"{_num(a['sensitivity'])} ({a['n_proxy_fired']}/{a['n_proxy_tokens']})"
         match = f"{a['best_match']} ({_num(a['activation_corr'])} / {_num(a['logit_weight_corr'])})"
-        same = "same" if c["b_is_best_match"] else "other"
-        own = "–" if b is None else f"{b['feature']} ({same})"
+        own = "–" if b is None else _own_pick(b, c["b_is_best_match"])
         lines.append(
             f"| {name} ({tokens}) | {link} | {_proxy(a)} | "
             f"{_num(a['specificity'])} | {sens} | {_num(a['max_neuron_corr'])} (neuron "
@@ -197,20 +217,30 @@ def _concepts(n: dict[str, Any]) -> list[str]:
 
 def _population(n: dict[str, Any]) -> list[str]:
     pa, pb = n["population"]
-    keys = [k for k in pa if k not in {"n_compared"} and not k.startswith(("median", "share"))]
-    lines = ["| statistic | run A | run B |", "|---|---|---|"]
-    for k in keys:
-        lines.append(f"| {k} pass rate | {_num(pa[k])} | {_num(pb.get(k))} |")
-    lines += [
-        f"| features compared (fired at least once) | {pa['n_compared']:,} | "
-        f"{pb['n_compared']:,} |",
-        f"| median best-match activation corr (features) | {_num(pa['median_best_match_corr'])} | "
-        f"{_num(pb['median_best_match_corr'])} |",
-        f"| share with a best match ≥ {UNIVERSAL} | {_num(pa['share_best_match_universal'])} | "
-        f"{_num(pb['share_best_match_universal'])} |",
-        f"| median best-neuron activation corr (features) | {_num(pa['median_neuron_corr'])} | "
-        f"{_num(pb['median_neuron_corr'])} |",
+    keys = [
+        k for k in pa if k not in {"n_compared", "groups"} and not k.startswith(("median", "share"))
     ]
+    lines = ["| criterion | pass rate, run A | pass rate, run B |", "|---|---|---|"]
+    lines += [f"| {k} | {_num(pa[k])} | {_num(pb.get(k))} |" for k in keys]
+    lines += [
+        "",
+        "Universality by group of features (each run against the other): the median over the "
+        "group of each feature's best-match activation correlation, the share of the group with "
+        f"a best match ≥ {UNIVERSAL}, and the neuron baseline (the median of each feature's "
+        "best-neuron correlation).",
+        "",
+        "| features | count A / B | median best match A / B | share ≥ "
+        f"{UNIVERSAL} A / B | median best neuron A / B |",
+        "|---|---|---|---|---|",
+    ]
+    for group, ga in pa["groups"].items():
+        gb = pb["groups"][group]
+        lines.append(
+            f"| {group} | {ga['n']:,} / {gb['n']:,} | {_num(ga['median_best_match_corr'])} / "
+            f"{_num(gb['median_best_match_corr'])} | {_num(ga['share_best_match_universal'])} / "
+            f"{_num(gb['share_best_match_universal'])} | {_num(ga['median_neuron_corr'])} / "
+            f"{_num(gb['median_neuron_corr'])} |"
+        )
     return lines
 
 
