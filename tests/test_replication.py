@@ -175,3 +175,26 @@ def test_one_command_trains_two_seeds_and_writes_the_report(tmp_path, small_corp
     assert "0.72" in readme and "0.46" in readme and "density_a.svg" in readme
     assert f"{numbers['population'][0]['median_best_match_corr']:.3f}" in readme
     assert (out / "density_a.svg").is_file() and (out / "dashboards" / "prompts.html").is_file()
+
+
+def test_the_committed_report_links_resolve_and_shows_its_numbers():
+    import re
+
+    from test_train import ROOT
+
+    docs = ROOT / "docs" / "replication"
+    text = (docs / "README.md").read_text()
+    numbers = json.loads((docs / "numbers.json").read_text())
+    links = re.findall(r"\]\(([^)#]+)\)", text)
+    assert len(links) >= 6  # the density histogram, four feature pages, two overview pages
+    for link in links:
+        assert (docs / link).is_file(), link
+    for run, pop in zip(numbers["runs"], numbers["population"], strict=True):
+        assert f"{run['metrics']['val/loss_recovered']:.3f}" in text
+        assert f"{pop['median_best_match_corr']:.3f}" in text
+    for concept in numbers["concepts"].values():
+        feature = concept["a"]["feature"]
+        page = (docs / "dashboards" / "features" / f"{feature}.html").read_text()
+        assert f"Feature {feature}" in page
+        assert f"{concept['a']['specificity']:.3f}" in text
+    assert "(docs/replication/README.md)" in (ROOT / "README.md").read_text()
