@@ -175,6 +175,24 @@ def test_one_command_trains_two_seeds_and_writes_the_report(tmp_path, small_corp
     assert "0.72" in readme and "0.46" in readme and "density_a.svg" in readme
     assert f"{numbers['population'][0]['median_best_match_corr']:.3f}" in readme
     assert (out / "density_a.svg").is_file() and (out / "dashboards" / "prompts.html").is_file()
+    # re-made from the finished sweep by the module's command line: the same numbers
+    from sae_lightning.replication.__main__ import main
+
+    main([str(sweep), "--publish", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again" / "numbers.json").read_text())
+    for key in ("runs", "density", "population", "concepts"):
+        assert again[key] == numbers[key], key
+
+
+def test_a_single_run_says_the_replication_needs_multirun(caplog):
+    from omegaconf import OmegaConf
+
+    from sae_lightning.replication import Replication
+
+    with caplog.at_level("WARNING"):
+        Replication().on_run_end(OmegaConf.create({"seed": 3}))
+    assert "needs multirun: python train.py -m experiment=replicate_monosemanticity" in caplog.text
+    assert "seed 3 only" in caplog.text
 
 
 def test_the_committed_report_links_resolve_and_shows_its_numbers():
