@@ -35,7 +35,7 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     records = [
         (path.parent.name, json.loads(path.read_text()))
-        for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=_job_order)
+        for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=lambda p: job_order(p.parent))
     ]
     # show only the overrides that vary between jobs: the rest is the same for every row
     shared = (
@@ -64,8 +64,9 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _job_order(path: Path) -> tuple[int, str]:
-    name = path.parent.name
+def job_order(job_dir: Path) -> tuple[int, str]:
+    """Sort key of a sweep's job folders: numbered jobs in numeric order, then the rest."""
+    name = job_dir.name
     return (int(name), name) if name.isdigit() else (10**9, name)
 
 

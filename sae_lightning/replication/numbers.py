@@ -6,6 +6,7 @@ re-rendered, compared between runs, or checked by a test without re-running anyt
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,6 @@ UNIVERSAL = 0.7  # a best-match activation correlation at or above this counts a
 
 def run_numbers(run: Path) -> dict[str, Any]:
     """A training run's settings, final validation metrics and wall time."""
-    import json
-
     record = json.loads((run / "metrics.json").read_text())
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra").is_dir() else None
 
@@ -177,11 +176,14 @@ def collect(
     runs: list[Path],
     reports: list[dict[str, Any]],
     picks: list[dict[str, Pick | None]],
-    concepts: dict[str, Any],
+    concepts: dict[str, list[str]],
     focus: dict[str, Any] | None = None,
     analysis_seconds: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, for runs A and B (in that order)."""
+    """Everything the report shows, for runs A and B (in that order).
+
+    ``concepts`` maps each concept to its token strings; ``focus`` is the report of the pass
+    over A's concept features (its numbers include their ablations), if it ran."""
     meta = reports[0]["metadata"]
     return {
         "model": meta.get("model_name"),
@@ -198,7 +200,7 @@ def collect(
         ],
         "population": [population(r) for r in reports],
         "concepts": {
-            name: {"tokens": list(concepts[name]["tokens"]), **numbers}
+            name: {"tokens": list(concepts[name]), **numbers}
             for name, numbers in concept_numbers(picks, reports, focus).items()
         },
     }

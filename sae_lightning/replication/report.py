@@ -1,7 +1,7 @@
 """The replication report: ``README.md`` (markdown), ``numbers.json``, density SVGs.
 
-The paper's numbers (Bricken et al., 2023, run A/1) are quoted in :data:`PAPER` with what
-each measured, because several of ours measure something close to but not the same.
+The paper's numbers and where this replication differs from it are in
+:mod:`sae_lightning.replication.paper`.
 """
 
 from __future__ import annotations
@@ -12,36 +12,9 @@ from typing import Any
 
 from sae_lightning.replication.density import density_svg
 from sae_lightning.replication.numbers import UNIVERSAL, collect
+from sae_lightning.replication.paper import DIFFERENCES, PAPER
 
-PAPER = {
-    "loss_recovered": 0.79,  # "79% of the log-likelihood loss reduction ... is recovered"
-    "dead": 168,  # of 4,096: "active on none of the 100 million dataset examples"
-    "ultralow": 292,  # "active on less than 1 in a million dataset examples"
-    "feature_universality": 0.72,  # median best-match corr, A/1 vs B/1 (different transformers)
-    "neuron_universality": 0.46,  # median best-match corr, neurons of transformer A vs B
-}
 CRITERIA_SHOWN = ("specificity", "sensitivity", "not_a_neuron", "universality")
-DIFFERENCES = [
-    "- **One transformer.** The paper's B/1 is an SAE on a *second transformer* (another "
-    "seed), and its neuron baseline matches neurons of transformer A to neurons of "
-    "transformer B. Only one model ships here, so runs A and B are SAEs on the *same* "
-    "activations (different seed and data order), an easier test than the paper's, and the "
-    "neuron baseline is each feature's best-correlated MLP neuron of the same model (the "
-    "not-a-neuron statistic): the correlation a feature would get if it were a neuron.",
-    "- **Scale.** The paper trained on 8 billion activations of a model trained on the Pile; "
-    "these SAEs see a few million activations of a model trained on the Python standard "
-    "library's source and docs. Dead features are counted over the held-out split, whose size "
-    "sets the smallest density it can resolve (1 / tokens): the paper's ultralow threshold "
-    "(1e-6 on 100M tokens) is below it, so the table gives the count below 1e-5 instead.",
-    "- **Proxies.** The paper wrote a proxy per feature by hand; here every proxy is automatic "
-    "(the tokens carrying the feature's top activation mass, refined by the next token). A "
-    "concept's feature is the one whose automatic proxy contains the concept's token with the "
-    "largest specificity × sensitivity (`sae_lightning/replication/concepts.py`).",
-    "- **Populations.** Medians and pass rates are over the features that fired (and so could be "
-    "judged) on the held-out tokens; the paper leaves out its dead and ultralow-density features.",
-    "- **Loss recovered** is measured on the validation contexts of training "
-    "(`data.val_contexts`), against zero-ablating the MLP, as in the paper.",
-]
 
 
 def md_token(token: str) -> str:
@@ -297,15 +270,14 @@ def write_report(
     runs: list[Path],
     reports: list[dict[str, Any]],
     picks: list[dict[str, Any]],
-    concepts: dict[str, Any],
+    concepts: dict[str, list[str]],
+    focus: dict[str, Any] | None = None,
     analysis_seconds: list[float] | None = None,
     command: str = "",
     notes: str = "",
 ) -> Path:
     """Write ``numbers.json``, ``density_a.svg``, ``density_b.svg`` and ``README.md``."""
     out.mkdir(parents=True, exist_ok=True)
-    focus_file = out / "dashboards" / "criteria.json"
-    focus = json.loads(focus_file.read_text()) if focus_file.is_file() else None
     numbers = collect(runs, reports, picks, concepts, focus, analysis_seconds)
     (out / "numbers.json").write_text(json.dumps(numbers, indent=1) + "\n")
     for label, summary in zip("ab", numbers["density"], strict=True):

@@ -26,6 +26,7 @@ from sae_lightning.analysis.run import REPORT_FILE, analyze
 from sae_lightning.replication.concepts import concept_tokens, select_concept
 from sae_lightning.replication.report import write_report
 from sae_lightning.report import load_report
+from sae_lightning.sweep import job_order
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
     job order; at least two are required."""
     sweep = Path(sweep_dir)
     jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()] if sweep.is_dir() else []
-    done = sorted((p for p in jobs if all((p / f).is_file() for f in RUN_FILES)), key=_job_number)
+    done = sorted((p for p in jobs if all((p / f).is_file() for f in RUN_FILES)), key=job_order)
     if len(done) < 2:
         raise ValueError(
             f"the replication needs two finished runs (job folders with {' and '.join(RUN_FILES)})"
@@ -46,10 +47,6 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
             "'python train.py -m experiment=replicate_monosemanticity' (note the -m)"
         )
     return done
-
-
-def _job_number(path: Path) -> int:
-    return int(path.name)
 
 
 def publish(report: Path, target: Path) -> None:
@@ -125,10 +122,10 @@ def replicate(sweep_dir: str | Path, settings: DictConfig, source: DictConfig | 
     picks_a = {name: select_concept(full_a["features"], t) for name, t in concepts.items()}
     picks_b = {name: select_concept(full_b["features"], t) for name, t in concepts.items()}
     chosen = sorted({p.feature for p in picks_a.values() if p is not None})
-    focus_dir = sweep / "analysis" / "focus"
+    focus_dir, focus = sweep / "analysis" / "focus", None
     if chosen:
         log.info("replication: dashboards of run A's concept features %s", chosen)
-        _analyse(
+        focus, _ = _analyse(
             settings, source, focus_dir, sae_path=str(run_a / "sae"),
             compare_with=str(run_b / "sae"), features=chosen, tokens=settings.tokens,
             dashboards=True, prompt=settings.get("prompt"),
@@ -143,7 +140,8 @@ def replicate(sweep_dir: str | Path, settings: DictConfig, source: DictConfig | 
         runs=[run_a, run_b],
         reports=[full_a, full_b],
         picks=[picks_a, picks_b],
-        concepts={name: dict(spec) for name, spec in settings.concepts.items()},
+        concepts=concepts,
+        focus=focus,
         analysis_seconds=[secs_a, secs_b],
         command=settings.get("command") or "",
     )
