@@ -25,9 +25,8 @@ import logging
 import statistics
 import time
 
-import lightning as L
 import torch
-from train_throughput import StepTimer, matmul_rate
+from train_throughput import fit_rate, matmul_rate
 
 from sae_lightning.data.datamodule import ActivationDataModule
 from sae_lightning.data.sources import CorpusSource
@@ -74,20 +73,7 @@ def loop_rate(model, d_sae: int, k: int, sparse: bool, batch: int, steps: int, d
     sae = TopKSAE(D_IN, d_sae, k, sparse_decoder=sparse)
     module = SAEModule(sae, TopKLoss(), lambda p: torch.optim.Adam(p, lr=1e-4), b_dec_init="mean")
     module.set_model(model, datamodule.hook_name)
-    timer = StepTimer(warmup=2)
-    trainer = L.Trainer(
-        accelerator=device,
-        devices=1,
-        max_steps=2 + steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(module, datamodule=datamodule)
-    return timer.tokens / timer.seconds
+    return fit_rate(module, datamodule, steps, device, warmup=2)
 
 
 def main() -> None:

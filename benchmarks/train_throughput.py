@@ -75,6 +75,33 @@ def matmul_rate(
     return 2 * batch * d_in * d_sae * reps / (time.perf_counter() - start)
 
 
+def fit_rate(
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    steps: int,
+    device: str,
+    warmup: int,
+    precision: str = "32-true",
+) -> float:
+    """Training tokens/s of ``trainer.fit`` over ``steps`` timed steps after ``warmup``
+    (no validation, logging, checkpoints or progress bar)."""
+    timer = StepTimer(warmup=warmup)
+    trainer = L.Trainer(
+        accelerator=device,
+        devices=1,
+        precision=precision,
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return timer.tokens / timer.seconds
+
+
 def train_rate(model, d_sae: int, batch: int, steps: int, device: str, precision: str) -> float:
     """Training tokens/s of the full loop over ``steps`` steps after 3 warm-up steps."""
     datamodule = ActivationDataModule(
@@ -91,21 +118,7 @@ def train_rate(model, d_sae: int, batch: int, steps: int, device: str, precision
         b_dec_init="mean",
     )
     module.set_model(model, datamodule.hook_name)
-    timer = StepTimer(warmup=3)
-    trainer = L.Trainer(
-        accelerator=device,
-        devices=1,
-        precision=precision,
-        max_steps=3 + steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(module, datamodule=datamodule)
-    return timer.tokens / timer.seconds
+    return fit_rate(module, datamodule, steps, device, warmup=3, precision=precision)
 
 
 def main() -> None:
