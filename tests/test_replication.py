@@ -7,7 +7,8 @@ import math
 import statistics
 
 import pytest
-from test_train import _run, small_corpus, small_run  # noqa: F401
+from test_train import small_corpus, small_run  # noqa: F401
+from test_train_cli import _run
 
 from sae_lightning.replication.concepts import concept_tokens, select_concept
 from sae_lightning.replication.density import density_summary, density_svg
