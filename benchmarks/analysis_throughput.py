@@ -96,7 +96,7 @@ def make_criteria(names: list[str]) -> list:
 @torch.inference_mode()
 def calibrated_sae(model, contexts: torch.Tensor, d_sae: int, density: float):
     """Random unit-norm features whose bias makes each fire on ~``density`` of the tokens."""
-    from sae_lightning.data.activations import capture_activations
+    from sae_lightning.hooks import capture_activations
     from sae_lightning.saes import ReLUSAE
 
     torch.manual_seed(0)

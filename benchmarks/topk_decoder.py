@@ -69,10 +69,10 @@ def loop_rate(model, d_sae: int, k: int, sparse: bool, batch: int, steps: int, d
     datamodule = ActivationDataModule(
         CorpusSource("stdlib"), batch_size=batch, buffer_tokens=4 * batch, val_contexts=1
     )
-    datamodule.set_model(model)
+    spec = datamodule.set_model(model)
     sae = TopKSAE(D_IN, d_sae, k, sparse_decoder=sparse)
     module = SAEModule(sae, TopKLoss(), lambda p: torch.optim.Adam(p, lr=1e-4), b_dec_init="mean")
-    module.set_model(model, datamodule.hook_name)
+    module.set_spec(spec)
     return fit_rate(module, datamodule, steps, device, warmup=2)
 
 

@@ -110,14 +110,14 @@ def train_rate(model, d_sae: int, batch: int, steps: int, device: str, precision
         buffer_tokens=max(65536, 4 * batch),
         val_contexts=1,
     )
-    datamodule.set_model(model)
+    spec = datamodule.set_model(model)
     module = SAEModule(
         ReLUSAE(1024, d_sae),
         L1Loss(2.0),
         lambda params: torch.optim.Adam(params, lr=1e-4),
         b_dec_init="mean",
     )
-    module.set_model(model, datamodule.hook_name)
+    module.set_spec(spec)
     return fit_rate(module, datamodule, steps, device, warmup=3, precision=precision)
 
 

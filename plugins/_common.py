@@ -13,7 +13,7 @@ from torchmetrics import Metric
 
 from sae_lightning.analysis.criterion import AnalysisContext
 from sae_lightning.analysis.sparse import FiringEntries, firing_entries
-from sae_lightning.data.activations import capture_activations
+from sae_lightning.hooks import capture_activations
 from sae_lightning.metrics.correlation import FiringCounts
 
 FIRST_PASS_KEY = "_first_pass"

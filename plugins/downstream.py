@@ -19,7 +19,6 @@ the logit weights.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 import torch
@@ -29,51 +28,42 @@ from typing_extensions import override
 
 from plugins._common import module_device
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
+from sae_lightning.hooks import edit_hook, residual_directions
 
 LOGIT_CHUNK = 256  # features whose logit weights are computed at once
 
 
-def _weight(state: dict[str, Tensor], key: str) -> Tensor:
-    """``state[key]`` as float32, or a clear error listing similar keys."""
-    if key not in state:
-        near = sorted(k for k in state if k.split(".")[-1] == key.split(".")[-1])
-        raise ValueError(f"the model has no weight {key!r} for logit weights; similar: {near}")
-    return state[key].detach().float()
-
-
 def logit_weights(
     model: Any, hook_name: str, w_dec: Float[Tensor, "f d_in"]
-) -> Float[Tensor, "f vocab"]:
+) -> Float[Tensor, "f vocab"] | None:
     """Direct effect of decoder directions on the logits (the paper's LayerNorm approximation).
 
-    ``w = W_dec @ W_out`` (only for an ``mlp.hook_post`` hook), then
-    ``(w - mean(w)) * ln_final.weight @ W_U``.
+    The rows are mapped into the residual stream (:func:`sae_lightning.hooks.
+    residual_directions`: through ``W_out`` for MLP hooks, ``W_O`` for ``hook_z``, as they are
+    for residual and output hooks); the final norm is approximated by its diagonal (mean
+    removal first for a LayerNorm, not for an RMSNorm); then they are unembedded with
+    ``W_U``. None for hooks without a linear path to the residual stream (q/k/v, others).
 
     Args:
-        model: The frozen model; only its ``state_dict()`` is read.
+        model: The frozen TransformerBridge.
         hook_name: Where the SAE reads, e.g. ``blocks.0.mlp.hook_post``.
         w_dec: Decoder rows ``[f, d_in]``.
     """
-    state = model.state_dict()
-    w_u = _weight(state, "unembed.weight")  # [vocab, d_model]
-    w = w_dec.detach().float().to(w_u.device)  # [f, d_in]
-    mlp = re.fullmatch(r"blocks\.(\d+)\.mlp\.hook_post", hook_name)
-    if mlp:
-        w_out = _weight(state, f"blocks.{mlp.group(1)}.mlp.out.weight")  # [d_model, d_mlp]
-        if w.shape[1] != w_out.shape[1]:
-            raise ValueError(
-                f"decoder width {w.shape[1]} does not match d_mlp={w_out.shape[1]} of {hook_name!r}"
-            )
-        w = w @ w_out.T  # [f, d_model]
-    elif w.shape[1] != w_u.shape[1]:
+    w_u = model.W_U.detach().float()  # [d_model, vocab]
+    w = residual_directions(model, hook_name, w_dec.detach().float().to(w_u.device))
+    if w is None:
+        return None
+    if w.shape[1] != w_u.shape[0]:
         raise ValueError(
-            f"hook {hook_name!r} has width {w.shape[1]}, neither an MLP hook nor d_model="
-            f"{w_u.shape[1]}; logit weights need one of the two"
+            f"hook {hook_name!r} has width {w.shape[1]}, but the residual stream is d_model="
+            f"{w_u.shape[0]} wide"
         )
-    ln = state.get("ln_final.weight")
-    scale = ln.detach().float().to(w.device) if ln is not None else torch.ones_like(w[0])
-    w = (w - w.mean(dim=1, keepdim=True)) * scale  # [f, d_model]
-    return w @ w_u.T  # [f, vocab]
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        w = w - w.mean(dim=1, keepdim=True)
+    ln = getattr(getattr(model, "ln_final", None), "weight", None)
+    if ln is not None:
+        w = w * ln.detach().float().to(w.device)  # [f, d_model]
+    return w @ w_u  # [f, vocab]
 
 
 def _next_logprobs(
@@ -143,12 +133,12 @@ def _ablated_logprobs(
     w_dec = ctx.sae.W_dec[index]  # [r, d_in]
     box: list[Tensor] = []
 
-    def remove(x: Tensor, hook: Any) -> Tensor:
+    def remove(x: Tensor) -> Tensor:  # x: [r, pos, d_in], heads flattened
         act = ctx.sae.encode_selected(x.to(w_dec.dtype), index)  # [r, pos]
         box.append(act)
         return x - (act.unsqueeze(-1) * w_dec.unsqueeze(1)).to(x.dtype)
 
-    logits = ctx.model.run_with_hooks(tokens, fwd_hooks=[(ctx.hook_name, remove)])
+    logits = ctx.model.run_with_hooks(tokens, fwd_hooks=[(ctx.hook_name, edit_hook(remove))])
     return _next_logprobs(logits, tokens), box[0]
 
 
@@ -276,16 +266,12 @@ class Downstream(Criterion):
         out: dict[int, dict[str, Any]] = {}
         for start in range(0, len(ctx.features), LOGIT_CHUNK):  # [F, vocab] can be gigabytes
             chunk = ctx.features[start : start + LOGIT_CHUNK]
-            weights = logit_weights(ctx.model, ctx.hook_name, ctx.sae.W_dec[chunk]).cpu()
-            s = logit_summaries(weights, self.n_tokens, self.n_bins)
-            for row, f in enumerate(chunk):
+            weights = logit_weights(ctx.model, ctx.hook_name, ctx.sae.W_dec[chunk])
+            logits = self._logit_records(weights, names, len(chunk), ctx.hook_name)
+            for f, record in zip(chunk, logits, strict=True):
                 ablation = ablations.get(f)
                 out[f] = {
-                    "top_tokens": [names[i] for i in s["top_ids"][row]],
-                    "top_values": s["top_values"][row],
-                    "bottom_tokens": [names[i] for i in s["bottom_ids"][row]],
-                    "bottom_values": s["bottom_values"][row],
-                    "histogram": {"edges": s["edges"][row], "counts": s["counts"][row]},
+                    **record,
                     "ablation_delta_logprob": None
                     if ablation is None
                     else ablation["mean_delta_logprob_where_fired"],
@@ -293,6 +279,27 @@ class Downstream(Criterion):
                     "verdict": None,
                 }
         return out
+
+    def _logit_records(
+        self, weights: Tensor | None, names: list[str], n: int, hook_name: str
+    ) -> list[dict[str, Any]]:
+        """Top/bottom tokens and histogram of each row of ``weights``; for a hook without
+        logit weights, empty records saying why."""
+        if weights is None:
+            note = f"no logit weights: {hook_name!r} has no linear path to the residual stream"
+            empty = {"top_tokens": [], "top_values": [], "bottom_tokens": [], "bottom_values": []}
+            return [{**empty, "histogram": None, "logit_note": note} for _ in range(n)]
+        s = logit_summaries(weights.cpu(), self.n_tokens, self.n_bins)
+        return [
+            {
+                "top_tokens": [names[i] for i in s["top_ids"][row]],
+                "top_values": s["top_values"][row],
+                "bottom_tokens": [names[i] for i in s["bottom_ids"][row]],
+                "bottom_values": s["bottom_values"][row],
+                "histogram": {"edges": s["edges"][row], "counts": s["counts"][row]},
+            }
+            for row in range(n)
+        ]
 
     @override
     def summary(self, results: dict[int, dict[str, Any]]) -> dict[str, float]:

@@ -86,11 +86,14 @@ class Universality(Criterion):
 
     @staticmethod
     def _logit_corr(ctx: AnalysisContext, match: Tensor) -> Float[Tensor, " f"]:
-        """Pearson correlation of each feature's logit weights with its match's (chunked)."""
+        """Pearson correlation of each feature's logit weights with its match's (chunked);
+        NaN (reported as None) for a hook without logit weights."""
         out = []
         for start in range(0, len(ctx.features), LOGIT_CHUNK):
             rows = ctx.features[start : start + LOGIT_CHUNK]
             mine = logit_weights(ctx.model, ctx.hook_name, ctx.sae.W_dec[rows])
+            if mine is None:
+                return torch.full((len(ctx.features),), float("nan"))
             other = ctx.other_sae.W_dec[match[start : start + LOGIT_CHUNK]]
             out.append(row_pearson(mine, logit_weights(ctx.model, ctx.hook_name, other)).cpu())
         return torch.cat(out)

@@ -15,7 +15,9 @@ from sae_lightning.hub import HubUnavailableError, hub_unavailable, is_hub_error
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_DIR = Path(__file__).parent / "assets" / "toy-1l"
+EMBEDDED_NAME = "toy-1l"
+"""The name the embedded model records (``cfg.model_name``) and is loaded by."""
+EMBEDDED_DIR = Path(__file__).parent / "assets" / EMBEDDED_NAME
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -63,7 +65,7 @@ def load_embedded(
     bridge = TransformerBridge.boot_native(
         {**config["bridge_config"], "init_weights": False},
         tokenizer=tokenizer,
-        model_name=config.get("name", "toy-1l"),
+        model_name=config.get("name", EMBEDDED_NAME),
     )
     bridge.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)
     return freeze(bridge.to(device=device, dtype=_dtype(dtype)))
@@ -142,3 +144,19 @@ def load_hf(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32"
             raise hub_unavailable("model", name, err, EMBEDDED_OPTION) from None
         raise
     return freeze(bridge)
+
+
+def load_model_by_name(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32"):
+    """The frozen model an SAE's metadata names: the embedded one (``toy-1l``), a legacy
+    TransformerLens repo (``gelu-1l``, ``NeelNanda/...``), else a Hugging Face name or folder."""
+    if name == EMBEDDED_NAME:
+        return load_embedded(device=device, dtype=dtype)
+    from transformer_lens.model_bridge.sources.tl_legacy import TL_LEGACY_PREFIXES
+
+    try:
+        repo = resolve_legacy_name(name)
+    except ValueError:
+        repo = name
+    if repo.startswith(TL_LEGACY_PREFIXES):
+        return load_legacy(repo, device=device, dtype=dtype)
+    return load_hf(name, device=device, dtype=dtype)

@@ -11,6 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from sae_lightning.hooks import ActivationSpec
 from sae_lightning.metrics import (
     DownstreamLoss,
     ExplainedVariance,
@@ -80,14 +81,19 @@ class SAEModule(L.LightningModule):
         self.val_density = FeatureDensity(d_sae)
         self.val_downstream = DownstreamLoss()
         self._window_tokens = 0
-        self.__dict__["frozen"] = None  # plain attribute: never a submodule, never checkpointed
-        self.hook_name = ""
-        self.drop_bos = True
+        # what is read from which model; a plain attribute, so the frozen model it holds is
+        # never a submodule and never checkpointed. None: model-free (synthetic) data
+        self.__dict__["spec"] = None
 
-    def set_model(self, model, hook_name: str, drop_bos: bool = True) -> None:
-        """Hand over the frozen transformer used by validation to splice the SAE back in."""
-        self.__dict__["frozen"] = model
-        self.hook_name, self.drop_bos = hook_name, drop_bos
+    def set_spec(self, spec: ActivationSpec) -> None:
+        """Hand over what the data module reads (the same :class:`ActivationSpec`):
+        validation splices the SAE back into ``spec.model`` at ``spec.hook_name``."""
+        self.__dict__["spec"] = spec
+
+    @property
+    def frozen(self):
+        """The frozen transformer, or None for model-free data."""
+        return None if self.spec is None else self.spec.model
 
     def on_fit_start(self) -> None:
         if self.frozen is not None:
@@ -172,46 +178,29 @@ class SAEModule(L.LightningModule):
         if self.unit_norm_decoder:
             self.sae.set_decoder_norm_to_unit_norm()
 
-    def _splice(self, tokens: Tensor, replacement: Tensor) -> Tensor:
-        """Logits with the hooked activation replaced by ``replacement`` ([b, pos, d_in])."""
-
-        def hook(act: Tensor, hook) -> Tensor:
-            return replacement.to(act.dtype)
-
-        return self.frozen.run_with_hooks(tokens, fwd_hooks=[(self.hook_name, hook)])
-
-    def _with_trained_positions(self, acts: Tensor, values: Tensor) -> Tensor:
-        """``acts`` with the positions the SAE trains on set to ``values`` (BOS kept if dropped)."""
-        if not self.drop_bos:
-            return values.reshape(acts.shape)
-        out = acts.clone()
-        out[:, 1:] = values.reshape(acts.shape[0], acts.shape[1] - 1, acts.shape[2])
-        return out
-
     def validation_step(
         self, batch: list[Int[Tensor, "b n_ctx"]] | Float[Tensor, "b d_in"], batch_idx: int
     ) -> None:
         if self.frozen is None:
             if not (isinstance(batch, Tensor) and batch.is_floating_point()):
                 raise RuntimeError(
-                    "SAEModule has no frozen model: call set_model(model, hook_name) first, "
+                    "SAEModule has no frozen model: call set_spec(spec) first, "
                     "or validate on activation batches [b, d_in] (model-free data)"
                 )
             self._validate_activations(batch)
             return
-        tokens = batch[0]
-        logits_clean, cache = self.frozen.run_with_cache(tokens, names_filter=self.hook_name)
-        acts = cache[self.hook_name].float()  # [b, pos, d_in]
-        x = (acts[:, 1:] if self.drop_bos else acts).reshape(-1, acts.shape[-1])
-        x = x * self.act_scale  # the SAE's units; x_hat goes back to the model's below
+        tokens, spec = batch[0], self.spec
+        logits_clean, acts = spec.logits_and_capture(tokens)  # acts: [b, pos, d_in]
+        x = spec.trained(acts) * self.act_scale  # the SAE's units; x_hat goes back below
         out = self.sae(x)
         lo = self.loss_fn(x, out, self.sae, self.global_step)
         self._update_recon("val", x, out, lo)
         self.val_density.update(out.feature_acts)
         self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
         x_hat = out.x_hat / self.act_scale
-        logits_sae = self._splice(tokens, self._with_trained_positions(acts, x_hat))
-        logits_zero = self._splice(tokens, self._with_trained_positions(acts, torch.zeros_like(x)))
+        logits_sae = spec.run_with_replacement(tokens, spec.with_trained(acts, x_hat))
+        zeros = spec.with_trained(acts, torch.zeros_like(x))
+        logits_zero = spec.run_with_replacement(tokens, zeros)
         ce_clean, ce_sae, kl = per_token_ce_and_kl(logits_clean, logits_sae, tokens)
         _, ce_zero, _ = per_token_ce_and_kl(logits_clean, logits_zero, tokens)
         self.val_downstream.update(ce_clean, ce_sae, ce_zero, kl)

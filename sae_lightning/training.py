@@ -51,16 +51,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
-    model = None if datamodule.model_free else instantiate(cfg.model)  # synthetic: no model
-    model_name = SYNTHETIC if model is None else exported_model_name(model)
-    if model is not None:
-        datamodule.set_model(model)
-    d_in = datamodule.d_in()
-    sae = build_sae(cfg, d_in, cfg.hook_name)
+    # what the SAE reads, built once (None for model-free data: synthetic has no model)
+    spec = None if datamodule.model_free else datamodule.set_model(instantiate(cfg.model))
+    model_name = SYNTHETIC if spec is None else exported_model_name(spec.model)  # before training
+    sae = build_sae(cfg, datamodule.d_in(), cfg.hook_name)
     # objects go in through a partial: instantiate() would turn a dataclass kwarg into a config
     module = instantiate(cfg.module, _partial_=True)(sae=sae, loss=instantiate(cfg.loss))
-    if model is not None:
-        module.set_model(model, cfg.hook_name, datamodule.drop_bos)
+    if spec is not None:
+        module.set_spec(spec)
     else:
         datamodule.dictionary.save(out)  # the ground truth beside the SAE it should match
     loggers = instantiate_dict(cfg.get("logger"))
@@ -73,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.is_global_zero:
-        _finish(cfg, out, module, model, model_name, metrics, loggers)
+        _finish(cfg, out, module, spec, model_name, metrics, loggers)
     return metrics
 
 
@@ -89,14 +87,14 @@ def exported_model_name(model) -> str:
 
 
 def _finish(
-    cfg: DictConfig, out: Path, module, model, model_name: str, metrics: dict, loggers: list
+    cfg: DictConfig, out: Path, module, spec, model_name: str, metrics: dict, loggers: list
 ) -> None:
     """Export the SAE, write metrics.json, log hyper-parameters with the final metrics."""
     if cfg.get("export", True):
         metadata = {
             "model_name": model_name,
             "hook_name": cfg.hook_name,
-            "context_size": 1 if model is None else int(cfg.data.get("n_ctx") or model.cfg.n_ctx),
+            "context_size": 1 if spec is None else spec.n_ctx,
             "prepend_bos": True,
         }
         scale = float(module.act_scale)

@@ -19,8 +19,8 @@ from sae_lightning.analysis.loading import load_sae
 from sae_lightning.analysis.report import Report
 from sae_lightning.analysis.run import analyze, load_contexts
 from sae_lightning.analysis.selection import TOP_CONTEXTS, select_features
-from sae_lightning.data.activations import capture_activations
 from sae_lightning.formats import save_saelens
+from sae_lightning.hooks import capture_activations
 from sae_lightning.saes import ReLUSAE
 
 ROOT = Path(__file__).resolve().parents[1]

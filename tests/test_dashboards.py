@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sae_lightning.analysis.loading import load_sae
 from sae_lightning.analysis.run import analyze, load_contexts
-from sae_lightning.data.activations import capture_activations
 from sae_lightning.formats import save_saelens
+from sae_lightning.hooks import capture_activations
 from sae_lightning.report import Dashboards, load_report
 from sae_lightning.report.__main__ import main as rerender
 from sae_lightning.report.prompts import analyse_prompt, prompt_tokens

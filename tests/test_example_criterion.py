@@ -12,8 +12,8 @@ from test_analysis_core import HOOK, META, ROOT, random_sae, tiny_corpus  # noqa
 
 from sae_lightning.analysis.loading import load_sae
 from sae_lightning.analysis.run import analyze, load_contexts, vocab_strings
-from sae_lightning.data.activations import capture_activations
 from sae_lightning.formats import save_saelens
+from sae_lightning.hooks import capture_activations
 
 EXAMPLE = ROOT / "examples" / "custom_criterion"
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.report import Report
-from sae_lightning.data.activations import capture_activations
+from sae_lightning.hooks import capture_activations
 from sae_lightning.saes import SAE
 
 log = logging.getLogger(__name__)

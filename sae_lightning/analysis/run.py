@@ -27,30 +27,13 @@ from sae_lightning.analysis.loading import check_compatible, latest_run, load_sa
 from sae_lightning.analysis.module import AnalysisModule
 from sae_lightning.analysis.report import Report
 from sae_lightning.analysis.selection import select_features
+from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
 from sae_lightning.report.windows import add_window_activations
 from sae_lightning.training import instantiate_dict
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_NAME = "toy-1l"
 REPORT_FILE = Path("report") / "criteria.json"
-
-
-def load_model_by_name(name: str, device: str = "cpu"):
-    """The frozen model an SAE's metadata names: the embedded one, a legacy TL repo, or HF."""
-    from sae_lightning import models
-
-    if name == EMBEDDED_NAME:
-        return models.load_embedded(device=device)
-    from transformer_lens.model_bridge.sources.tl_legacy import TL_LEGACY_PREFIXES
-
-    try:
-        repo = models.resolve_legacy_name(name)
-    except ValueError:
-        repo = name
-    if repo.startswith(TL_LEGACY_PREFIXES):
-        return models.load_legacy(repo, device=device)
-    return models.load_hf(name, device=device)
 
 
 def vocab_strings(model) -> list[str]:

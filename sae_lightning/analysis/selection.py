@@ -21,7 +21,7 @@ from jaxtyping import Int
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
-from sae_lightning.data.activations import capture_activations
+from sae_lightning.hooks import capture_activations
 from sae_lightning.saes import SAE
 
 log = logging.getLogger(__name__)

@@ -18,40 +18,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from sae_lightning.hooks import capture_activations, validate_hook  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook: nothing after the hook is computed."""
-
-
-def validate_hook(model, hook_name: str) -> None:
-    """Raise a clear error when ``hook_name`` is not a hook point of ``model``."""
-    names = sorted(model.hook_dict)
-    if hook_name not in model.hook_dict:
-        shown = ", ".join(names[:60]) + (", ..." if len(names) > 60 else "")
-        raise ValueError(
-            f"hook {hook_name!r} is not a hook point of the model; valid hooks: {shown}"
-        )
-
-
-def capture_activations(
-    model, tokens: Int[Tensor, "batch pos"], hook_name: str
-) -> Float[Tensor, "batch pos d_in"]:
-    """Activations at ``hook_name``; the forward stops there (no unembedding)."""
-    box: list[Tensor] = []
-
-    def hook(act: Tensor, hook) -> None:
-        box.append(act)
-        raise _StopForward
-
-    try:
-        model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
-    except _StopForward:
-        pass
-    if not box:
-        raise RuntimeError(f"hook {hook_name!r} did not fire during the forward pass")
-    return box[0]
 
 
 @dataclass
@@ -144,7 +113,9 @@ class ActivationStream(IterableDataset):
     @torch.inference_mode()
     def _forward_group(self, order: Tensor, group: int) -> tuple[Tensor, Tensor]:
         rows = order[group * self.k : (group + 1) * self.k]
-        acts = capture_activations(self.model, self.contexts[rows].to(self.device), self.hook_name)
+        tokens = self.contexts[rows].to(self.device)
+        # float32 in the buffer, whatever the frozen model's dtype
+        acts = capture_activations(self.model, tokens, self.hook_name).float()
         if self.drop_bos:
             acts = acts[:, 1:]
         acts = acts.reshape(-1, acts.shape[-1])  # [k * positions, d_in]

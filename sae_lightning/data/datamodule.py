@@ -10,7 +10,8 @@ from jaxtyping import Float
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from sae_lightning.data.activations import ActivationStream, capture_activations, validate_hook
+from sae_lightning.data.activations import ActivationStream
+from sae_lightning.hooks import ActivationSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,18 @@ class ActivationDataModule(L.LightningDataModule):
         self.contexts_per_forward, self.drop_bos, self.n_ctx = contexts_per_forward, drop_bos, n_ctx
         self.val_contexts, self.val_batch_size, self.seed = val_contexts, val_batch_size, seed
         self.model = None
+        self.spec: ActivationSpec | None = None  # built by set_model, handed to the module
         self.train_ctx: Tensor | None = None
         self.val_ctx: Tensor | None = None
         self.stream: ActivationStream | None = None
         self._resume: dict | None = None
 
-    def set_model(self, model) -> None:
-        validate_hook(model, self.hook_name)
-        self.model = model
-        self.n_ctx = self.n_ctx or model.cfg.n_ctx
+    def set_model(self, model) -> ActivationSpec:
+        """Attach the frozen model; returns the :class:`ActivationSpec` (hook checked, width
+        probed) that the module must read the same way."""
+        self.spec = ActivationSpec(model, self.hook_name, self.drop_bos, self.n_ctx or 0)
+        self.model, self.n_ctx = model, self.spec.n_ctx
+        return self.spec
 
     def _require_model(self):
         if self.model is None:
@@ -99,12 +103,9 @@ class ActivationDataModule(L.LightningDataModule):
         self.prepare_contexts()
 
     def d_in(self) -> int:
-        """Width of the hooked activation (one short probe forward)."""
-        probe = torch.zeros(
-            1, 2, dtype=torch.long, device=next(self._require_model().parameters()).device
-        )
-        with torch.inference_mode():
-            return capture_activations(self.model, probe, self.hook_name).shape[-1]
+        """Width of the hooked activation (per-head hooks flattened)."""
+        self._require_model()
+        return self.spec.d_in
 
     def sample_activations(self, n: int) -> Float[Tensor, "n d_in"]:
         """``n`` activations from the first training contexts (for data-dependent init)."""
@@ -112,9 +113,7 @@ class ActivationDataModule(L.LightningDataModule):
         per_ctx = self.n_ctx - int(self.drop_bos)
         rows = self.train_ctx[: max(1, -(-n // per_ctx))].to(self.device)
         with torch.inference_mode():
-            acts = capture_activations(self.model, rows, self.hook_name)
-        acts = acts[:, 1:] if self.drop_bos else acts
-        return acts.reshape(-1, acts.shape[-1])[:n].clone()
+            return self.spec.trained(self.spec.capture(rows))[:n].clone()
 
     def make_stream(
         self, rank: int = 0, world_size: int = 1, epochs: int | None = None

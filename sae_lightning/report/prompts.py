@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sae_lightning.data.activations import capture_activations
+from sae_lightning.hooks import capture_activations, edit_hook
 from sae_lightning.report.data import fmt, tokens_view
 
 
@@ -54,12 +54,12 @@ def loss_effects(
         index = torch.tensor(chunk, device=sae.W_dec.device)
         w_dec = sae.W_dec[index]  # [r, d_in]
 
-        def remove(x: Tensor, hook: Any, index=index, w_dec=w_dec) -> Tensor:
+        def remove(x: Tensor, index=index, w_dec=w_dec) -> Tensor:  # [r, pos, d_in]
             act = sae.encode_selected(x.to(w_dec.dtype), index)  # [r, pos]
             return x - (act.unsqueeze(-1) * w_dec.unsqueeze(1)).to(x.dtype)
 
         rows = row.expand(len(chunk), -1)  # [r, pos]
-        logits = model.run_with_hooks(rows, fwd_hooks=[(hook_name, remove)])
+        logits = model.run_with_hooks(rows, fwd_hooks=[(hook_name, edit_hook(remove))])
         effects += (_next_token_loss(logits, rows) - clean).tolist()
     return clean, effects
 

@@ -192,6 +192,7 @@ def feature_view(
         "top_examples": [example_view(e, scale) for e in top.get("top_examples") or []],
         "quantiles": _quantiles(top.get("quantile_samples") or [], scale),
         "logit_fig": logit_figure(down.get("histogram") or {}) if down else None,
+        "logit_note": down.get("logit_note"),
         "top_logits": _logit_rows(down, "top"),
         "bottom_logits": _logit_rows(down, "bottom"),
         "ablation": ablation_view(down.get("ablation"), scale),

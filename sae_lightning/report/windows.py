@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from sae_lightning.data.activations import capture_activations
+from sae_lightning.hooks import capture_activations
 
 ROW_BUDGET = 2**24  # hooked floats gathered at once ([rows, width, d_in])
 

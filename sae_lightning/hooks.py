@@ -1,0 +1,225 @@
+"""What an SAE reads from the frozen model: the hook, its kind and layout, and its positions.
+
+Accepted hooks give one vector per token:
+
+- ``residual``: ``blocks.L.hook_resid_pre|mid|post``, ``blocks.L.hook_mlp_out``,
+  ``blocks.L.hook_attn_out`` (``d_model`` wide). A direction goes straight to the unembedding.
+- ``mlp``: ``blocks.L.mlp.hook_pre|post`` (the MLP neurons, ``d_mlp`` wide). A direction
+  reaches the residual stream through ``W_out`` (for ``hook_pre`` that ignores the
+  activation function: a linear approximation).
+- ``heads``: ``blocks.L.attn.hook_z`` (and ``hook_q|k|v``), ``[pos, n_heads, d_head]``,
+  flattened head-major to ``n_heads * d_head`` as SAELens does, and un-flattened when a
+  reconstruction is spliced back. A ``hook_z`` direction reaches the residual stream
+  through ``W_O``.
+- ``other``: any other hook whose activation is ``[batch, pos, d]`` (``ln2.hook_normalized``,
+  ...): trained and analysed, without logit weights.
+
+Refused before any work: attention patterns and scores (``[batch, heads, pos, pos]``), and
+anything else that is not one vector per token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+DEFAULT_HOOK = "blocks.0.mlp.hook_post"
+"""The hook the paper's SAEs read: the MLP neurons of the first layer."""
+
+HookKind = Literal["residual", "mlp", "heads", "other"]
+_KINDS: tuple[tuple[HookKind, str], ...] = (
+    ("residual", r"blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|mlp_out|attn_out)"),
+    ("mlp", r"blocks\.(\d+)\.mlp\.hook_(pre|post)"),
+    ("heads", r"blocks\.(\d+)\.attn\.hook_(z|q|k|v)"),
+)
+_REFUSED = re.compile(r".*\.hook_(pattern|attn_scores)")
+ACCEPTED_KINDS = (
+    "residual stream (blocks.L.hook_resid_pre/mid/post), block outputs (blocks.L.hook_mlp_out, "
+    "blocks.L.hook_attn_out), MLP neurons (blocks.L.mlp.hook_pre/post), per-head outputs "
+    "(blocks.L.attn.hook_z, flattened to n_heads*d_head), or any other hook with one vector "
+    "per token"
+)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook: nothing after the hook is computed."""
+
+
+def hook_kind(hook_name: str) -> tuple[HookKind, int | None]:
+    """The kind of ``hook_name`` and its layer (None when the name has none)."""
+    for kind, pattern in _KINDS:
+        match = re.fullmatch(pattern, hook_name)
+        if match:
+            return kind, int(match.group(1))
+    layer = re.match(r"blocks\.(\d+)\.", hook_name)
+    return "other", int(layer.group(1)) if layer else None
+
+
+def validate_hook(model, hook_name: str) -> None:
+    """Raise a clear error when ``hook_name`` is not a hook point of ``model``, or is a hook
+    whose activations are not one vector per token (attention patterns and scores)."""
+    if hook_name not in model.hook_dict:
+        names = sorted(model.hook_dict)
+        shown = ", ".join(names[:60]) + (", ..." if len(names) > 60 else "")
+        raise ValueError(
+            f"hook {hook_name!r} is not a hook point of the model; valid hooks: {shown}"
+        )
+    if _REFUSED.fullmatch(hook_name):
+        raise ValueError(_not_per_token(hook_name, "it holds attention weights per head pair"))
+
+
+def _not_per_token(hook_name: str, why: str) -> str:
+    return (
+        f"hook {hook_name!r} cannot be read by an SAE: {why}, not one vector per token. "
+        f"Accepted: {ACCEPTED_KINDS}"
+    )
+
+
+def flatten_heads(
+    act: Tensor, hook_name: str, tokens_shape: torch.Size
+) -> Float[Tensor, "batch pos d"]:
+    """``act`` as ``[batch, pos, d]``: per-head hooks flattened head-major; anything that is
+    not one vector per token refused."""
+    if act.shape[:2] != tokens_shape:
+        raise ValueError(_not_per_token(hook_name, f"its activation has shape {list(act.shape)}"))
+    if act.ndim == 4 and hook_kind(hook_name)[0] == "heads":
+        return act.flatten(2)  # [batch, pos, n_heads * d_head]
+    if act.ndim != 3:
+        raise ValueError(_not_per_token(hook_name, f"its activation has shape {list(act.shape)}"))
+    return act
+
+
+def capture_activations(
+    model, tokens: Int[Tensor, "batch pos"], hook_name: str
+) -> Float[Tensor, "batch pos d_in"]:
+    """Activations at ``hook_name`` (per-head hooks flattened); the forward stops there."""
+    box: list[Tensor] = []
+
+    def hook(act: Tensor, hook) -> None:
+        box.append(act)
+        raise _StopForward
+
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+    except _StopForward:
+        pass
+    if not box:
+        raise RuntimeError(f"hook {hook_name!r} did not fire during the forward pass")
+    return flatten_heads(box[0], hook_name, tokens.shape)
+
+
+def edit_hook(
+    edit: Callable[[Float[Tensor, "batch pos d_in"]], Tensor],
+) -> Callable[[Tensor, Any], Tensor]:
+    """A forward hook that applies ``edit`` to the activation in its flat ``[batch, pos,
+    d_in]`` layout and gives the model back its own layout (heads un-flattened) and dtype."""
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        flat = act.flatten(2) if act.ndim == 4 else act
+        return edit(flat).to(act.dtype).reshape(act.shape)
+
+    return hook
+
+
+def residual_directions(
+    model, hook_name: str, w: Float[Tensor, "f d_in"]
+) -> Float[Tensor, "f d_model"] | None:
+    """Directions at ``hook_name`` mapped into the residual stream (None where no linear map
+    exists: q/k/v and other hooks). MLP hooks go through ``W_out``, ``hook_z`` through
+    ``W_O``, residual and output hooks are there already."""
+    kind, layer = hook_kind(hook_name)
+    if kind == "residual":
+        return w
+    if kind == "mlp":
+        w_out = model.blocks[layer].mlp.W_out.detach().float()  # [d_mlp, d_model]
+        _check_width(w, w_out.shape[0], hook_name, "d_mlp")
+        return w @ w_out.to(w.device)
+    if hook_name.endswith("attn.hook_z"):
+        w_o = model.blocks[layer].attn.W_O.detach().float()  # [n_heads, d_head, d_model]
+        w_o = w_o.reshape(-1, w_o.shape[-1])  # [n_heads * d_head, d_model], head-major
+        _check_width(w, w_o.shape[0], hook_name, "n_heads * d_head")
+        return w @ w_o.to(w.device)
+    return None
+
+
+def _check_width(w: Tensor, width: int, hook_name: str, what: str) -> None:
+    if w.shape[1] != width:
+        raise ValueError(
+            f"decoder width {w.shape[1]} does not match {what}={width} of {hook_name!r}"
+        )
+
+
+@dataclass
+class ActivationSpec:
+    """What is read from which model: built once, handed to the DataModule and the module.
+
+    Args:
+        model: The frozen transformer (never a submodule, never checkpointed).
+        hook_name: The hook the SAE reads.
+        drop_bos: The BOS position of each context is not trained on (nor analysed).
+        n_ctx: Context length (at most the model's).
+    """
+
+    model: Any = field(repr=False)
+    hook_name: str
+    drop_bos: bool = True
+    n_ctx: int = 0
+    d_in: int = field(init=False)
+    kind: HookKind = field(init=False)
+    layer: int | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        validate_hook(self.model, self.hook_name)
+        limit = int(self.model.cfg.n_ctx)
+        self.n_ctx = int(self.n_ctx or limit)
+        if not 2 <= self.n_ctx <= limit:
+            raise ValueError(f"n_ctx={self.n_ctx} must lie in 2..{limit} (the model's n_ctx)")
+        self.kind, self.layer = hook_kind(self.hook_name)
+        probe = torch.zeros(1, 2, dtype=torch.long, device=_device(self.model))
+        with torch.inference_mode():
+            self.d_in = int(capture_activations(self.model, probe, self.hook_name).shape[-1])
+
+    @property
+    def start(self) -> int:
+        """The first position trained on (1 when BOS is dropped)."""
+        return int(self.drop_bos)
+
+    def capture(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_in"]:
+        """Float32 activations at the hook of every position (BOS included)."""
+        return capture_activations(self.model, tokens, self.hook_name).float()
+
+    def logits_and_capture(
+        self, tokens: Int[Tensor, "batch pos"]
+    ) -> tuple[Float[Tensor, "batch pos vocab"], Float[Tensor, "batch pos d_in"]]:
+        """The clean logits and the float32 activations at the hook, in one forward."""
+        logits, cache = self.model.run_with_cache(tokens, names_filter=self.hook_name)
+        return logits, flatten_heads(cache[self.hook_name], self.hook_name, tokens.shape).float()
+
+    def trained(self, acts: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "n d_in"]:
+        """The positions the SAE trains on, flattened to rows."""
+        return acts[:, self.start :].reshape(-1, acts.shape[-1])
+
+    def with_trained(
+        self, acts: Float[Tensor, "batch pos d_in"], rows: Float[Tensor, "n d_in"]
+    ) -> Float[Tensor, "batch pos d_in"]:
+        """``acts`` with the trained positions replaced by ``rows`` (BOS kept if dropped)."""
+        out = acts.clone()
+        out[:, self.start :] = rows.reshape(acts.shape[0], -1, acts.shape[2]).to(acts.dtype)
+        return out
+
+    def run_with_replacement(
+        self, tokens: Int[Tensor, "batch pos"], acts: Float[Tensor, "batch pos d_in"]
+    ) -> Float[Tensor, "batch pos vocab"]:
+        """Logits with the hooked activation replaced by ``acts`` (flat layout)."""
+        hook = edit_hook(lambda _: acts)
+        return self.model.run_with_hooks(tokens, fwd_hooks=[(self.hook_name, hook)])
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
