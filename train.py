@@ -2,17 +2,22 @@
 
 Configuration: conf/train.yaml (Hydra). Outputs: outputs/<date>/<time>/ (TensorBoard events,
 checkpoints, the exported SAE in sae/, metrics.json). ``-m`` sweeps into multirun/.
+
+A mistake the user can fix (a bad hook, a missing or malformed data file, an unreachable
+hub) ends with its one-line message and exit status 1; HYDRA_FULL_ERROR=1 shows the traceback.
 """
 
 import hydra
 from omegaconf import DictConfig
 
+from sae_lightning.cli import user_errors
 from sae_lightning.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with user_errors("train.py"):
+        metrics = train(cfg)
     return metrics.get("val/loss_recovered")
 
 

@@ -40,8 +40,9 @@ _KINDS: tuple[tuple[HookKind, str], ...] = (
 )
 _REFUSED = re.compile(r".*\.hook_(pattern|attn_scores)")
 ACCEPTED_KINDS = (
-    "residual stream (blocks.L.hook_resid_pre/mid/post), block outputs (blocks.L.hook_mlp_out, "
-    "blocks.L.hook_attn_out), MLP neurons (blocks.L.mlp.hook_pre/post), per-head outputs "
+    "the residual stream (blocks.L.hook_resid_pre, blocks.L.hook_resid_mid, "
+    "blocks.L.hook_resid_post), block outputs (blocks.L.hook_mlp_out, blocks.L.hook_attn_out), "
+    "MLP neurons (blocks.L.mlp.hook_pre, blocks.L.mlp.hook_post), per-head outputs "
     "(blocks.L.attn.hook_z, flattened to n_heads*d_head), or any other hook with one vector "
     "per token"
 )
@@ -70,6 +71,11 @@ def validate_hook(model, hook_name: str) -> None:
         raise ValueError(
             f"hook {hook_name!r} is not a hook point of the model; valid hooks: {shown}"
         )
+    check_hook_name(hook_name)
+
+
+def check_hook_name(hook_name: str) -> None:
+    """Refuse, by name alone (before any model is loaded), hooks that hold attention weights."""
     if _REFUSED.fullmatch(hook_name):
         raise ValueError(_not_per_token(hook_name, "it holds attention weights per head pair"))
 

@@ -25,9 +25,12 @@ def is_hub_error(err: BaseException) -> bool:
 
 
 def hub_unavailable(
-    kind: str, name: str, err: BaseException, local_option: str
+    kind: str, name: str, err: BaseException, local_option: str, fetch: str | None = None
 ) -> HubUnavailableError:
-    """The error to raise (``from None``) instead of a stack of HTTP errors."""
+    """The error to raise (``from None``) instead of a stack of HTTP errors.
+
+    ``fetch``, when given, is the command that populates the cache (e.g. ``hf download ...``).
+    """
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
     why = (
         "HF_HUB_OFFLINE is set and it is not cached" if offline else "the hub could not be reached"
@@ -36,5 +39,6 @@ def hub_unavailable(
     return HubUnavailableError(
         f"cannot load {kind} {name!r}: {why} ({type(err).__name__}: {first_line}). Either use "
         f"{local_option} (no network needed), or populate the Hugging Face cache with {name!r} on "
-        f"a machine with network access and run with HF_HUB_OFFLINE=1."
+        f"a machine with network access{f' (`{fetch}`)' if fetch else ''} and run with "
+        f"HF_HUB_OFFLINE=1."
     )

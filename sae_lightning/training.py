@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sae_lightning.formats import save_saelens
+from sae_lightning.hooks import check_hook_name
 from sae_lightning.sweep import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train an SAE as configured; returns the final validation metrics."""
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
+    check_hook_name(cfg.hook_name)  # before the model loads
     datamodule = instantiate(cfg.data)
     # what the SAE reads, built once (None for model-free data: synthetic has no model)
     spec = None if datamodule.model_free else datamodule.set_model(instantiate(cfg.model))

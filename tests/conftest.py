@@ -20,3 +20,20 @@ def stdlib_docs():
     from sae_lightning.toy.corpus import stdlib_documents
 
     return stdlib_documents()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict:
+    """Folders of tiny random GPT-2, GPT-NeoX (Pythia) and Llama models (tests/tiny_models.py)."""
+    from tiny_models import FAMILIES, save_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {family: save_tiny_model(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_model_dirs) -> dict:
+    """The tiny models loaded through TransformerBridge (``load_hf``), frozen."""
+    from sae_lightning.models import load_hf
+
+    return {family: load_hf(str(folder)) for family, folder in tiny_model_dirs.items()}

@@ -1,15 +1,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import einops
 import torch
+from hub_cache import run_isolated
 from safetensors.torch import load_file, save_file
 
 from sae_lightning.models import EMBEDDED_DIR, WEIGHTS_FILE, load_embedded
@@ -73,19 +70,6 @@ def test_transformer_lens_api(embedded_model):
     assert ablated.item() > clean.item() + 0.1
 
 
-def _run_isolated(script: str, hf_home: Path) -> subprocess.CompletedProcess:
-    # huggingface_hub reads HF_HUB_OFFLINE at import time, so each check runs in its own process
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
-    env.pop("HF_HUB_CACHE", None)
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_hub_models_and_datasets_offline_give_one_clear_error(tmp_path):
     script = """
         from sae_lightning.data.sources import HFDatasetSource
@@ -105,7 +89,7 @@ def test_hub_models_and_datasets_offline_give_one_clear_error(tmp_path):
             else:
                 raise SystemExit(f"{name} loaded offline from an empty cache")
     """
-    result = _run_isolated(script, tmp_path / "hf")
+    result = run_isolated(script, tmp_path / "hf")
     assert result.returncode == 0, result.stderr[-2000:]
     messages = [m for m in result.stdout.splitlines() if m.startswith("MESSAGE")]
     assert len(messages) == 3
@@ -183,7 +167,7 @@ def test_legacy_loader_reads_a_populated_cache_offline(tmp_path, embedded_model)
         tokens = load_file("{tmp_path}/tokens.safetensors")["tokens"]
         save_file({{"logits": model(tokens)}}, "{tmp_path}/logits.safetensors")
     """
-    result = _run_isolated(script, tmp_path / "hf")
+    result = run_isolated(script, tmp_path / "hf")
     assert result.returncode == 0, result.stderr[-3000:]
     with torch.inference_mode():
         expected = embedded_model(tokens)

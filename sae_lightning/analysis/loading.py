@@ -6,7 +6,10 @@ Accepted forms of ``path``:
 - an exported SAELens folder (``cfg.json`` + ``sae_weights.safetensors``);
 - a Lightning checkpoint (``.ckpt``) written by ``SAEModule`` (it holds ``sae_config``);
 - a ``.pt`` state dict in the format of Neel Nanda's 1L-Sparse-Autoencoder, next to its
-  ``<stem>_cfg.json``.
+  ``<stem>_cfg.json``;
+- ``hf://<owner>/<repo>[@<revision>]/<path-in-repo>``: either of the last two forms in a
+  Hugging Face repo, fetched through the hub cache (:mod:`.hub_sae`), e.g.
+  ``hf://NeelNanda/sparse_autoencoder/25.pt``.
 
 Nothing pickled is ever executed: safetensors, or ``torch.load(weights_only=True)``.
 """
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sae_lightning.analysis.hub_sae import fetch_hub_sae, is_hf_uri
 from sae_lightning.data.activations import capture_activations, validate_hook
 from sae_lightning.formats import CFG_FILE, WEIGHTS_FILE, load_saelens, to_inference_sae
 from sae_lightning.saes import SAE, ReLUSAE, build_sae, load_assigned
@@ -31,7 +35,8 @@ DEFAULT_HOOK = "blocks.0.mlp.hook_post"
 ACCEPTED = (
     "a training run folder (with sae/cfg.json), an SAELens folder (cfg.json + "
     "sae_weights.safetensors), a Lightning .ckpt written by train.py, or a .pt state dict of "
-    "Neel Nanda's 1L-Sparse-Autoencoder with its <stem>_cfg.json"
+    "Neel Nanda's 1L-Sparse-Autoencoder with its <stem>_cfg.json, or hf://<owner>/<repo>/<path> "
+    "naming either of the last two in a Hugging Face repo"
 )
 NO_RUN = "run `python train.py` first or pass sae_path=PATH"
 # Neel Nanda's ``site`` names -> TransformerLens hook names (``utils.get_act_name``)
@@ -173,13 +178,19 @@ def load_sae(path: str | Path) -> tuple[SAE, dict[str, Any]]:
     """The SAE at ``path`` (in eval mode, on CPU) and its metadata.
 
     The metadata holds at least ``model_name``, ``hook_name``, ``context_size`` (None when
-    unknown) and ``source`` (the file or folder read).
+    unknown) and ``source`` (the file or folder read, or the ``hf://`` URI; then also
+    ``hub_commit``, the commit of the files read).
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist.
+        FileNotFoundError: If ``path`` does not exist (or is not in the hub repo it names).
         ValueError: If ``path`` is none of the accepted forms (the message lists them), or its
             contents are corrupt, mismatched, or would need unpickling code to load.
+        HubUnavailableError: If an ``hf://`` SAE is not cached and the hub cannot be reached.
     """
+    if is_hf_uri(path):
+        local, commit = fetch_hub_sae(str(path))
+        sae, metadata = _from_neel(local) if local.suffix == ".pt" else _from_saelens(local)
+        return sae, {**metadata, "source": str(path), "hub_commit": commit}
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"SAE path {str(path)!r} does not exist; expected {ACCEPTED}")
