@@ -9,17 +9,24 @@ scorecard in the log. Examples::
     python analyze.py sae_path=outputs/2026-01-01/12-00-00 features=top:50 tokens=100000
     python analyze.py sae_path=a/sae compare_with=b/sae "criteria=[top_activations,universality]"
     python analyze.py trainer=ddp trainer.accelerator=cpu trainer.devices=2
+    python analyze.py sae_path=hf://NeelNanda/sparse_autoencoder/25.pt model=gelu-1l
+
+A mistake the user can fix (a missing file, a bad value, an SAE on the hub that is neither
+cached nor reachable) ends with its one-line message and exit status 1; HYDRA_FULL_ERROR=1
+shows the traceback.
 """
 
 import hydra
 from omegaconf import DictConfig
 
 from sae_lightning.analysis.run import analyze
+from sae_lightning.cli import user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def main(cfg: DictConfig) -> float | None:
-    report = analyze(cfg)
+    with user_errors("analyze.py"):
+        report = analyze(cfg)
     rates = [s["pass_rate"] for s in report.summaries.values() if "pass_rate" in s]
     return sum(rates) / len(rates) if rates else None
 
