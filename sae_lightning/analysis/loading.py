@@ -22,16 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from sae_lightning.analysis.hub_sae import fetch_hub_sae, is_hf_uri
-from sae_lightning.data.activations import capture_activations, validate_hook
 from sae_lightning.formats import CFG_FILE, WEIGHTS_FILE, load_saelens, to_inference_sae
+from sae_lightning.hooks import DEFAULT_HOOK, ActivationSpec
 from sae_lightning.saes import SAE, ReLUSAE, build_sae, load_assigned
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOOK = "blocks.0.mlp.hook_post"
 ACCEPTED = (
     "a training run folder (with sae/cfg.json), an SAELens folder (cfg.json + "
     "sae_weights.safetensors), a Lightning .ckpt written by train.py, or a .pt state dict of "
@@ -205,16 +203,6 @@ def load_sae(path: str | Path) -> tuple[SAE, dict[str, Any]]:
     raise ValueError(f"cannot read an SAE from {str(path)!r}; expected {ACCEPTED}")
 
 
-def hook_width(model, hook_name: str) -> int:
-    """Width of the activation at ``hook_name`` (one two-token probe forward)."""
-    validate_hook(model, hook_name)
-    device = next(model.parameters()).device
-    probe = torch.zeros(1, 2, dtype=torch.long, device=device)
-    with torch.inference_mode():
-        acts: Tensor = capture_activations(model, probe, hook_name)
-    return int(acts.shape[-1])
-
-
 def check_compatible(sae: SAE, metadata: dict[str, Any], model, hook_name: str) -> None:
     """Refuse an SAE that cannot read ``hook_name`` of ``model``.
 
@@ -222,7 +210,7 @@ def check_compatible(sae: SAE, metadata: dict[str, Any], model, hook_name: str) 
         ValueError: If the hook does not exist (the message lists the valid ones), or the
             SAE's ``d_in`` differs from the hook's width (the message names both).
     """
-    width = hook_width(model, hook_name)
+    width = ActivationSpec(model, hook_name).d_in  # the hook checked, its width probed
     if sae.d_in != width:
         source = metadata.get("source", "the SAE")
         raise ValueError(
