@@ -2,8 +2,9 @@
 
 A folder holds ``cfg.json`` and ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``,
 ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``). Decoder norms are folded into
-the weights on export, so every exported decoder row has unit norm. Loading reads
-safetensors only: nothing pickled is ever executed.
+the weights on export, so every exported decoder row has unit norm. ``cfg.json`` follows
+SAELens 6.x (``sae_lightning.saelens_cfg``); on import every key that changes the numbers is
+honoured exactly or refused. Loading reads safetensors only: nothing pickled is executed.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sae_lightning.saelens_cfg import (  # noqa: F401  (SAELENS_VERSION: re-exported)
+    REQUIRED_METADATA,
+    SAELENS_VERSION,
+    export_cfg,
+    read_cfg,
+)
 from sae_lightning.saes import SAE, get_architecture, load_assigned
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
-REQUIRED_METADATA: tuple[str, ...] = ("model_name", "hook_name", "context_size", "prepend_bos")
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -104,7 +110,8 @@ def save_saelens(
             JumpReLU SAE it is at inference (``for_export``).
         folder: Output folder, created if needed; existing files are overwritten.
         metadata: Must hold ``model_name``, ``hook_name``, ``context_size`` and
-            ``prepend_bos``; any further JSON-serialisable keys are written too.
+            ``prepend_bos``; any further JSON-serialisable keys (``dataset_path``, ...) are
+            written too. ``sae_lens_version`` is always ``SAELENS_VERSION``.
         activation_scale: The constant the training activations were multiplied by
             (``SAEModule.act_scale``); folded into the weights, so the export reads raw ones.
 
@@ -112,7 +119,8 @@ def save_saelens(
         The folder written.
 
     Raises:
-        ValueError: If a required metadata key is missing.
+        ValueError: If a required metadata key is missing, or the metadata says something
+            the export cannot honour (e.g. a ``hook_head_index``).
 
     Example:
         >>> import tempfile
@@ -130,46 +138,25 @@ def save_saelens(
             f"got keys {sorted(metadata)}"
         )
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     target, state = exported(sae, activation_scale)
-    config = target.config()
-    cfg = {
-        "architecture": config.pop("architecture"),
-        "d_in": config.pop("d_in"),
-        "d_sae": config.pop("d_sae"),
-        "dtype": str(state["W_enc"].dtype).removeprefix("torch."),
-        "apply_b_dec_to_input": config.pop("apply_b_dec_to_input"),
-        "normalize_activations": "none",
-        **config,  # architecture-specific constructor arguments (e.g. k for TopK)
-        "metadata": {**{k: metadata[k] for k in REQUIRED_METADATA}, **metadata},
-    }
+    dtype = str(state["W_enc"].dtype).removeprefix("torch.")
+    cfg = export_cfg(target.config(), dtype, metadata)
+    read_cfg(cfg, folder / CFG_FILE)  # what we write, we read back (e.g. hook_head_index)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     save_file(state, str(folder / WEIGHTS_FILE))
     return folder
 
 
 def _read_cfg(path: Path) -> dict[str, Any]:
-    """Parse ``cfg.json`` and check the keys every architecture needs."""
+    """Parse ``cfg.json`` and read it as SAELens does (``saelens_cfg.read_cfg``)."""
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(cfg, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
-    for key in ("d_in", "d_sae"):
-        value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{path}: {key} must be a positive integer, got {value!r}")
-    norm = cfg.get("normalize_activations", "none")
-    if norm not in ("none", None):
-        raise ValueError(
-            f"{path}: normalize_activations={norm!r} is not supported; valid: 'none' "
-            "(fold the normalisation into the weights before export)"
-        )
-    dtype = str(cfg.get("dtype", "float32")).removeprefix("torch.")
-    if dtype not in DTYPES:
-        raise ValueError(f"{path}: unknown dtype {cfg.get('dtype')!r}; valid: {sorted(DTYPES)}")
-    return cfg
+    return read_cfg(cfg, path)
 
 
 def _read_weights(path: Path) -> dict[str, Float[Tensor, "..."]]:
@@ -212,21 +199,55 @@ def _constructor_args(cls: type[SAE], cfg: dict[str, Any], where: Path) -> dict[
     return {p.name: cfg[p.name] for p in params if p.name in cfg}
 
 
+def fold_rescale_acts(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Weights of an SAELens TopK SAE with ``rescale_acts_by_decoder_norm``, made plain.
+
+    SAELens (``TopKSAE.encode``/``decode``, ``sae_lens/saes/topk_sae.py``) selects the top k
+    of ``pre * n`` (``n_i = |W_dec_i|``) and decodes ``(f / n) @ W_dec``. With
+    ``W_enc[:, i] *= n_i``, ``b_enc_i *= n_i`` and ``W_dec_i /= n_i`` the plain TopK SAE has
+    those pre-activations, so the same latents, values and ``x_hat``. Folded in float64; a
+    row of norm 0 stays 0 and its latent's pre-activation is 0, as in SAELens.
+    """
+    state = {k: v.double() for k, v in state.items()}
+    norms = state["W_dec"].norm(dim=-1)  # [d_sae]
+    state["W_enc"] = state["W_enc"] * norms  # [d_in, d_sae]
+    state["b_enc"] = state["b_enc"] * norms  # [d_sae]
+    state["W_dec"] = state["W_dec"] / torch.where(norms > 0, norms, 1.0)[:, None]
+    return state
+
+
+def _drop_unit_scaling_factor(state: dict[str, Tensor], where: Path) -> dict[str, Tensor]:
+    """SAELens drops a ``scaling_factor`` tensor of ones (``read_sae_components_from_disk``);
+    any other is a fine-tuned scale of the codes, which we refuse."""
+    factor = state.pop("scaling_factor", None)
+    if factor is not None and not torch.allclose(factor, torch.ones_like(factor)):
+        raise ValueError(
+            f"{where} holds a scaling_factor tensor that is not all ones (from "
+            f"{factor.min().item():.4g} to {factor.max().item():.4g}): a fine-tuned scale of "
+            "the codes is not supported; valid: no scaling_factor, or one of ones"
+        )
+    return state
+
+
 def load_saelens(folder: str | Path) -> tuple[SAE, dict[str, Any]]:
     """Load an SAELens folder written by ``save_saelens`` (or by SAELens itself).
+
+    ``cfg.json`` is read as SAELens 6.x reads it (pre-6.0 configs migrated, defaults
+    filled); ``rescale_acts_by_decoder_norm`` is folded into the weights; every other key or
+    value that would change the numbers is refused (``saelens_cfg.read_cfg``).
 
     Args:
         folder: Folder holding ``cfg.json`` and ``sae_weights.safetensors``.
 
     Returns:
-        The SAE in eval mode, on CPU, in ``cfg["dtype"]``; and the parsed ``cfg.json``.
-        A cfg without ``architecture`` is read as ``"standard"``, as SAELens does.
+        The SAE in eval mode, on CPU, in ``cfg["dtype"]``; and ``cfg.json`` as SAELens reads
+        it (every field of the architecture's config, and ``metadata``).
 
     Raises:
         FileNotFoundError: If the folder or one of its two files is missing.
-        ValueError: For an unknown architecture (the message lists the valid ones), an
-            unsupported ``normalize_activations`` or dtype, corrupt files, or tensors whose
-            names or shapes disagree with ``cfg.json``.
+        ValueError: For an unknown architecture (the message lists the valid ones), a key or
+            value that cannot be honoured (the message names it), corrupt files, or tensors
+            whose names or shapes disagree with ``cfg.json``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -238,11 +259,13 @@ def load_saelens(folder: str | Path) -> tuple[SAE, dict[str, Any]]:
                 f"{CFG_FILE} and {WEIGHTS_FILE}"
             )
     cfg = _read_cfg(folder / CFG_FILE)
-    cls = get_architecture(cfg.get("architecture", "standard"))
+    cls = get_architecture(cfg["architecture"])
     with torch.device("meta"):  # no allocation, no draw from the global RNG
         sae = cls(**_constructor_args(cls, cfg, folder / CFG_FILE))
-    state = _read_weights(folder / WEIGHTS_FILE)
+    state = _drop_unit_scaling_factor(_read_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     _check_state(state, sae.state_dict(), folder / WEIGHTS_FILE, cfg)
-    dtype = DTYPES[str(cfg.get("dtype", "float32")).removeprefix("torch.")]
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        state = fold_rescale_acts(state)
+    dtype = DTYPES[str(cfg["dtype"]).removeprefix("torch.")]
     load_assigned(sae, {k: v.to(dtype) for k, v in state.items()})
     return sae.eval(), cfg

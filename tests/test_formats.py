@@ -9,7 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae_lightning.formats import CFG_FILE, WEIGHTS_FILE, load_saelens, save_saelens
+from sae_lightning.formats import (
+    CFG_FILE,
+    SAELENS_VERSION,
+    WEIGHTS_FILE,
+    load_saelens,
+    save_saelens,
+)
 from sae_lightning.saes import ReLUSAE
 
 META = {
@@ -63,11 +69,24 @@ def test_round_trip_folds_decoder_norms(tmp_path: Path) -> None:
 def test_cfg_and_weight_file_layout(tmp_path: Path) -> None:
     save_saelens(make_sae(), tmp_path, {**META, "run": "abc"})
     cfg = json.loads((tmp_path / CFG_FILE).read_text())
-    assert cfg["architecture"] == "standard"
-    assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (5, 12, "float32")
-    assert cfg["apply_b_dec_to_input"] is True
-    assert cfg["normalize_activations"] == "none"
-    assert cfg["metadata"] == {**META, "run": "abc"}
+    metadata = cfg.pop("metadata")
+    assert cfg == {  # every field of SAELens' StandardSAEConfig, nothing else
+        "architecture": "standard",
+        "d_in": 5,
+        "d_sae": 12,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+    }
+    assert metadata == {
+        **META,
+        "run": "abc",
+        "hook_head_index": None,
+        "sae_lens_training_version": None,
+        "sae_lens_version": SAELENS_VERSION,
+    }
     weights = load_file(str(tmp_path / WEIGHTS_FILE))
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
     assert shapes == {"W_enc": (5, 12), "b_enc": (12,), "W_dec": (12, 5), "b_dec": (5,)}
