@@ -49,6 +49,7 @@ class Universality(Criterion):
 
     name: ClassVar[str] = "universality"
     order: ClassVar[int] = 50
+    needs_compare_with: ClassVar[bool] = True  # analyze.py refuses it without compare_with
     headline: ClassVar[str] = "activation_corr"  # the result key the report's scorecard shows
 
     def __init__(self, threshold: float = 0.7, neuron_baseline: bool = True) -> None:

@@ -101,6 +101,9 @@ class Criterion(L.Callback):
     name: ClassVar[str] = ""
     order: ClassVar[int] = 100
     """Criteria finish in this order (lower first); later ones may read ``ctx.extras``."""
+    needs_compare_with: ClassVar[bool] = False
+    """True if it reads ``ctx.other_sae``: analyze.py then refuses to start without
+    ``compare_with=`` (checked before anything loads)."""
 
     @property
     def state_key(self) -> str:

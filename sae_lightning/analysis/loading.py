@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +57,48 @@ NEEL_DTYPES: dict[str, torch.dtype] = {
 
 
 def _safe_load(path: Path) -> Any:
-    """``torch.load`` that refuses anything but tensors and plain containers."""
+    """``torch.load(weights_only=True)``: tensors and plain containers only.
+
+    Raises:
+        ValueError: Naming the file: empty, truncated, unreadable, or "not a safe
+            checkpoint" when it holds pickled objects (never torch's advice to unpickle it).
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): it was not written or copied completely")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (every failure becomes one clear message)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise ValueError(_unreadable(path, size, err)) from None
+        named = re.search(r"GLOBAL (\S+)", str(err))
+        what = f" (it names {named.group(1)})" if named else ""
         raise ValueError(
-            f"{path} cannot be loaded safely (weights_only=True refuses pickled code and "
-            f"corrupt files): {err}"
-        ) from err
+            f"{path} is not a safe checkpoint: it holds pickled objects that are not plain "
+            f"tensors{what}; it was not loaded"
+        ) from None  # torch's message advises weights_only=False: never follow it here
+    except Exception as err:  # noqa: BLE001  (every failure becomes one clear message)
+        raise ValueError(_unreadable(path, size, err)) from None
+
+
+def _unreadable(path: Path, size: int, err: Exception) -> str:
+    """The message for a checkpoint torch cannot read: truncated when it is."""
+    with path.open("rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"  # torch.save's format since 1.6
+        fh.seek(max(0, size - 65_557))  # the end record lies in the last 64 KiB + 22 bytes
+        ended = b"PK\x05\x06" in fh.read()
+    if zipped and not ended:
+        return (
+            f"{path} is truncated ({size} bytes): a zip-format checkpoint whose end (the "
+            "central directory) is missing; it was not written or copied completely"
+        )
+    text = str(err).splitlines()[0] if str(err) else ""
+    if isinstance(err, EOFError) or "truncated" in text or "Ran out of input" in text:
+        return f"{path} is truncated ({size} bytes): it ends in the middle of a checkpoint"
+    return (
+        f"{path} is not a readable PyTorch checkpoint ({size} bytes; {type(err).__name__}: "
+        f"{text[:120]}): it is corrupt or in another format"
+    )
 
 
 def latest_run(root: str | Path = "outputs") -> Path:

@@ -23,8 +23,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from sae_lightning.analysis.criterion import AnalysisContext, Criterion
+from sae_lightning.analysis.folders import EVENTS_SUFFIX, ReportFolder
 from sae_lightning.analysis.loading import check_compatible, latest_run, load_sae
 from sae_lightning.analysis.module import AnalysisModule
+from sae_lightning.analysis.options import check_options
 from sae_lightning.analysis.report import Report
 from sae_lightning.analysis.selection import select_features
 from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
@@ -106,9 +108,22 @@ def _load(cfg: DictConfig):
 
 
 def analyze(cfg: DictConfig) -> Report:
-    """Analyse an SAE's features as configured (``conf/analyze.yaml``); returns the report."""
+    """Analyse an SAE's features as configured (``conf/analyze.yaml``); returns the report.
+
+    Before anything loads, the options are checked, the criteria built (a bad option fails
+    in a second) and ``report_dir`` claimed (:class:`ReportFolder`: one analysis at a time;
+    the report is published whole at the end, replacing an earlier one).
+    """
     L.seed_everything(cfg.seed, workers=True)
+    criteria = _criteria(cfg)
+    check_options(cfg, criteria)
     out = Path(cfg.report_dir) if cfg.get("report_dir") else Path(cfg.paths.output_dir)
+    with ReportFolder(out) as folder:
+        return _analyze(cfg, criteria, folder)
+
+
+def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -> Report:
+    """The pass and its outputs, written into ``folder.report`` (published on return)."""
     sae, metadata, model, hook, other = _load(cfg)
     contexts = load_contexts(cfg, model, _context_length(cfg, metadata, model))
     features = select_features(cfg.features, sae, model, hook, contexts)
@@ -121,7 +136,6 @@ def analyze(cfg: DictConfig) -> Report:
         contexts=contexts,
         other_sae=other,
     )
-    criteria = _criteria(cfg)
     info = {
         **metadata,
         "hook_name": hook,
@@ -135,7 +149,13 @@ def analyze(cfg: DictConfig) -> Report:
     }
     report = Report(features, info)
     module = AnalysisModule(sae, model, ctx, report, other, cfg.batch_size)
-    logger = TensorBoardLogger(out, name="tensorboard", version="", default_hp_metric=False)
+    logger = TensorBoardLogger(
+        folder.out,
+        name="tensorboard",
+        version="",
+        default_hp_metric=False,
+        filename_suffix=EVENTS_SUFFIX,  # an analysis's own events: a re-run replaces them
+    )
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=criteria, logger=logger, use_distributed_sampler=False
     )
@@ -143,17 +163,24 @@ def analyze(cfg: DictConfig) -> Report:
     if trainer.is_global_zero:
         if cfg.get("dashboards"):
             add_window_activations(report.features, sae, model, hook, contexts)
-        path = report.to_json(out / REPORT_FILE)
-        rank_zero_info(f"feature scorecard ({path}):\n{report.scorecard()}")
+        path = report.to_json(folder.report / REPORT_FILE.name)
+        rank_zero_info(f"feature scorecard ({folder.final(path)}):\n{report.scorecard()}")
         if cfg.get("dashboards") or cfg.get("prompt"):
-            _write_dashboards(cfg, path, sae, model, hook, logger)
+            _write_dashboards(cfg, path, sae, model, hook, logger, folder)
     return report
 
 
 def _write_dashboards(
-    cfg: DictConfig, path: Path, sae, model, hook: str, logger: TensorBoardLogger
+    cfg: DictConfig,
+    path: Path,
+    sae,
+    model,
+    hook: str,
+    logger: TensorBoardLogger,
+    folder: ReportFolder,
 ) -> None:
-    """The HTML report from the criteria.json just written; its path to TensorBoard."""
+    """The HTML report from the criteria.json just written; its (published) paths to
+    TensorBoard."""
     from sae_lightning.report import Dashboards, load_report, write_dashboards
     from sae_lightning.report.prompts import analyse_prompts
 
@@ -166,8 +193,9 @@ def _write_dashboards(
         report = load_report(path)
         analyses = analyse_prompts(prompts, sae, model, hook, report)
         written.append(Dashboards(report, path.parent).write_prompts(analyses))
-    for page in written:
-        rank_zero_info(f"dashboard: file://{page.resolve()}")
-    text = "\n".join(f"    file://{page.resolve()}" for page in written)
+    shown = [folder.final(page).resolve() for page in written]
+    for page in shown:
+        rank_zero_info(f"dashboard: file://{page}")
+    text = "\n".join(f"    file://{page}" for page in shown)
     logger.experiment.add_text("report/dashboards", text, 0)
     logger.experiment.flush()

@@ -130,3 +130,43 @@ def select_features(
     if isinstance(spec, str) and spec.startswith("prompts:"):
         return prompt_features(sae, model, hook_name, _parse_prompts(spec.removeprefix("prompts:")))
     raise ValueError(f"features={spec!r} is not understood; valid: {FORMS}")
+
+
+def check_spec(spec: Any) -> None:
+    """Refuse a malformed ``features=`` before anything loads: its form, non-negative
+    indices, ``top:N`` with N >= 1, prompts that are non-empty texts. (Whether an index is
+    below ``d_sae`` is checked by :func:`select_features` once the SAE is loaded.)
+
+    Raises:
+        ValueError: Naming the bad value and the valid forms.
+    """
+    spec = _plain(spec)
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]
+    if isinstance(spec, list):
+        bad = [i for i in spec if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+        if bad:
+            raise ValueError(f"features={spec!r}: {bad[0]!r} is not a feature index (0, 1, ...)")
+        if not spec:
+            raise ValueError("features=[] selects nothing; give at least one index or 'all'")
+        return
+    if isinstance(spec, str) and spec.startswith("top:"):
+        n = spec.removeprefix("top:")
+        if not n.strip().isdigit() or int(n) < 1:
+            raise ValueError(f"features={spec!r}: N in top:N must be an integer >= 1")
+        return
+    prompts = None
+    if isinstance(spec, dict) and set(spec) == {"prompts"}:
+        prompts = spec["prompts"]
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+    elif isinstance(spec, str) and spec.startswith("prompts:"):
+        prompts = _parse_prompts(spec.removeprefix("prompts:"))
+    elif spec == "all":
+        return
+    if prompts is None:
+        raise ValueError(f"features={spec!r} is not understood; valid: {FORMS}")
+    if not isinstance(prompts, list) or not prompts or any(not str(p).strip() for p in prompts):
+        raise ValueError(
+            f"features={spec!r}: prompts must be a non-empty list of non-empty texts, "
+            "e.g. 'features=prompts:[import os,def main]'"
+        )

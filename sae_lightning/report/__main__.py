@@ -2,7 +2,10 @@
 
 ``python -m sae_lightning.report REPORT_DIR [--features 3 17 ...] [--out DIR]`` reads
 ``REPORT_DIR/criteria.json`` (or a ``criteria.json`` path) and writes ``index.html``,
-``features/<i>.html`` and ``assets/`` (into ``--out``, default the report's folder).
+``features/<i>.html`` and ``assets/`` (into ``--out``, default the report's folder). It
+writes only plain files inside that folder: a symlinked ``features/``, ``assets/`` or page
+is refused before anything is written. A mistake (a missing report, an unknown feature, a
+symlink) ends with one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import logging
 import time
 
+from sae_lightning.cli import user_errors
 from sae_lightning.report.html import write_dashboards
 
 
@@ -22,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
-    index = write_dashboards(args.report, args.out, args.features)
+    with user_errors("python -m sae_lightning.report"):
+        index = write_dashboards(args.report, args.out, args.features)
     logging.getLogger(__name__).info("wrote %s in %.1f s", index, time.perf_counter() - start)
 
 

@@ -3,6 +3,8 @@
 One jinja2 :class:`~jinja2.Environment` (autoescape on: every token string is escaped),
 templates compiled once; figures go into each page as JSON data, drawn by plotly.js, which
 is copied once into ``assets/`` so the folder works from ``file://`` with no network.
+Every file is written through :class:`~sae_lightning.report.files.ReportFiles`: never
+through a symlink, never outside the report folder.
 
 Example:
     >>> write_dashboards("outputs/analysis/2026-01-01/12-00-00/report")  # doctest: +SKIP
@@ -28,11 +30,13 @@ from sae_lightning.report.data import (
     load_report,
     shown,
 )
+from sae_lightning.report.files import ReportFiles
 from sae_lightning.report.views import feature_view, index_rows
 
 log = logging.getLogger(__name__)
 
 ASSETS = ("dashboard.js", "dashboard.css")
+ASSET_PATHS = tuple(f"assets/{name}" for name in ("plotly.min.js", *ASSETS))
 _JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
@@ -56,20 +60,19 @@ def environment() -> Environment:
     return env
 
 
-def write_assets(out: Path) -> Path:
+def write_assets(out: str | Path) -> Path:
     """Copy plotly.js and the dashboards' script and stylesheet into ``out/assets``."""
     import plotly.offline
 
-    assets = out / "assets"
-    assets.mkdir(parents=True, exist_ok=True)
-    plotly_js = assets / "plotly.min.js"
     source = plotly.offline.get_plotlyjs()
-    if not plotly_js.is_file() or plotly_js.stat().st_size != len(source.encode()):
-        plotly_js.write_text(source)
     package = resources.files("sae_lightning.report") / "templates"
-    for name in ASSETS:
-        (assets / name).write_text((package / name).read_text())
-    return assets
+    with ReportFiles(out) as files:
+        files.check(ASSET_PATHS)
+        if files.size("assets/plotly.min.js") != len(source.encode()):
+            files.write("assets/plotly.min.js", source)
+        for name in ASSETS:
+            files.write(f"assets/{name}", (package / name).read_text())
+    return Path(out) / "assets"
 
 
 class Dashboards:
@@ -119,23 +122,24 @@ class Dashboards:
         return template.render(prompts=analyses, meta=self.report["metadata"], root="")
 
     def write_prompts(self, analyses: list[dict[str, Any]]) -> Path:
-        path = self.out / "prompts.html"
-        write_assets(self.out)
-        path.write_text(self.prompts_page(analyses), encoding="utf-8")
-        return path
+        with ReportFiles(self.out) as files:
+            files.check(["prompts.html", *ASSET_PATHS])
+            write_assets(self.out)
+            return files.write("prompts.html", self.prompts_page(analyses))
 
     def write_features(self, features: list[int]) -> int:
         """Write ``features/<i>.html`` for each of ``features``; returns how many."""
-        folder = self.out / "features"
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in features:
-            (folder / f"{f}.html").write_text(self.feature_page(f), encoding="utf-8")
+        names = [f"features/{f}.html" for f in features]
+        with ReportFiles(self.out) as files:
+            files.check(names)
+            for f, name in zip(features, names, strict=True):
+                files.write(name, self.feature_page(f))
         return len(features)
 
     def write_index(self) -> Path:
-        path = self.out / "index.html"
-        path.write_text(self.index_page(), encoding="utf-8")
-        return path
+        with ReportFiles(self.out) as files:
+            files.check(["index.html"])
+            return files.write("index.html", self.index_page())
 
 
 def write_dashboards(
@@ -153,6 +157,8 @@ def write_dashboards(
     Raises:
         ValueError: If a feature is not in the report, or ``out`` is None for a dict.
         FileNotFoundError: If the ``criteria.json`` path does not exist.
+        UnsafeReportPath: If ``features/``, ``assets/`` or a page in ``out`` is a symlink
+            (checked before anything is written).
     """
     if not isinstance(report, dict):
         path = Path(report)
@@ -162,8 +168,10 @@ def write_dashboards(
         raise ValueError("write_dashboards(report=<dict>) needs out=, the folder to write into")
     chosen = check_features(report, features)
     dash = Dashboards(report, out)
+    with ReportFiles(dash.out) as files:  # refuse before writing anything
+        files.check(["index.html", *ASSET_PATHS, *(f"features/{f}.html" for f in chosen)])
     write_assets(dash.out)
     n = dash.write_features(chosen)
     index = dash.write_index()
-    log.info("dashboards: %s (%d feature pages)", index, n)
+    log.debug("dashboards: %s (%d feature pages)", index, n)  # analyze.py logs the published path
     return index
