@@ -48,12 +48,13 @@ def vocab_strings(model) -> list[str]:
 def load_contexts(cfg: DictConfig, model, n_ctx: int) -> Int[Tensor, "n n_ctx"]:
     """``ceil(tokens / n_ctx)`` contexts of ``cfg.data``'s split (all of them if fewer)."""
     source = instantiate(cfg.data.source)
-    contexts = source.contexts(cfg.data.split, model.tokenizer, n_ctx)
+    reader = source.reader(cfg.data.split, model.tokenizer, n_ctx, int(model.cfg.d_vocab))
     if cfg.tokens is None:
-        return contexts
+        return reader[:]
     if cfg.tokens < 1:
         raise ValueError(f"tokens must be a positive integer or null (all), got {cfg.tokens!r}")
     wanted = math.ceil(cfg.tokens / n_ctx)
+    contexts = reader[:wanted]  # a streamed or memory-mapped source reads only these
     if len(contexts) < wanted:
         log.warning(
             "tokens=%d asks for %d contexts of %d, but split %r has only %d (%d tokens): using all",

@@ -18,6 +18,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from sae_lightning.data.readers import (
+    ArrayContexts,
+    Mark,
+    RowGroups,
+    StreamedContexts,
+    StreamGroups,
+)
 from sae_lightning.hooks import capture_activations, validate_hook  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ class StreamState:
     rng_state: Tensor | None = None
     batches: int = 0
     shard: tuple[int, int] = (0, 1)  # (shard, n_shards) the state belongs to
+    mark: Mark | None = None  # streamed contexts: where the lowest group still needed starts
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -44,7 +52,9 @@ class ActivationStream(IterableDataset):
 
     Args:
         model: frozen TransformerBridge, already on ``device``.
-        contexts: token contexts ``[n_contexts, n_ctx]`` (all shards; this one takes its part).
+        contexts: token contexts ``[n_contexts, n_ctx]`` (all shards; this one takes its part):
+            a tensor or :class:`ArrayContexts`, whose shard is permuted every epoch, or
+            :class:`StreamedContexts`, read forward in stream order (the buffer shuffles).
         hook_name: TransformerLens hook name.
         batch_size: activations per batch.
         buffer_tokens: capacity of the shuffle buffer, in activations.
@@ -59,7 +69,7 @@ class ActivationStream(IterableDataset):
     def __init__(
         self,
         model,
-        contexts: Int[Tensor, "n_contexts n_ctx"],
+        contexts: Int[Tensor, "n_contexts n_ctx"] | ArrayContexts | StreamedContexts,
         hook_name: str,
         batch_size: int,
         buffer_tokens: int,
@@ -105,15 +115,17 @@ class ActivationStream(IterableDataset):
         """Indices of the contexts that belong to ``shard`` of ``n_shards``."""
         return torch.arange(shard, len(self.contexts), n_shards)
 
-    def _order(self, epoch: int, shard: int, n_shards: int) -> Tensor:
+    def _order(self, epoch: int, shard: int, n_shards: int) -> RowGroups | StreamGroups:
+        """This epoch's groups of the shard: permuted rows, or the stream in its order."""
+        if isinstance(self.contexts, StreamedContexts):
+            return self.contexts.groups(shard, n_shards, self.k)
         mine = self.shard_rows(shard, n_shards)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return mine[torch.randperm(len(mine), generator=gen)]
+        return RowGroups(self.contexts, mine[torch.randperm(len(mine), generator=gen)], self.k)
 
     @torch.inference_mode()
-    def _forward_group(self, order: Tensor, group: int) -> tuple[Tensor, Tensor]:
-        rows = order[group * self.k : (group + 1) * self.k]
-        tokens = self.contexts[rows].to(self.device)
+    def _forward_group(self, order: RowGroups | StreamGroups, group: int) -> tuple[Tensor, Tensor]:
+        tokens = order.read(group).to(self.device)
         # float32 in the buffer, whatever the frozen model's dtype
         acts = capture_activations(self.model, tokens, self.hook_name).float()
         if self.drop_bos:
@@ -122,7 +134,7 @@ class ActivationStream(IterableDataset):
         start = group * self.k * self.positions
         return acts, torch.arange(start, start + len(acts))
 
-    def _recompute(self, order: Tensor, ids: Tensor) -> Tensor:
+    def _recompute(self, order: RowGroups | StreamGroups, ids: Tensor) -> Tensor:
         """Activations for ``ids`` by re-running exactly the forward groups that made them."""
         per_group = self.k * self.positions
         groups = torch.unique(ids // per_group)  # sorted
@@ -130,6 +142,10 @@ class ActivationStream(IterableDataset):
         offsets = torch.tensor([0] + [len(p) for p in parts[:-1]]).cumsum(0)
         index = offsets[torch.searchsorted(groups, ids // per_group)] + ids % per_group
         return torch.cat(parts)[index.to(self.device)]
+
+    def _lowest_group(self, ids: Tensor, next_group: int) -> int:
+        """The first group a resumed stream needs: the lowest pending one, else the next."""
+        return int(ids.min()) // (self.k * self.positions) if len(ids) else next_group
 
     def _emit_count(self, n_pending: int, exhausted: bool) -> int:
         if exhausted:
@@ -154,7 +170,7 @@ class ActivationStream(IterableDataset):
         if state.rng_state is not None:
             rng.set_state(state.rng_state)
         order = self._order(state.epoch, shard, n_shards)
-        n_groups = -(-len(order) // self.k)
+        order.seek(state.mark)
         ids = (
             state.pending_ids if state.pending_ids is not None else torch.empty(0, dtype=torch.long)
         )
@@ -163,7 +179,7 @@ class ActivationStream(IterableDataset):
             if state.emit_left == 0:
                 fresh_acts, fresh_ids = [acts] if acts is not None else [], [ids]
                 n = len(ids)
-                while n < self.buffer_tokens and state.next_group < n_groups:
+                while n < self.buffer_tokens and order.has(state.next_group):
                     a, i = self._forward_group(order, state.next_group)
                     fresh_acts.append(a)
                     fresh_ids.append(i)
@@ -175,7 +191,7 @@ class ActivationStream(IterableDataset):
                     continue
                 perm = torch.randperm(n, generator=rng)
                 acts, ids = torch.cat(fresh_acts)[perm.to(self.device)], torch.cat(fresh_ids)[perm]
-                state.emit_left = self._emit_count(n, state.next_group >= n_groups)
+                state.emit_left = self._emit_count(n, not order.has(state.next_group))
             b = min(self.batch_size, state.emit_left)
             batch, acts, ids = acts[:b], acts[b:], ids[b:]
             state.emit_left -= b
@@ -189,6 +205,7 @@ class ActivationStream(IterableDataset):
                     rng.get_state(),
                     state.batches,
                     state.shard,
+                    order.mark(self._lowest_group(ids, state.next_group)),
                 )
             )
             yield batch

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from sae_lightning.data.activations import ActivationStream
+from sae_lightning.data.readers import ArrayContexts, StreamedContexts
 from sae_lightning.hooks import ActivationSpec
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class ActivationDataModule(L.LightningDataModule):
         self.val_contexts, self.val_batch_size, self.seed = val_contexts, val_batch_size, seed
         self.model = None
         self.spec: ActivationSpec | None = None  # built by set_model, handed to the module
-        self.train_ctx: Tensor | None = None
+        self.train_ctx: Tensor | ArrayContexts | StreamedContexts | None = None
         self.val_ctx: Tensor | None = None
         self.stream: ActivationStream | None = None
         self._resume: dict | None = None
@@ -80,14 +81,17 @@ class ActivationDataModule(L.LightningDataModule):
         return self.model
 
     def prepare_contexts(self) -> None:
-        """Tokenize the source once (train and validation contexts)."""
+        """Open the source once: training contexts (in memory, memory-mapped or streamed, see
+        :mod:`sae_lightning.data.readers`) and the first ``val_contexts`` validation ones."""
         if self.train_ctx is None:
-            tokenizer = self._require_model().tokenizer
-            self.train_ctx = self.source.contexts("train", tokenizer, self.n_ctx)
-            self.val_ctx = self.source.contexts("val", tokenizer, self.n_ctx)[: self.val_contexts]
+            model = self._require_model()
+            tokenizer, d_vocab = model.tokenizer, int(model.cfg.d_vocab)
+            self.train_ctx = self.source.reader("train", tokenizer, self.n_ctx, d_vocab)
+            val = self.source.reader("val", tokenizer, self.n_ctx, d_vocab)
+            self.val_ctx = val[: self.val_contexts]
             log.info(
-                "%d training and %d validation contexts of %d tokens",
-                len(self.train_ctx),
+                "%s training and %d validation contexts of %d tokens",
+                "streamed" if self.train_ctx.shape[0] is None else len(self.train_ctx),
                 len(self.val_ctx),
                 self.n_ctx,
             )
