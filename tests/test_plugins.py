@@ -55,6 +55,22 @@ class FakeModel:
     def state_dict(self) -> dict[str, Tensor]:
         return self.weights
 
+    # the TransformerBridge properties logit weights read, from the same weights
+    cfg = SimpleNamespace(normalization_type="LN")
+
+    @property
+    def W_U(self) -> Tensor:  # noqa: N802  (TransformerLens' name)
+        return self.weights["unembed.weight"].T  # [d_model, vocab]
+
+    @property
+    def blocks(self) -> list[Any]:
+        mlp = SimpleNamespace(W_out=self.weights["blocks.0.mlp.out.weight"].T)  # [d_mlp, d_model]
+        return [SimpleNamespace(mlp=mlp)]
+
+    @property
+    def ln_final(self) -> Any:
+        return SimpleNamespace(weight=self.weights["ln_final.weight"])
+
 
 def identity_sae(vocab: int) -> ReLUSAE:
     """Feature ``t`` is 1 exactly on token ``t`` (with one-hot hook activations)."""
