@@ -4,7 +4,9 @@ Configuration: conf/train.yaml (Hydra). Outputs: outputs/<date>/<time>/ (TensorB
 checkpoints, the exported SAE in sae/, metrics.json). ``-m`` sweeps into multirun/.
 
 A mistake the user can fix (a bad hook, a missing or malformed data file, an unreachable
-hub) ends with its one-line message and exit status 1; HYDRA_FULL_ERROR=1 shows the traceback.
+hub, a diverging run) ends with its one-line message and exit status 1; HYDRA_FULL_ERROR=1
+shows the traceback. SIGTERM or Ctrl-C saves a resumable checkpoints/last.ckpt, prints the
+command that resumes it and exits with 143 / 130.
 """
 
 import hydra

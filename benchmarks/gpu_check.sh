@@ -29,6 +29,7 @@ if [[ "$DEVICE" != cuda && "$DEVICE" != cpu ]]; then
 fi
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+rm -rf "$OUT_DIR/train" "$OUT_DIR/ddp"  # a re-run: train.py refuses a folder holding a run
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 

@@ -12,8 +12,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sae_lightning.disk import DiskCheckedIO, tensor_bytes, writing
 from sae_lightning.formats import save_saelens
+from sae_lightning.guards import end_of_run_warnings
 from sae_lightning.hooks import check_hook_name
+from sae_lightning.preflight import check_checkpoint, check_config, check_run_folder
 from sae_lightning.sweep import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train an SAE as configured; returns the final validation metrics."""
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
-    check_hook_name(cfg.hook_name)  # before the model loads
+    check_hook_name(cfg.hook_name)  # before the model loads, like the three checks below
+    check_config(cfg)
+    check_checkpoint(cfg.get("ckpt_path"))
+    check_run_folder(out, cfg.get("ckpt_path"))
     datamodule = instantiate(cfg.data)
     # what the SAE reads, built once (None for model-free data: synthetic has no model)
     spec = None if datamodule.model_free else datamodule.set_model(instantiate(cfg.model))
@@ -67,13 +73,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")), logger=loggers or False
     )
-    # weights_only: a checkpoint to resume from is read without running pickled code
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    # the final state, whatever step the last validation fell on (all ranks take part)
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
+    trainer.strategy.checkpoint_io = DiskCheckedIO(trainer.strategy.checkpoint_io)
+    with writing(out):  # a full disk under the TensorBoard events says so
+        # weights_only: a checkpoint to resume from is read without running pickled code
+        ckpt_path = cfg.get("ckpt_path")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # not reached when training diverged or was interrupted (guards.py): last.ckpt stays
+        # the last finite, resumable state. Here: the final state, whatever step the last
+        # validation fell on (all ranks take part)
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    notes = end_of_run_warnings(metrics, cfg.module.optimizer.get("lr"))
     if trainer.is_global_zero:
-        _finish(cfg, out, module, spec, model_name, metrics, loggers)
+        for note in notes:
+            log.warning(note)
+        _finish(cfg, out, module, spec, model_name, metrics, loggers, notes)
     return metrics
 
 
@@ -89,9 +103,17 @@ def exported_model_name(model) -> str:
 
 
 def _finish(
-    cfg: DictConfig, out: Path, module, spec, model_name: str, metrics: dict, loggers: list
+    cfg: DictConfig,
+    out: Path,
+    module,
+    spec,
+    model_name: str,
+    metrics: dict,
+    loggers: list,
+    notes: list[str],
 ) -> None:
-    """Export the SAE, write metrics.json, log hyper-parameters with the final metrics."""
+    """Export the SAE, write metrics.json (with ``warnings``: ``notes``), log
+    hyper-parameters with the final metrics."""
     if cfg.get("export", True):
         metadata = {
             "model_name": model_name,
@@ -100,14 +122,17 @@ def _finish(
             "prepend_bos": True,
         }
         scale = float(module.act_scale)
-        folder = save_saelens(module.sae.cpu(), out / "sae", metadata, activation_scale=scale)
+        with writing(out / "sae", tensor_bytes(module.sae.state_dict())):
+            folder = save_saelens(module.sae.cpu(), out / "sae", metadata, activation_scale=scale)
         log.info("exported the SAE to %s", folder)
     record = {
         "metrics": metrics,
         "overrides": _overrides(),
         "architecture": module.sae.architecture,
+        "warnings": notes,
     }
-    (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    with writing(out / METRICS_FILE):
+        (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     params = OmegaConf.to_container(cfg, resolve=False)
     flat = {k: v for k, v in _flatten(params).items() if isinstance(v, (int, float, str, bool))}
     for lg in loggers:
