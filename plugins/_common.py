@@ -110,12 +110,13 @@ def feature_acts(
 
 @torch.no_grad()
 def neuron_mean(ctx: AnalysisContext, n_contexts: int = 4) -> Float[Tensor, " d_in"]:
-    """Mean hooked activation over the first contexts (cached): a shift that keeps streamed
-    float32 cross sums precise (:class:`StreamingPearson` ``y_shift``), equal on all ranks."""
+    """Mean hooked activation over the first contexts' analysed positions (cached): a shift
+    that keeps streamed float32 cross sums precise (:class:`StreamingPearson` ``y_shift``),
+    equal on all ranks."""
     if "_neuron_mean" not in ctx.extras:
         tokens = ctx.contexts[:n_contexts].to(module_device(ctx.model))
-        acts = capture_activations(ctx.model, tokens, ctx.hook_name)  # [c, pos, d_in]
-        ctx.extras["_neuron_mean"] = acts.flatten(0, 1).double().mean(0).cpu()
+        acts = capture_activations(ctx.model, tokens, ctx.hook_name)[:, ctx.start :]
+        ctx.extras["_neuron_mean"] = acts.flatten(0, 1).double().mean(0).cpu()  # [d_in]
     return ctx.extras["_neuron_mean"]
 
 
@@ -124,7 +125,8 @@ class FirstPass:
     """Statistics of the analysed features over the first contexts, before the main pass."""
 
     tokens: Int[Tensor, " n"]
-    """The first contexts' tokens, flattened (``n = n_contexts * n_ctx``)."""
+    """The first contexts' analysed tokens (positions ``ctx.start`` onwards, as in the
+    pass), flattened: ``n = n_contexts * (n_ctx - ctx.start)``."""
     entries: FiringEntries
     """Their firing entries (``rows`` index ``tokens``): ~density * n * F, a few MB."""
     max_act: Float[Tensor, " n_features"]
@@ -138,7 +140,8 @@ def first_pass(ctx: AnalysisContext, n_contexts: int, batch_size: int = 16) -> F
     """Run the frozen model and the SAE over ``ctx.contexts[:n_contexts]`` (cached in extras).
 
     Criteria that need a per-feature quantity *during* the streaming pass (an automatic
-    proxy, an activation scale) estimate it here. The result is cached in
+    proxy, an activation scale) estimate it here, on the positions the pass analyses (BOS
+    dropped when ``ctx.drop_bos``). The result is cached in
     ``ctx.extras["_first_pass"][n_contexts]`` so several criteria pay for it once.
     """
     if n_contexts < 1:
@@ -148,15 +151,16 @@ def first_pass(ctx: AnalysisContext, n_contexts: int, batch_size: int = 16) -> F
         return cache[n_contexts]
     n_features = len(ctx.features)
     contexts = ctx.contexts[:n_contexts]
+    width = contexts.shape[1] - ctx.start  # analysed positions per context
     parts = []
-    for start in range(0, contexts.shape[0], batch_size):
-        acts = feature_acts(ctx, contexts[start : start + batch_size]).flatten(0, 1)  # [n, F]
-        e = firing_entries(acts.float().cpu())
-        parts.append((e.rows + start * contexts.shape[1], e.cols, e.values))
+    for first in range(0, contexts.shape[0], batch_size):
+        acts = feature_acts(ctx, contexts[first : first + batch_size])[:, ctx.start :]
+        e = firing_entries(acts.flatten(0, 1).float().cpu())  # of [n, F]
+        parts.append((e.rows + first * width, e.cols, e.values))
     rows, cols, values = (torch.cat(p) for p in zip(*parts, strict=True))
     order = torch.sort(cols, stable=True).indices  # batches were col-sorted: re-sort globally
-    entries = FiringEntries(rows[order], cols[order], values[order], contexts.numel(), n_features)
-    tokens = contexts.flatten().cpu()
+    tokens = contexts[:, ctx.start :].flatten().cpu()
+    entries = FiringEntries(rows[order], cols[order], values[order], tokens.numel(), n_features)
     counts = FiringCounts(n_features, len(ctx.str_tokens))
     counts.update_entries(entries.rows, entries.cols, entries.values, tokens)
     # torchmetrics squeezes one-element results: restore the shapes

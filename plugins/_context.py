@@ -87,14 +87,14 @@ def refinements(
     ws_vocab = whitespace_vocab(ctx.str_tokens)
     n_features = masks.shape[0]
     fp = first_pass(ctx, n_contexts)
-    e, n_ctx = fp.entries, ctx.contexts.shape[1]
-    classes = token_classes(fp.tokens.view(-1, n_ctx), ws_vocab).flatten()[e.rows]  # [m]
+    e, width = fp.entries, ctx.contexts.shape[1] - ctx.start  # analysed positions per context
+    classes = token_classes(fp.tokens.view(-1, width), ws_vocab).flatten()[e.rows]  # [m]
     strong = e.values > 0.5 * fp.max_act[e.cols]  # [m]: the feature's top activations
     on_proxy = masks[e.cols, fp.tokens[e.rows]] & (classes < 2) & strong  # next token known
     known_mass = segment_sum(e.cols[on_proxy], e.values[on_proxy], n_features)
     ws = on_proxy & (classes == 0)
     ws_mass = segment_sum(e.cols[ws], e.values[ws], n_features)
-    counts = class_counts(fp.tokens.view(-1, n_ctx), ws_vocab)  # [vocab, 3]
+    counts = class_counts(fp.tokens.view(-1, width), ws_vocab)  # [vocab, 3]
     ws_occ = masks.double() @ counts[:, 0].double()  # [F] proxy occurrences, next ws
     known_occ = masks.double() @ counts[:, :2].sum(1).double()
     mass_ws = ws_mass / known_mass.clamp(min=1e-30)  # [F]

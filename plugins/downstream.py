@@ -10,11 +10,11 @@ read from ``ctx.model.state_dict()``: ``blocks.{layer}.mlp.out.weight`` (an ``nn
 
 Ablations run after the pass on each feature's top contexts (``ctx.extras["top_examples"]``
 from :mod:`plugins.top_activations`): the model runs clean and with ``act_f * W_dec[f]``
-subtracted at the hook at every position, on each context's prefix up to
-``ablation_window`` tokens after its last top example, and the change in log-prob of the
-actual next tokens is reported. The verdict is None: in a one-layer model the tokens a
-feature predicts are usually not the tokens it reads, so no pass/fail rule follows from
-the logit weights.
+subtracted at the hook at every analysed position (not BOS when it is dropped, as in
+training), on each context's prefix up to ``ablation_window`` tokens after its last top
+example, and the change in log-prob of the actual next tokens is reported. The verdict
+is None: in a one-layer model the tokens a feature predicts are usually not the tokens it
+reads, so no pass/fail rule follows from the logit weights.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def ablation_deltas(
     Returns:
         ``(deltas, acts)``, one ``[lengths[r] - 1]`` tensor per row: ``deltas[r][p]`` is
         ablated minus clean log-prob of ``tokens[r, p + 1]``; ``acts[r][p]`` is feature
-        ``features[r]``'s activation at position ``p``.
+        ``features[r]``'s activation at position ``p`` (0, and not ablated, before
+        ``ctx.start``: the BOS position when it is dropped).
     """
     device = module_device(ctx.model)
     lengths = [tokens.shape[1]] * tokens.shape[0] if lengths is None else lengths
@@ -128,13 +129,15 @@ def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
 def _ablated_logprobs(
     ctx: AnalysisContext, tokens: Int[Tensor, "r pos"], index: Int[Tensor, " r"]
 ) -> tuple[Float[Tensor, "r pos_1"], Float[Tensor, "r pos"]]:
-    """Next-token log-probs with feature ``index[r]`` subtracted from row ``r`` at the hook,
-    and the removed activations."""
+    """Next-token log-probs with feature ``index[r]`` subtracted from row ``r`` at the hook
+    at the analysed positions (``ctx.start`` onwards: BOS is left alone when dropped, as
+    training splices the SAE back), and the removed activations (0 before ``ctx.start``)."""
     w_dec = ctx.sae.W_dec[index]  # [r, d_in]
     box: list[Tensor] = []
 
     def remove(x: Tensor) -> Tensor:  # x: [r, pos, d_in], heads flattened
         act = ctx.sae.encode_selected(x.to(w_dec.dtype), index)  # [r, pos]
+        act[:, : ctx.start] = 0.0  # positions the SAE was not trained on
         box.append(act)
         return x - (act.unsqueeze(-1) * w_dec.unsqueeze(1)).to(x.dtype)
 

@@ -120,6 +120,8 @@ def _finish(
             "hook_name": cfg.hook_name,
             "context_size": 1 if spec is None else spec.n_ctx,
             "prepend_bos": True,
+            # SAELens' name for the positions trained on: [1, None] skips BOS (drop_bos)
+            "seqpos_slice": [None] if spec is None or not spec.start else [spec.start, None],
         }
         scale = float(module.act_scale)
         with writing(out / "sae", tensor_bytes(module.sae.state_dict())):

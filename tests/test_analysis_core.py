@@ -225,7 +225,8 @@ def test_custom_criterion_numbers_match_a_direct_computation(analysed, embedded_
     assert contexts.shape == (128, 32)
     with torch.inference_mode():
         acts = capture_activations(embedded_model, contexts, HOOK)
-        feats = sae.encode(acts)[..., [3, 10, 20, 63]].flatten(0, 1)  # [4096, 4]
+        # the pass leaves out BOS (position 0), as training does: 128 * 31 positions
+        feats = sae.encode(acts)[:, 1:, [3, 10, 20, 63]].flatten(0, 1)  # [3968, 4]
     for i, f in enumerate([3, 10, 20, 63]):
         got = data["features"][str(f)]["mine"]
         assert got["fires"] == int((feats[:, i] > 0).sum())
@@ -240,7 +241,8 @@ def test_criterion_memory_does_not_grow_with_tokens(analysed):
     (criterion,) = MyCriterion.instances
     sizes = {k: tuple(v.shape) for k, v in criterion.stats.metric_state.items()}
     assert sizes == {"total": (4,), "fires": (4,), "peak": (4,), "n": ()}
-    assert int(criterion.stats.n) == 4096  # it saw every token, kept four numbers per feature
+    # it saw every analysed token (BOS dropped: 128 * 31), kept four numbers per feature
+    assert int(criterion.stats.n) == 3968
 
 
 def test_tensorboard_has_criteria_scalars_histogram_and_scorecard(analysed):

@@ -110,6 +110,7 @@ def test_a_real_training_run_is_analysed_from_its_folder_and_checkpoints(
     x = torch.randn(8, 1024, generator=torch.Generator().manual_seed(3)) * 0.3
     exported, meta = load_sae(run)
     assert meta["hook_name"] == HOOK and meta["model_name"] == "toy-1l"
+    assert meta["seqpos_slice"] == [1, None]  # trained without BOS (data.drop_bos: true)
     for ckpt in sorted((run / "checkpoints").glob("*.ckpt")):  # best-*.ckpt and last.ckpt
         loaded, meta = load_sae(ckpt)
         assert meta["context_size"] == 128 and loaded.d_sae == 256
@@ -127,4 +128,5 @@ def test_a_real_training_run_is_analysed_from_its_folder_and_checkpoints(
     )
     report = analyze(cfg)
     assert report.metadata["source"] == str(run / "sae") and len(report.feature_list) == 8
+    assert report.metadata["drop_bos"] is True  # read from the export's seqpos_slice
     assert (run / "report" / "criteria.json").is_file()

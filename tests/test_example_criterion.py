@@ -41,9 +41,9 @@ def test_digit_share_from_outside_the_package(tmp_path, tiny_corpus, monkeypatch
     sae, _ = load_sae(tmp_path / "sae")
     contexts = load_contexts(cfg, embedded_model, 32)
     digit = torch.tensor([s.strip().isdigit() for s in vocab_strings(embedded_model)])
-    with torch.inference_mode():
-        feats = sae.encode(capture_activations(embedded_model, contexts, HOOK)).flatten(0, 1)
-    on_digit = digit[contexts.flatten()]  # [tokens]
+    with torch.inference_mode():  # the pass leaves out BOS (position 0), as training does
+        feats = sae.encode(capture_activations(embedded_model, contexts, HOOK))[:, 1:]
+    feats, on_digit = feats.flatten(0, 1), digit[contexts[:, 1:].flatten()]  # [tokens, ...]
     for f in (0, 7, 31):
         total = feats[:, f].double().clamp(min=0).sum()
         expected = float(feats[on_digit, f].double().clamp(min=0).sum() / total)

@@ -240,8 +240,9 @@ def test_analyze_cli_reads_a_published_sae_and_fails_offline_in_one_line(tmp_pat
     # the numbers are the local SAE's on the same 16 held-out contexts
     contexts = CorpusSource().contexts("val", embedded_model.tokenizer, 128)[:16]
     local, _ = load_sae(tmp_path / "local" / "25.pt")
+    assert meta["drop_bos"] is True  # a Neel-format cfg does not say: BOS left out
     with torch.no_grad():
-        acts = local.encode(capture_activations(embedded_model, contexts, HOOK))  # [16, 128, 2048]
+        acts = local.encode(capture_activations(embedded_model, contexts, HOOK))[:, 1:]
     for i in range(4):
         got = report["features"][str(i)]["top_activations"]
         assert got["max_activation"] == pytest.approx(acts[..., i].max().item(), rel=1e-5)

@@ -68,8 +68,8 @@ def test_ablation_on_the_embedded_model(embedded_model):
         sae.b_enc.copy_(torch.tensor([-1e6, 10.0]))  # feature 0 never fires, 1 always does
         sae.W_dec[1] *= 20.0
     contexts = torch.randint(0, 4096, (2, 12), generator=torch.Generator().manual_seed(0))
-    ctx = AnalysisContext(
-        sae, embedded_model, HOOK, [0, 1], [str(i) for i in range(4096)], contexts
+    ctx = AnalysisContext(  # random tokens, no BOS: position 0 is analysed (and ablated) too
+        sae, embedded_model, HOOK, [0, 1], [str(i) for i in range(4096)], contexts, drop_bos=False
     )
     delta0, acts0 = ablation_deltas(ctx, [0, 0], contexts)
     assert all((a == 0).all() and (d == 0).all() for a, d in zip(acts0, delta0, strict=True))

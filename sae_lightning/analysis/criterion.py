@@ -45,18 +45,27 @@ from sae_lightning.analysis.sparse import FiringEntries, firing_entries
 
 @dataclass
 class AnalysisBatch:
-    """What the analysis pass hands every criterion for one batch of contexts."""
+    """What the analysis pass hands every criterion for one batch of contexts.
+
+    Every tensor covers only the *analysed* positions of each context, ``start`` to the
+    end: with ``AnalysisContext.drop_bos`` (the default, as training drops it) the BOS
+    position is not in the batch at all, so a criterion that counts rows, tokens or
+    firings (densities, denominators, correlations) counts trained positions only.
+    ``token_index`` still names each token's place in ``AnalysisContext.contexts``.
+    """
 
     tokens: Int[Tensor, "batch pos"]
-    """Token ids (BOS at position 0)."""
+    """Token ids of the analysed positions (``tokens[:, j]`` is position ``start + j``)."""
     token_index: Int[Tensor, "batch pos"]
-    """Global id of each token: context index * n_ctx + position."""
+    """Global id of each token: context index * n_ctx + position (``position >= start``)."""
     feature_acts: Float[Tensor, "batch pos n_features"]
     """Activations of the analysed features (in ``AnalysisContext.features`` order)."""
     neuron_acts: Float[Tensor, "batch pos d_in"]
     """The hooked activations themselves (the MLP neurons for ``mlp.hook_post``)."""
     other_acts: Float[Tensor, "batch pos d_other"] | None = None
     """All feature activations of the ``compare_with`` SAE on the same tokens, if any."""
+    start: int = 0
+    """Position in its context of column 0 (``AnalysisContext.start``: 1 when BOS is dropped)."""
     _firing: FiringEntries | None = field(default=None, init=False, repr=False)
 
     def firing(self) -> FiringEntries:
@@ -88,6 +97,15 @@ class AnalysisContext:
     """The SAE to compare with (universality), or None."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Criterion outputs other criteria may read (e.g. the automatic proxies)."""
+    drop_bos: bool = True
+    """Position 0 (BOS) of every context is not analysed, as training does not train on it:
+    no criterion, first pass, ablation or dashboard activation sees it (it may still be
+    shown as context in a window)."""
+
+    @property
+    def start(self) -> int:
+        """The first analysed position of every context (1 when BOS is dropped)."""
+        return int(self.drop_bos)
 
 
 class Criterion(L.Callback):

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 class AnalysisModule(L.LightningModule):
     """Streams ``ctx.contexts`` through the frozen model and the SAE(s).
 
+    The model reads every position; the batches handed to the criteria hold positions
+    ``ctx.start`` onwards only (BOS dropped by default, as in training), so every count,
+    denominator and statistic of every criterion is over the positions the SAE trained on.
+
     Args:
         sae: The SAE under analysis (a submodule: moved to the device with the module).
         model: The frozen transformer; a plain attribute, never a submodule.
@@ -86,23 +90,25 @@ class AnalysisModule(L.LightningModule):
         self, batch: tuple[Int[Tensor, "b n_ctx"], Int[Tensor, " b"]], batch_idx: int
     ) -> AnalysisBatch:
         tokens, context_index = batch
-        acts = capture_activations(self.frozen, tokens, self.ctx.hook_name)  # [b, pos, d_in]
-        acts = acts.to(self.sae.W_enc.dtype)
+        start = self.ctx.start  # the model reads the whole context; criteria see from start
+        acts = capture_activations(self.frozen, tokens, self.ctx.hook_name)  # [b, n_ctx, d_in]
+        acts = acts[:, start:].to(self.sae.W_enc.dtype).contiguous()  # [b, pos, d_in]
         feats = self.sae.encode(acts)  # [b, pos, d_sae]
         if not self.all_features:
             feats = feats.index_select(-1, self.feature_index)  # [b, pos, n_features]
-        positions = torch.arange(self.n_ctx, device=tokens.device)
+        positions = torch.arange(start, self.n_ctx, device=tokens.device)  # [pos]
         other = (
             self.other_sae.encode(acts.to(self.other_sae.W_enc.dtype))
             if self.other_sae is not None
             else None
         )
         return AnalysisBatch(
-            tokens=tokens,
+            tokens=tokens[:, start:],
             token_index=context_index[:, None] * self.n_ctx + positions,  # [b, pos]
             feature_acts=feats,
             neuron_acts=acts,
             other_acts=other,
+            start=start,
         )
 
     def on_validation_epoch_end(self) -> None:

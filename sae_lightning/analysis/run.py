@@ -75,6 +75,20 @@ def _context_length(cfg: DictConfig, metadata: dict[str, Any], model) -> int:
     return n_ctx
 
 
+def resolve_drop_bos(option: bool | None, metadata: dict[str, Any]) -> bool:
+    """Whether the analysis drops BOS: ``option`` (``drop_bos=``) if set, else as the SAE was
+    trained (SAELens' ``metadata.seqpos_slice``: a start of 1 or more skips BOS), else True
+    (train.py drops BOS by default)."""
+    if option is not None:
+        if not isinstance(option, bool):
+            raise ValueError(f"drop_bos must be true, false or null, got {option!r}")
+        return option
+    seqpos = metadata.get("seqpos_slice")
+    if isinstance(seqpos, (list, tuple)) and seqpos:
+        return int(seqpos[0] or 0) >= 1
+    return True
+
+
 def _criteria(cfg: DictConfig) -> list[Criterion]:
     criteria = instantiate_dict(cfg.get("criteria"))
     wrong = [type(c).__qualname__ for c in criteria if not isinstance(c, Criterion)]
@@ -127,7 +141,8 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
     """The pass and its outputs, written into ``folder.report`` (published on return)."""
     sae, metadata, model, hook, other = _load(cfg)
     contexts = load_contexts(cfg, model, _context_length(cfg, metadata, model))
-    features = select_features(cfg.features, sae, model, hook, contexts)
+    drop_bos = resolve_drop_bos(cfg.get("drop_bos"), metadata)
+    features = select_features(cfg.features, sae, model, hook, contexts, drop_bos)
     ctx = AnalysisContext(
         sae=sae,
         model=model,
@@ -136,6 +151,7 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         str_tokens=vocab_strings(model),
         contexts=contexts,
         other_sae=other,
+        drop_bos=drop_bos,
     )
     info = {
         **metadata,
@@ -143,6 +159,8 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         "n_tokens": contexts.numel(),
         "n_contexts": len(contexts),
         "n_ctx": int(contexts.shape[1]),
+        "drop_bos": drop_bos,
+        "n_analysed_tokens": len(contexts) * (int(contexts.shape[1]) - ctx.start),
         "n_features": len(features),
         "d_sae": sae.d_sae,
         "compare_with": cfg.get("compare_with"),
@@ -163,7 +181,7 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
     trainer.validate(module)
     if trainer.is_global_zero:
         if cfg.get("dashboards"):
-            add_window_activations(report.features, sae, model, hook, contexts)
+            add_window_activations(report.features, sae, model, hook, contexts, start=ctx.start)
         path = report.to_json(folder.report / REPORT_FILE.name)
         rank_zero_info(f"feature scorecard ({folder.final(path)}):\n{report.scorecard()}")
         if cfg.get("dashboards") or cfg.get("prompt"):

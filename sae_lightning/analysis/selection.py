@@ -61,22 +61,32 @@ def _encode(sae: SAE, model, hook_name: str, tokens: Int[Tensor, "b pos"]) -> Te
 
 
 def top_firing(
-    sae: SAE, model, hook_name: str, contexts: Int[Tensor, "n n_ctx"], n: int, batch: int = 8
+    sae: SAE,
+    model,
+    hook_name: str,
+    contexts: Int[Tensor, "n n_ctx"],
+    n: int,
+    batch: int = 8,
+    start: int = 1,
 ) -> list[int]:
-    """The ``n`` features that fire on most tokens of the first ``TOP_CONTEXTS`` contexts."""
+    """The ``n`` features that fire on most tokens of the first ``TOP_CONTEXTS`` contexts,
+    counting positions ``start`` onwards (1: BOS skipped, as the analysis pass skips it)."""
     if not 1 <= n <= sae.d_sae:
         raise ValueError(f"top:{n} must ask for 1..{sae.d_sae} features (d_sae={sae.d_sae})")
     counts = torch.zeros(sae.d_sae, dtype=torch.long)
     rows = contexts[:TOP_CONTEXTS]
-    for start in range(0, len(rows), batch):
-        feats = _encode(sae, model, hook_name, rows[start : start + batch])
-        counts += (feats[:, 1:] > 0).sum(dim=(0, 1)).cpu()  # BOS skipped
+    for first in range(0, len(rows), batch):
+        feats = _encode(sae, model, hook_name, rows[first : first + batch])  # [b, n_ctx, d_sae]
+        counts += (feats[:, start:] > 0).sum(dim=(0, 1)).cpu()
     order = torch.argsort(counts, descending=True, stable=True)
     return order[:n].tolist()
 
 
-def prompt_features(sae: SAE, model, hook_name: str, prompts: Sequence[str]) -> list[int]:
-    """Union of the ``PER_PROMPT`` features with the largest max activation on each prompt."""
+def prompt_features(
+    sae: SAE, model, hook_name: str, prompts: Sequence[str], start: int = 1
+) -> list[int]:
+    """Union of the ``PER_PROMPT`` features with the largest max activation on each prompt
+    (BOS first; its activations count only with ``start=0``)."""
     tokenizer = model.tokenizer
     chosen: set[int] = set()
     for text in prompts:
@@ -84,7 +94,7 @@ def prompt_features(sae: SAE, model, hook_name: str, prompts: Sequence[str]) -> 
         if not ids:
             raise ValueError(f"prompt {text!r} has no tokens")
         tokens = torch.tensor([[tokenizer.bos_token_id, *ids]], dtype=torch.long)
-        peak = _encode(sae, model, hook_name, tokens)[0, 1:].amax(dim=0).cpu()  # [d_sae]
+        peak = _encode(sae, model, hook_name, tokens)[0, start:].amax(dim=0).cpu()  # [d_sae]
         top = torch.topk(peak, min(PER_PROMPT, sae.d_sae))
         chosen.update(top.indices[top.values > 0].tolist())
     if not chosen:
@@ -100,16 +110,22 @@ def _parse_prompts(text: str) -> list[str]:
 
 
 def select_features(
-    spec: Any, sae: SAE, model, hook_name: str, contexts: Int[Tensor, "n n_ctx"]
+    spec: Any,
+    sae: SAE,
+    model,
+    hook_name: str,
+    contexts: Int[Tensor, "n n_ctx"],
+    drop_bos: bool = True,
 ) -> list[int]:
-    """The feature indices that ``spec`` (the ``features=`` option) selects.
+    """The feature indices that ``spec`` (the ``features=`` option) selects; ``top:N`` and
+    ``prompts`` ignore the BOS position when ``drop_bos`` (as the analysis does).
 
     Raises:
         ValueError: For an index outside ``0..d_sae-1`` (the message names it and
             ``d_sae``), a malformed spec (the message lists the forms), or prompts on which
             no feature fires.
     """
-    spec = _plain(spec)
+    spec, start = _plain(spec), int(drop_bos)
     if spec == "all":
         return list(range(sae.d_sae))
     if isinstance(spec, int) and not isinstance(spec, bool):
@@ -118,17 +134,17 @@ def select_features(
         return _check_indices(spec, sae.d_sae)
     if isinstance(spec, dict) and set(spec) == {"prompts"}:
         prompts = spec["prompts"]
-        return prompt_features(
-            sae, model, hook_name, [prompts] if isinstance(prompts, str) else prompts
-        )
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        return prompt_features(sae, model, hook_name, prompts, start)
     if isinstance(spec, str) and spec.startswith("top:"):
         try:
             n = int(spec.removeprefix("top:"))
         except ValueError:
             raise ValueError(f"features={spec!r}: N in top:N must be an integer") from None
-        return top_firing(sae, model, hook_name, contexts, n)
+        return top_firing(sae, model, hook_name, contexts, n, start=start)
     if isinstance(spec, str) and spec.startswith("prompts:"):
-        return prompt_features(sae, model, hook_name, _parse_prompts(spec.removeprefix("prompts:")))
+        prompts = _parse_prompts(spec.removeprefix("prompts:"))
+        return prompt_features(sae, model, hook_name, prompts, start)
     raise ValueError(f"features={spec!r} is not understood; valid: {FORMS}")
 
 

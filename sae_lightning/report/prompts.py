@@ -4,8 +4,10 @@ For each prompt: tokenise (BOS first), run the frozen model to the hook, encode 
 SAE; per token its strongest features; the features ranked by activation (their max over
 the prompt), by activation quantile (that max over the feature's max activation in the
 report) and by loss effect (the mean next-token loss with the feature removed at the hook
-at every position, minus the clean loss: positive means the feature helped). Ablations are
-batched: one row per candidate feature, each row its own feature, many rows per forward.
+at every analysed position, minus the clean loss: positive means the feature helped).
+Ablations are batched: one row per candidate feature, each row its own feature, many rows
+per forward. As in the analysis, the BOS position is dropped by default: its activations
+are not shown, ranked or ablated (``drop_bos=False`` keeps it).
 """
 
 from __future__ import annotations
@@ -39,23 +41,31 @@ def _next_token_loss(logits: Float[Tensor, "r pos vocab"], tokens: Tensor) -> Fl
 
 @torch.inference_mode()
 def loss_effects(
-    sae, model, hook_name: str, tokens: Int[Tensor, " pos"], features: list[int], batch: int = 32
+    sae,
+    model,
+    hook_name: str,
+    tokens: Int[Tensor, " pos"],
+    features: list[int],
+    batch: int = 32,
+    start: int = 0,
 ) -> tuple[float, list[float]]:
     """Clean loss, and per feature (ablated loss − clean loss) on ``tokens``.
 
-    Each row of a forward removes one feature's contribution ``act * W_dec[f]`` at the hook.
+    Each row of a forward removes one feature's contribution ``act * W_dec[f]`` at the hook,
+    at positions ``start`` onwards (1 leaves BOS alone, as training does).
     """
     device = next(model.parameters()).device
     row = tokens.to(device)[None]  # [1, pos]
     clean = float(_next_token_loss(model(row), row)[0])
     effects: list[float] = []
-    for start in range(0, len(features), batch):
-        chunk = features[start : start + batch]
+    for first in range(0, len(features), batch):
+        chunk = features[first : first + batch]
         index = torch.tensor(chunk, device=sae.W_dec.device)
         w_dec = sae.W_dec[index]  # [r, d_in]
 
         def remove(x: Tensor, index=index, w_dec=w_dec) -> Tensor:  # [r, pos, d_in]
             act = sae.encode_selected(x.to(w_dec.dtype), index)  # [r, pos]
+            act[:, :start] = 0.0  # not analysed (BOS when dropped): left as it is
             return x - (act.unsqueeze(-1) * w_dec.unsqueeze(1)).to(x.dtype)
 
         rows = row.expand(len(chunk), -1)  # [r, pos]
@@ -74,6 +84,20 @@ def _entry(f: int, acts: Tensor, known: set[int], strs: list[str], scale: float)
     }
 
 
+def _per_token(acts: Tensor, strs: list[str], known: set[int], per_token: int) -> list[dict]:
+    """Per position: its token and its ``per_token`` strongest firing features."""
+    top_vals, top_ids = acts.topk(min(per_token, acts.shape[1]), dim=1)  # [pos, k]
+    rows = []
+    for p, (vals, ids) in enumerate(zip(top_vals.tolist(), top_ids.tolist(), strict=True)):
+        feats = [
+            {"feature": f, "activation": v, "known": f in known}
+            for v, f in zip(vals, ids, strict=True)
+            if v > 0
+        ]
+        rows.append({"position": p, "token": strs[p], "features": feats})
+    return rows
+
+
 @torch.inference_mode()
 def analyse_prompt(
     text: str,
@@ -84,6 +108,7 @@ def analyse_prompt(
     per_token: int = 5,
     n_ranked: int = 20,
     n_ablate: int = 64,
+    drop_bos: bool = True,
 ) -> dict[str, Any]:
     """Everything ``prompts.html`` shows about one prompt (plain Python values).
 
@@ -93,25 +118,19 @@ def analyse_prompt(
         per_token: Features listed per token.
         n_ranked: Rows of each ranking.
         n_ablate: Strongest features (by activation on the prompt) whose loss effect is measured.
+        drop_bos: Leave the BOS position out (activation 0, not ablated), as the analysis does.
     """
     tokens = prompt_tokens(model, text)
     device = next(model.parameters()).device
     hooked = capture_activations(model, tokens.to(device)[None], hook_name)[0]  # [pos, d_in]
     acts = sae.encode(hooked.to(sae.W_enc.dtype)).float().cpu()  # [pos, d_sae]
-    acts[0] = 0.0 if tokens[0] == model.tokenizer.bos_token_id else acts[0]  # BOS: not shown
+    start = int(drop_bos and bool(tokens[0] == model.tokenizer.bos_token_id))
+    acts[:start] = 0.0  # BOS dropped: not shown, ranked or ablated
     strs = [model.tokenizer.decode([t]) for t in tokens.tolist()]
     known = set(max_activation)
     peak = acts.amax(dim=0)  # [d_sae]
     firing = [int(f) for f in torch.argsort(peak, descending=True, stable=True) if peak[f] > 0]
-    top_vals, top_ids = acts.topk(min(per_token, acts.shape[1]), dim=1)  # [pos, k]
-    rows = []
-    for p, (vals, ids) in enumerate(zip(top_vals.tolist(), top_ids.tolist(), strict=True)):
-        feats = [
-            {"feature": f, "activation": v, "known": f in known}
-            for v, f in zip(vals, ids, strict=True)
-            if v > 0
-        ]
-        rows.append({"position": p, "token": strs[p], "features": feats})
+    rows = _per_token(acts, strs, known, per_token)
     scale = float(peak.max()) if firing else 1.0
     by_act = [_entry(f, acts, known, strs, float(peak[f])) for f in firing[:n_ranked]]
     quantiles = sorted(
@@ -123,7 +142,7 @@ def analyse_prompt(
         _entry(f, acts, known, strs, max_activation[f]) | {"quantile": q} for q, f in quantiles
     ]
     candidates = firing[:n_ablate]
-    clean, effects = loss_effects(sae, model, hook_name, tokens, candidates)
+    clean, effects = loss_effects(sae, model, hook_name, tokens, candidates, start=start)
     ranked = sorted(zip(effects, candidates, strict=True), key=lambda e: -abs(e[0]))[:n_ranked]
     by_loss = [_entry(f, acts, known, strs, float(peak[f])) | {"loss_effect": e} for e, f in ranked]
     strongest = acts.amax(dim=1).tolist()  # [pos]
@@ -143,7 +162,8 @@ def analyse_prompt(
 def analyse_prompts(
     prompts: str | list[str], sae, model, hook_name: str, report: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """:func:`analyse_prompt` of each prompt, with quantiles against the report's maxima."""
+    """:func:`analyse_prompt` of each prompt, with quantiles against the report's maxima and
+    BOS dropped or kept as the report's analysis did (``metadata.drop_bos``)."""
     texts = [prompts] if isinstance(prompts, str) else [str(p) for p in prompts]
     if not texts:
         raise ValueError("prompt=[] gives no prompt: pass a text or a list of texts")
@@ -151,4 +171,7 @@ def analyse_prompts(
         int(k): float((v.get("top_activations") or {}).get("max_activation") or 0.0)
         for k, v in report["features"].items()
     }
-    return [analyse_prompt(t, sae, model, hook_name, max_activation) for t in texts]
+    drop_bos = bool(report["metadata"].get("drop_bos", True))
+    return [
+        analyse_prompt(t, sae, model, hook_name, max_activation, drop_bos=drop_bos) for t in texts
+    ]

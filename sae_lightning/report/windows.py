@@ -5,7 +5,8 @@ dashboards need the feature's activation on every token of the window: this reco
 after the pass, one frozen forward (to the hook) per distinct context and one
 ``sae.encode_selected`` row per window, and stores it in the report next to the tokens:
 ``acts`` in each example of ``top_activations.top_examples`` and ``quantile_samples``, and
-``top_context_acts`` in ``downstream.ablation``.
+``top_context_acts`` in ``downstream.ablation``. Positions the analysis did not analyse
+(BOS when it is dropped) are shown as context with activation 0, as the pass saw them.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ def _windows(features: dict[int, dict[str, Any]], n_ctx: int) -> list[Window]:
     return [w for w in out if 0 <= w.start and w.start + w.length <= n_ctx and w.length > 0]
 
 
-def _fill(sae, acts: Tensor, local: dict[int, int], windows: list[Window], digits: int) -> None:
-    """Encode each window's tokens for its feature and write the rounded activations."""
+def _fill(
+    sae, acts: Tensor, local: dict[int, int], windows: list[Window], digits: int, start: int
+) -> None:
+    """Encode each window's tokens for its feature and write the rounded activations
+    (0 at positions before ``start``)."""
     by_length: dict[int, list[Window]] = defaultdict(list)
     for w in windows:
         by_length[w.length].append(w)
@@ -65,7 +69,8 @@ def _fill(sae, acts: Tensor, local: dict[int, int], windows: list[Window], digit
             pos = starts[:, None] + torch.arange(length, device=acts.device)  # [r, length]
             x = acts[rows[:, None], pos]  # [r, length, d_in]
             index = torch.tensor([w.feature for w in chunk], device=sae.W_enc.device)
-            values = sae.encode_selected(x.to(sae.W_enc.dtype), index).float().cpu()  # [r, len]
+            values = sae.encode_selected(x.to(sae.W_enc.dtype), index).float()  # [r, len]
+            values = values.masked_fill(pos < start, 0.0).cpu()  # not analysed: BOS
             for w, row in zip(chunk, values.tolist(), strict=True):
                 w.target[w.key] = [round(v, digits) for v in row]
 
@@ -79,6 +84,7 @@ def add_window_activations(
     contexts: Int[Tensor, "n n_ctx"],
     batch_size: int = 32,
     digits: int = 4,
+    start: int = 1,
 ) -> int:
     """Store every token's activation in the report's example windows (see module doc).
 
@@ -87,6 +93,7 @@ def add_window_activations(
         sae, model, hook_name: As analysed; ``contexts`` the analysed token contexts.
         batch_size: Contexts per frozen forward.
         digits: Decimals kept.
+        start: The first analysed position (1: BOS dropped, its activation shown as 0).
 
     Returns:
         How many windows were filled.
@@ -102,5 +109,5 @@ def add_window_activations(
         tokens = contexts[torch.tensor(chosen)].to(device)  # [b, n_ctx]
         acts = capture_activations(model, tokens, hook_name)  # [b, n_ctx, d_in]
         local = {c: j for j, c in enumerate(chosen)}
-        _fill(sae, acts, local, [w for c in chosen for w in by_context[c]], digits)
+        _fill(sae, acts, local, [w for c in chosen for w in by_context[c]], digits, start)
     return len(windows)
