@@ -42,3 +42,25 @@ def hub_unavailable(
         f"a machine with network access{f' (`{fetch}`)' if fetch else ''} and run with "
         f"HF_HUB_OFFLINE=1."
     )
+
+
+DATA_SUFFIXES = (".parquet", ".json", ".jsonl")
+
+
+def cached_dataset_files(repo_id: str, split: str) -> list[str] | None:
+    """The data files of dataset repo ``repo_id`` in the local hub cache (no network), those
+    of ``split`` when the files are named by split (``data/train-*.parquet``); None when the
+    repo is not cached. ``datasets`` offline reads only what it prepared itself, not the hub
+    cache that ``hf download`` (or ``huggingface_hub``) fills; this reads that."""
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", local_files_only=True))
+    except LocalEntryNotFoundError:
+        return None
+    files = sorted(str(f) for f in folder.rglob("*") if f.suffix in DATA_SUFFIXES)
+    mine = [f for f in files if Path(f).name.startswith(f"{split}-") or f"/{split}/" in f]
+    return mine or files or None

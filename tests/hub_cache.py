@@ -30,9 +30,12 @@ def run_isolated(script: str, hf_home: Path) -> subprocess.CompletedProcess:
     )
 
 
-def fake_snapshot(hf_home: Path, repo_id: str, commit: str = COMMIT) -> Path:
-    """An empty snapshot of model repo ``repo_id`` laid out as the hub does, at ``main``."""
-    storage = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+def fake_snapshot(
+    hf_home: Path, repo_id: str, commit: str = COMMIT, repo_type: str = "model"
+) -> Path:
+    """An empty snapshot of repo ``repo_id`` (a model or dataset repo) laid out as the hub
+    does, at ``main``."""
+    storage = hf_home / "hub" / f"{repo_type}s--{repo_id.replace('/', '--')}"
     snapshot = storage / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (storage / "refs").mkdir()

@@ -88,6 +88,24 @@ def test_save_to_disk_folder_tokens_column_picks_the_split(tmp_path, embedded_mo
         HFDatasetSource(str(folder), split="validation").reader("train", tok, 32)
 
 
+def test_pre_tokenized_rows_that_start_with_bos_keep_a_single_bos(tmp_path, embedded_model):
+    """Rows of a pre-tokenized dataset that begin with BOS (as NeelNanda/c4-code-tokenized-2b's
+    do) are not given a second: the stream is exactly the rows, concatenated."""
+    from datasets import Dataset
+
+    tok, bos = embedded_model.tokenizer, embedded_model.tokenizer.bos_token_id
+    rows = [[bos, *ids] for ids in tok(stdlib_rows(), add_special_tokens=False)["input_ids"]]
+    folder = tmp_path / "ds"
+    Dataset.from_dict({"tokens": rows}).save_to_disk(str(folder))
+    stream = torch.tensor([t for row in rows for t in row])
+    expected = make_contexts(stream, 32, bos)
+    source = HFDatasetSource(str(folder), tokens_column="tokens", streaming=False)
+    got = torch.cat([source.reader(s, tok, 32) for s in ("val", "train")])
+    assert torch.equal(got, expected[: len(got)]) and len(got) == len(expected)
+    # one BOS per row in the bodies (a doubled BOS would make it two)
+    assert int((got[:, 1:] == bos).sum()) <= len(rows) < 2 * int((got[:, 1:] == bos).sum())
+
+
 def test_a_glob_or_a_folder_of_files_reads_like_one_file(tmp_path, texts, embedded_model):
     tok, lines = embedded_model.tokenizer, texts.read_text().splitlines(keepends=True)
     (tmp_path / "parts").mkdir()

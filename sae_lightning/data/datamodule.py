@@ -117,7 +117,8 @@ class ActivationDataModule(L.LightningDataModule):
         per_ctx = self.n_ctx - int(self.drop_bos)
         rows = self.train_ctx[: max(1, -(-n // per_ctx))].to(self.device)
         with torch.inference_mode():
-            return self.spec.trained(self.spec.capture(rows))[:n].clone()
+            acts = self.spec.trained(self.spec.capture(rows))[:n]
+        return acts.clone()  # outside inference mode: a normal tensor, usable in autograd
 
     def make_stream(
         self, rank: int = 0, world_size: int = 1, epochs: int | None = None

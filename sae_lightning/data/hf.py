@@ -31,7 +31,7 @@ from sae_lightning.data.readers import (
     cut_contexts,
     n_val_contexts,
 )
-from sae_lightning.hub import hub_unavailable, is_hub_error
+from sae_lightning.hub import cached_dataset_files, hub_unavailable, is_hub_error
 from sae_lightning.toy.corpus import CorpusError
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -146,11 +146,15 @@ class HFDatasetSource:
         try:
             return load_dataset(self.path, self.name, split=self.split, streaming=self.streaming)
         except Exception as err:  # noqa: BLE001  (only hub errors are rewritten)
-            if is_hub_error(err):
+            if not is_hub_error(err):
+                raise
+            cached = cached_dataset_files(self.path, self.split)  # the hub cache, offline
+            if cached is None:
                 raise hub_unavailable(
                     "dataset", self.path, err, "the embedded corpus (data=corpus)"
                 ) from None
-            raise
+        builder = _builder(cached, self.path)[0]
+        return load_dataset(builder, data_files=cached, split="train", streaming=self.streaming)
 
     def _from_disk(self, folder: Path) -> Any:
         from datasets import DatasetDict, load_from_disk
@@ -198,14 +202,18 @@ class HFDatasetSource:
             raise CorpusError(f"dataset {self.path!r} (split {self.split!r}) is empty: no rows")
 
     def _pieces(self, tokenizer, d_vocab: int, start: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(row, [BOS, *ids])`` from row ``start`` on, ids checked against ``d_vocab``."""
-        rows = self._rows(start)
+        """``(row, [BOS, *ids])`` from row ``start`` on, ids checked against ``d_vocab`` (a
+        pre-tokenized row that starts with BOS already is not given a second)."""
+        rows, bos = self._rows(start), tokenizer.bos_token_id
         while batch := list(itertools.islice(rows, ENCODE_ROWS)):
             for row, ids in zip([r for r, _ in batch], self._encode(batch, tokenizer), strict=True):
                 where = f"dataset {self.path!r} (column {self.column!r}, row {row})"
                 if len(ids):
                     check_token_range(int(ids.min()), int(ids.max()), d_vocab, where)
-                yield row, np.concatenate([[tokenizer.bos_token_id], ids]).astype(np.int64)
+                if self.tokens_column is not None and len(ids) and ids[0] == bos:
+                    yield row, ids  # a pre-tokenized row that starts with BOS keeps its own
+                else:
+                    yield row, np.concatenate([[bos], ids]).astype(np.int64)
 
     def _encode(self, batch: list[tuple[int, Any]], tokenizer) -> list[np.ndarray]:
         if self.tokens_column is None:
