@@ -80,8 +80,11 @@ def test_ablation_on_the_embedded_model(embedded_model):
     rows = torch.cat([contexts, contexts[:1]])
     mixed, mixed_acts = ablation_deltas(ctx, [1, 0, 1], rows, lengths=[12, 7, 5], batch_size=2)
     assert [len(d) for d in mixed] == [11, 6, 4]
-    torch.testing.assert_close(mixed[0], delta1[0])
-    torch.testing.assert_close(mixed[2], delta1[0][:4])
+    # differently shaped batches sum in another order: log-probs of a 4096-way softmax then
+    # agree to ~1e-5 (seen: 1.2e-5), not to float32's default atol of 1e-5
+    close = {"atol": 5e-5, "rtol": 1e-5}
+    torch.testing.assert_close(mixed[0], delta1[0], **close)
+    torch.testing.assert_close(mixed[2], delta1[0][:4], **close)
     assert (mixed[1] == 0).all() and (mixed_acts[1] == 0).all()
     ctx.extras["top_examples"] = {0: [], 1: [(13, 1.0), (2, 0.5)]}  # context 1 pos 1, 0 pos 2
     res = Downstream(ablation_contexts=8, ablation_window=3).results(ctx)
