@@ -21,10 +21,12 @@ from omegaconf import DictConfig
 
 from sae_lightning.analysis.run import analyze
 from sae_lightning.cli import user_errors
+from sae_lightning.console import quiet_known_noise
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def main(cfg: DictConfig) -> float | None:
+    quiet_known_noise()
     with user_errors("analyze.py"):
         report = analyze(cfg)
     rates = [s["pass_rate"] for s in report.summaries.values() if "pass_rate" in s]

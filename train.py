@@ -13,11 +13,13 @@ import hydra
 from omegaconf import DictConfig
 
 from sae_lightning.cli import user_errors
+from sae_lightning.console import quiet_known_noise
 from sae_lightning.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet_known_noise()
     with user_errors("train.py"):
         metrics = train(cfg)
     return metrics.get("val/loss_recovered")

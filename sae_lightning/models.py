@@ -36,6 +36,22 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     return valid[dtype]
 
 
+def move_model(model, device: str | torch.device, dtype: torch.dtype | None = None):
+    """``model.to(device[, dtype])`` only when a parameter is elsewhere: TransformerLens'
+    ``to`` prints "Moving model to device" on every call, wanted or not."""
+    device = torch.device(device)
+    params = list(model.parameters())
+    stale = any(
+        p.device.type != device.type
+        or (device.index is not None and p.device.index != device.index)
+        or (dtype is not None and p.dtype != dtype)
+        for p in params
+    )
+    if not stale:
+        return model
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode, no gradients: the frozen model is only ever read."""
     model.eval()
@@ -68,7 +84,7 @@ def load_embedded(
         model_name=config.get("name", EMBEDDED_NAME),
     )
     bridge.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)
-    return freeze(bridge.to(device=device, dtype=_dtype(dtype)))
+    return freeze(move_model(bridge, device, _dtype(dtype)))
 
 
 def resolve_legacy_name(name: str) -> str:
@@ -124,7 +140,7 @@ def load_legacy(name: str = "gelu-1l", device: str = "cpu", dtype: str | torch.d
         cfg, tokenizer=tokenizer, dtype=torch_dtype, model_name=repo
     )
     bridge.load_state_dict(converted, strict=True)
-    return freeze(bridge.to(device))
+    return freeze(move_model(bridge, device))
 
 
 def _hf_tokenizer(name: str):

@@ -21,6 +21,7 @@ from sae_lightning.metrics import (
     log10_density,
     per_token_ce_and_kl,
 )
+from sae_lightning.models import move_model
 from sae_lightning.saes.base import SAE
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class SAEModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.frozen is not None:
-            self.frozen.to(self.device)
+            move_model(self.frozen, self.device)
         if self.trainer.ckpt_path is not None:
             return  # resumed: the weights are restored, re-initialising would change them
         x = None

@@ -10,6 +10,8 @@ from typing import Any
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from sae_lightning.disk import DiskCheckedIO, tensor_bytes, writing
@@ -17,6 +19,7 @@ from sae_lightning.formats import save_saelens
 from sae_lightning.guards import end_of_run_warnings
 from sae_lightning.hooks import check_hook_name
 from sae_lightning.preflight import check_checkpoint, check_config, check_run_folder
+from sae_lightning.progress import human
 from sae_lightning.sweep import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -71,8 +74,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.dictionary.save(out)  # the ground truth beside the SAE it should match
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")), logger=loggers or False
+        cfg.trainer, callbacks=_callbacks(cfg), logger=loggers or False
     )
+    _announce(cfg, sae, model_name, datamodule)
     trainer.strategy.checkpoint_io = DiskCheckedIO(trainer.strategy.checkpoint_io)
     with writing(out):  # a full disk under the TensorBoard events says so
         # weights_only: a checkpoint to resume from is read without running pickled code
@@ -89,6 +93,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning(note)
         _finish(cfg, out, module, spec, model_name, metrics, loggers, notes)
     return metrics
+
+
+def _callbacks(cfg: DictConfig) -> list[Any]:
+    """``cfg.callbacks``, less the progress bar when ``trainer.enable_progress_bar=false``
+    (Lightning refuses a progress bar callback then)."""
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar", True):
+        return callbacks
+    return [c for c in callbacks if not isinstance(c, ProgressBar)]
+
+
+def _announce(cfg: DictConfig, sae, model_name: str, datamodule) -> None:
+    """One line saying what is trained on what, for how long."""
+    batch = getattr(datamodule, "batch_size", None)
+    steps = cfg.trainer.get("max_steps")
+    rank_zero_info(
+        f"training a {sae.architecture} SAE ({sae.d_in} -> {sae.d_sae}) on {model_name} "
+        f"{cfg.hook_name}: {steps} steps of {batch} activations "
+        f"({human(steps * batch) if steps and batch else '?'} tokens)"
+    )
 
 
 def exported_model_name(model) -> str:
@@ -126,7 +150,10 @@ def _finish(
         scale = float(module.act_scale)
         with writing(out / "sae", tensor_bytes(module.sae.state_dict())):
             folder = save_saelens(module.sae.cpu(), out / "sae", metadata, activation_scale=scale)
-        log.info("exported the SAE to %s", folder)
+        rank_zero_info(
+            f"exported the SAE to {folder}\nnext: python analyze.py sae_path={out}  "
+            f"(the detailed investigation, HTML dashboards in {out}/report)"
+        )
     record = {
         "metrics": metrics,
         "overrides": _overrides(),

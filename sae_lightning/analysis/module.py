@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.report import Report
 from sae_lightning.hooks import capture_activations
+from sae_lightning.models import move_model
 from sae_lightning.saes import SAE
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class AnalysisModule(L.LightningModule):
         # callback's on_validation_start: the frozen model and the criteria's metrics (moved
         # in Criterion.setup, while the module was still on the CPU) follow it here
         super().on_validation_model_eval()
-        self.frozen.to(self.device)
+        move_model(self.frozen, self.device)
         for criterion in self.criteria():
             for metric in criterion.metrics():
                 metric.to(self.device)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sae_lightning.data.activations import ActivationStream
 from sae_lightning.data.readers import ArrayContexts, StreamedContexts
 from sae_lightning.hooks import ActivationSpec
+from sae_lightning.models import move_model
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class ActivationDataModule(L.LightningDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
-        self._require_model().to(self.device)
+        move_model(self._require_model(), self.device)
         self.prepare_contexts()
 
     def d_in(self) -> int:
