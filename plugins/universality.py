@@ -24,7 +24,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from plugins._common import neuron_mean, number
-from plugins.downstream import LOGIT_CHUNK, logit_weights
+from plugins._logits import LOGIT_CHUNK, logit_weights
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.metrics.correlation import StreamingPearson, max_correlation
 

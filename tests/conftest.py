@@ -17,7 +17,7 @@ def embedded_model():
 
 @pytest.fixture(scope="session")
 def stdlib_docs():
-    from sae_lightning.toy.corpus import stdlib_documents
+    from sae_lightning.data.corpus import stdlib_documents
 
     return stdlib_documents()
 

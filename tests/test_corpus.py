@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sae_lightning.toy.corpus import (
+from sae_lightning.data.corpus import (
     CorpusError,
     Document,
     folder_documents,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sae_lightning.data.activations import ActivationStream
+from sae_lightning.data.corpus import CorpusError
 from sae_lightning.data.sources import CorpusSource, TokenFileSource
 from sae_lightning.data.tokens import make_contexts
 from sae_lightning.hooks import capture_activations, validate_hook
-from sae_lightning.toy.corpus import CorpusError
 
 HOOK = "blocks.0.mlp.hook_post"
 

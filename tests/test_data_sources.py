@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from sae_lightning.data.activations import ActivationStream
+from sae_lightning.data.corpus import CorpusError
 from sae_lightning.data.hf import HFDatasetSource
 from sae_lightning.data.readers import ArrayContexts, StreamedContexts
 from sae_lightning.data.sources import TokenFileSource
 from sae_lightning.data.tokens import make_contexts
-from sae_lightning.toy.corpus import CorpusError
 
 HOOK = "blocks.0.mlp.hook_post"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

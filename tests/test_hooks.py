@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plugins.downstream import logit_weights
+from plugins._logits import logit_weights
 from sae_lightning.hooks import (
     ActivationSpec,
     capture_activations,

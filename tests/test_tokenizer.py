@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from sae_lightning.data.corpus import Document, split_documents
 from sae_lightning.models import EMBEDDED_DIR
-from sae_lightning.toy.corpus import Document, split_documents
 from sae_lightning.toy.tokenizer import EOT, REQUIRED_SINGLE_TOKENS, load_tokenizer, train_tokenizer
 
 

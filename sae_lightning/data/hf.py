@@ -10,7 +10,6 @@ stream reads the contexts forward, never holding more than a group of them.
 
 from __future__ import annotations
 
-import glob
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from sae_lightning.data.corpus import CorpusError
+from sae_lightning.data.files import dataset_builder, local_data
 from sae_lightning.data.readers import (
     Mark,
     OpenAt,
@@ -32,50 +33,8 @@ from sae_lightning.data.readers import (
     n_val_contexts,
 )
 from sae_lightning.hub import cached_dataset_files, hub_unavailable, is_hub_error
-from sae_lightning.toy.corpus import CorpusError
 
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 ENCODE_ROWS = 64  # rows tokenized together
-
-
-def local_data(path: str) -> tuple[str, Any] | None:
-    """``("disk", folder)``, ``("json" | "parquet", [files])``, or None for a hub name."""
-    where = Path(path).expanduser()
-    if any(c in path for c in "*?["):
-        files = sorted(glob.glob(str(where), recursive=True))
-        if not files:
-            raise CorpusError(f"no files match {path!r}")
-        return _builder(files, path)
-    if where.is_dir():
-        if (where / "dataset_dict.json").is_file() or (where / "state.json").is_file():
-            return "disk", where
-        files = sorted(str(f) for f in where.rglob("*") if f.suffix in FILE_BUILDERS)
-        if not files:
-            raise CorpusError(
-                f"folder {path!r} is neither a datasets save_to_disk folder (no dataset_dict.json "
-                f"or state.json) nor holds {'/'.join(FILE_BUILDERS)} files"
-            )
-        return _builder(files, path)
-    if where.is_file():
-        return _builder([str(where)], path)
-    if where.suffix in FILE_BUILDERS or path.startswith(("/", ".", "~")):
-        raise CorpusError(f"dataset file {path!r} does not exist")
-    return None
-
-
-def _builder(files: list[str], path: str) -> tuple[str, list[str]]:
-    kinds = {FILE_BUILDERS.get(Path(f).suffix) for f in files}
-    if None in kinds:
-        odd = next(f for f in files if Path(f).suffix not in FILE_BUILDERS)
-        raise CorpusError(
-            f"{odd!r} (from {path!r}) is not a dataset file: use {', '.join(FILE_BUILDERS)} files "
-            "or a datasets save_to_disk folder"
-        )
-    if len(kinds) > 1:
-        raise CorpusError(f"{path!r} mixes json and parquet files: use one kind")
-    if all(Path(f).stat().st_size == 0 for f in files):
-        raise CorpusError(f"dataset {path!r} is empty: {files[:3]} hold no rows")
-    return kinds.pop(), files
 
 
 class HFDatasetSource:
@@ -153,7 +112,7 @@ class HFDatasetSource:
                 raise hub_unavailable(
                     "dataset", self.path, err, "the embedded corpus (data=corpus)"
                 ) from None
-        builder = _builder(cached, self.path)[0]
+        builder = dataset_builder(cached, self.path)[0]
         return load_dataset(builder, data_files=cached, split="train", streaming=self.streaming)
 
     def _from_disk(self, folder: Path) -> Any:

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from sae_lightning.toy.corpus import CorpusError
+from sae_lightning.data.corpus import CorpusError
 
 Mark = tuple[int, ...]  # where a stream resumes, e.g. (row, token offset in the row's piece)
 OpenAt = Callable[[Mark], Iterator[tuple[Mark, Tensor]]]  # (mark of the context, [n_ctx])

@@ -20,6 +20,7 @@ import numpy as np
 from jaxtyping import Int
 from torch import Tensor
 
+from sae_lightning.data.corpus import CorpusError, Document, load_documents, split_documents
 from sae_lightning.data.hf import HFDatasetSource  # noqa: F401  (re-exported)
 from sae_lightning.data.readers import (
     ArrayContexts,
@@ -29,7 +30,6 @@ from sae_lightning.data.readers import (
     n_val_contexts,
 )
 from sae_lightning.data.tokens import encode_documents, make_contexts
-from sae_lightning.toy.corpus import CorpusError, Document, load_documents, split_documents
 
 log = logging.getLogger(__name__)
 Contexts = Int[Tensor, "n_contexts n_ctx"]

@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from sae_lightning.toy.corpus import CorpusError, Document
+from sae_lightning.data.corpus import CorpusError, Document
 
 
 def encode_documents(

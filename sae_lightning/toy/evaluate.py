@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from sae_lightning.data.corpus import load_documents, split_documents
 from sae_lightning.data.tokens import encode_documents, make_contexts
-from sae_lightning.toy.corpus import load_documents, split_documents
 
 
 @torch.inference_mode()

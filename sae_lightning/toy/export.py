@@ -11,8 +11,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
+from sae_lightning.data.corpus import load_documents, split_documents
 from sae_lightning.models import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_embedded
-from sae_lightning.toy.corpus import load_documents, split_documents
 from sae_lightning.toy.evaluate import heldout_loss
 from sae_lightning.toy.lm import LMConfig, TinyLM
 from sae_lightning.toy.tokenizer import save_tokenizer, train_tokenizer

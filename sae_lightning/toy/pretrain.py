@@ -22,8 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from sae_lightning.data.corpus import load_documents, split_documents
 from sae_lightning.data.tokens import encode_documents, make_contexts
-from sae_lightning.toy.corpus import load_documents, split_documents
 from sae_lightning.toy.lm import LMConfig, TinyLM
 from sae_lightning.toy.tokenizer import load_tokenizer
 

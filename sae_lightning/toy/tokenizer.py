@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from sae_lightning.toy.corpus import Document
+from sae_lightning.data.corpus import Document
 
 EOT = "<|endoftext|>"
 # Strings the seed's features are about; each must be one token or the features split.
