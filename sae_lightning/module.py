@@ -114,12 +114,17 @@ class SAEModule(L.LightningModule):
                 self.activation_mean_sq_norm,
             )
         if self.b_dec_init != "zeros":
-            self.sae.init_b_dec(x * self.act_scale, self.b_dec_init)
+            self.sae.init_b_dec(self.to_sae_units(x), self.b_dec_init)
         if self.unit_norm_decoder:
             self.sae.set_decoder_norm_to_unit_norm()
 
     def forward(self, x: Float[Tensor, "batch d_in"]):
         return self.sae(x)
+
+    def to_sae_units(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
+        """Raw activations in the units the SAE trains on: float32, times ``act_scale``.
+        The one place the scale is applied (the export folds it into the weights)."""
+        return x.float() * self.act_scale
 
     def _update_recon(self, split: str, x: Tensor, out, lo) -> None:
         # training calls the metrics (forward: batch value for the step log, and accumulate);
@@ -146,7 +151,7 @@ class SAEModule(L.LightningModule):
         self, batch: Float[Tensor, "batch d_in"], batch_idx: int
     ) -> dict[str, Tensor]:
         """The loss (``"loss"``) and the detached ``"feature_acts"`` (for callbacks)."""
-        x = batch.float() * self.act_scale
+        x = self.to_sae_units(batch)
         out = self.sae(x)
         lo = self.loss_fn(x, out, self.sae, self.global_step)
         self._update_recon("train", x, out, lo)
@@ -192,7 +197,7 @@ class SAEModule(L.LightningModule):
             return
         tokens, spec = batch[0], self.spec
         logits_clean, acts = spec.logits_and_capture(tokens)  # acts: [b, pos, d_in]
-        x = spec.trained(acts) * self.act_scale  # the SAE's units; x_hat goes back below
+        x = self.to_sae_units(spec.trained(acts))  # x_hat goes back to raw units below
         out = self.sae(x)
         lo = self.loss_fn(x, out, self.sae, self.global_step)
         self._update_recon("val", x, out, lo)
@@ -208,7 +213,7 @@ class SAEModule(L.LightningModule):
 
     def _validate_activations(self, x: Float[Tensor, "b d_in"]) -> None:
         """Reconstruction metrics only: model-free data (synthetic) has no logits to splice."""
-        x = x.float() * self.act_scale
+        x = self.to_sae_units(x)
         out = self.sae(x)
         lo = self.loss_fn(x, out, self.sae, self.global_step)
         self._update_recon("val", x, out, lo)

@@ -84,7 +84,7 @@ class DeadFeatureResampler(L.Callback):
         """``n_dead`` input directions drawn by squared reconstruction loss (rank 0)."""
         sae = pl_module.sae
         x = trainer.datamodule.sample_activations(self.sample_tokens).to(pl_module.device)
-        x = x.float() * pl_module.act_scale
+        x = pl_module.to_sae_units(x)
         was_training = sae.training
         sae.eval()  # no side effects (TopK's firing counts, BatchTopK's threshold)
         loss = (sae(x).x_hat - x).pow(2).sum(-1)  # [n]
