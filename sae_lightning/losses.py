@@ -10,6 +10,7 @@ from torch import Tensor
 
 from sae_lightning.saes.base import SAE, SAEOutput
 from sae_lightning.saes.jumprelu import step as jump_step
+from sae_lightning.saes.sparse_codes import sparse_decode, sparse_l1
 from sae_lightning.saes.topk import TopKSAE
 
 
@@ -125,8 +126,11 @@ class L1Loss:
     ) -> LossOutput:
         """The loss of ``sae``'s output ``out`` on input ``x`` at optimiser step ``step``."""
         mse_term = mse(x, out.x_hat)
-        norms = sae.decoder_norms() if self.weight_by_decoder_norm else None  # [d_sae]
-        l1_term = l1(out.feature_acts, norms)
+        if out.codes is not None:  # the sparse path: decoder norms of active latents only
+            l1_term = sparse_l1(out.codes, sae.W_dec if self.weight_by_decoder_norm else None)
+        else:
+            norms = sae.decoder_norms() if self.weight_by_decoder_norm else None  # [d_sae]
+            l1_term = l1(out.feature_acts, norms)
         return LossOutput(
             loss=mse_term + self.coefficient(step) * l1_term, mse=mse_term, l1=l1_term
         )
@@ -226,7 +230,12 @@ class JumpReLULoss:
         if not isinstance(threshold, torch.nn.Parameter):
             raise TypeError(f"JumpReLULoss needs a JumpReLU SAE, got {type(sae).__name__}")
         mse_term = mse(x, out.x_hat)
-        l0 = jump_step(pre, threshold, sae.bandwidth).sum(-1).mean()
+        if out.pre_codes is not None:  # sparse: the entries cover every count and gradient
+            pre_codes = out.pre_codes
+            steps = jump_step(pre_codes.values, threshold[pre_codes.cols], sae.bandwidth)
+            l0 = steps.sum() / pre_codes.n_rows
+        else:
+            l0 = jump_step(pre, threshold, sae.bandwidth).sum(-1).mean()
         return LossOutput(loss=mse_term + self.coefficient(step) * l0, mse=mse_term, l1=l0)
 
 
@@ -256,7 +265,13 @@ class GatedLoss:
     def __call__(self, x: Tensor, out: SAEOutput, sae: SAE, step: int) -> LossOutput:
         gate = torch.relu(_require_pre_acts(out, "GatedLoss"))  # [*batch, d_sae]
         mse_term = mse(x, out.x_hat)
-        l1_term = l1(gate, sae.decoder_norms())
-        aux = mse(x, gate @ sae.W_dec.detach() + sae.b_dec.detach())
+        if out.pre_codes is not None:  # sparse: relu(pi_gate) on the open gates
+            gate_codes = out.pre_codes._replace(values=torch.relu(out.pre_codes.values))
+            l1_term = sparse_l1(gate_codes, sae.W_dec)
+            recon = sparse_decode(gate_codes, sae.W_dec.detach()).reshape(x.shape)
+        else:
+            l1_term = l1(gate, sae.decoder_norms())
+            recon = gate @ sae.W_dec.detach()  # [*batch, d_in]
+        aux = mse(x, recon + sae.b_dec.detach())
         loss = mse_term + self.coefficient(step) * l1_term + aux
         return LossOutput(loss=loss, mse=mse_term, l1=l1_term, aux=aux)

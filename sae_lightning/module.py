@@ -156,6 +156,7 @@ class SAEModule(L.LightningModule):
         lo = self.loss_fn(x, out, self.sae, self.global_step)
         self._update_recon("train", x, out, lo)
         self.log("train/loss", lo.loss.detach())
+        self.log("train/sparse_path", float(out.codes is not None))  # 1: gather/scatter step
         if lo.aux is not None:
             self.log("train/aux", lo.aux.detach())
         self.density.update(out.feature_acts.detach())

@@ -14,6 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from sae_lightning.saes.geometric_median import geometric_median
+from sae_lightning.saes.sparse_codes import SparseCodes
 
 BDecInit = Literal["geometric_median", "mean", "zeros"]
 B_DEC_INITS: tuple[str, ...] = ("geometric_median", "mean", "zeros")
@@ -28,7 +29,13 @@ class SAEOutput(NamedTuple):
     """The feature (latent) activations."""
     pre_acts: Float[Tensor, "*batch d_sae"] | None = None
     """Pre-activations, for the architectures whose loss needs them (JumpReLU's L0 and
-    Gated's gate terms); ``None`` otherwise."""
+    Gated's gate terms); ``None`` otherwise. Detached when ``codes`` is set."""
+    codes: SparseCodes | None = None
+    """The codes as entries when the batch took the sparse path (its losses read these:
+    gradients flow through ``codes.values``); ``None`` on the dense path."""
+    pre_codes: SparseCodes | None = None
+    """The pre-activation entries the sparse losses need on ``codes``' pattern (JumpReLU's
+    L0, Gated's gate); ``None`` otherwise."""
 
 
 class SAE(nn.Module, ABC):

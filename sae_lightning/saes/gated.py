@@ -3,6 +3,13 @@ path (sharing the gate's directions, rescaled per feature) decides how much.
 
 Parameters follow SAELens' ``gated`` architecture: ``W_enc``, ``b_gate``, ``r_mag``,
 ``b_mag``, ``W_dec``, ``b_dec`` (no ``b_enc``).
+
+Sparse path (batch density of ``pi_gate > 0`` at most ``sparse_threshold``): both paths read
+the one projection ``(x - b_dec) @ W_enc``, gathered at the gate's open entries ``G``. The
+codes vanish off ``G``, and so do all three loss terms' gradients to the projection (the L1
+and the auxiliary reconstruction read ``relu(pi_gate)``), so nothing past the dense encoder
+forward needs a dense ``[batch, d_sae]`` tensor: the auxiliary reconstruction decodes
+``relu(pi_gate)`` on ``G`` through the detached decoder (``out.pre_codes``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,13 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from sae_lightning.saes.base import SAE, SAEOutput
+from sae_lightning.saes.sparse_codes import (
+    SparseCodes,
+    check_sparse_threshold,
+    gather_pre,
+    select_sparse,
+    sparse_decode,
+)
 
 
 class GatedSAE(SAE):
@@ -22,6 +36,13 @@ class GatedSAE(SAE):
 
     ``forward`` returns ``pi_gate`` as ``pre_acts``: ``GatedLoss`` puts its L1 penalty and
     its auxiliary reconstruction on ``relu(pi_gate)``.
+
+    Args:
+        d_in: Width of the activations.
+        d_sae: Number of latents.
+        apply_b_dec_to_input: Subtract ``b_dec`` from the input before encoding.
+        sparse_threshold: Largest density of open gates at which ``forward`` takes the
+            sparse path; 0 always dense, 1 always sparse.
 
     Example:
         >>> sae = GatedSAE(d_in=4, d_sae=16)
@@ -38,8 +59,15 @@ class GatedSAE(SAE):
         "W_dec": 0,
     }
 
-    def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = True) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        apply_b_dec_to_input: bool = True,
+        sparse_threshold: float = 0.05,
+    ) -> None:
         super().__init__(d_in, d_sae, apply_b_dec_to_input)
+        self.sparse_threshold = check_sparse_threshold(sparse_threshold)
         del self.b_enc
         self.b_gate = nn.Parameter(torch.zeros(d_sae))  # [d_sae]
         self.r_mag = nn.Parameter(torch.zeros(d_sae))  # [d_sae]
@@ -70,9 +98,33 @@ class GatedSAE(SAE):
         return (gate > 0).to(mag.dtype) * torch.relu(mag)
 
     def forward(self, x: Float[Tensor, "*batch d_in"]) -> SAEOutput:
-        gate, mag = self._gate_and_mag(x)
-        feature_acts = (gate > 0).to(mag.dtype) * torch.relu(mag)
-        return SAEOutput(self.decode(feature_acts), feature_acts, gate)
+        """Encode and decode; sparse (``out.codes`` set) when the batch's density allows."""
+        self._check_width(x, "d_in", "input")
+        flat = x.reshape(-1, self.d_in)  # [batch, d_in]
+        proj = self._centred_projection(flat)  # [batch, d_sae]; unused by autograd if sparse
+        with torch.no_grad():
+            picked = select_sparse(proj + self.b_gate > 0, self.sparse_threshold)
+        shape = (*x.shape[:-1], self.d_sae)
+        if picked is None:
+            gate, mag = proj + self.b_gate, proj * torch.exp(self.r_mag) + self.b_mag
+            f = (gate > 0).to(mag.dtype) * torch.relu(mag)  # [batch, d_sae]
+            return SAEOutput(self.decode(f).reshape(x.shape), f.reshape(shape), gate.reshape(shape))
+        rows, cols, crow = picked
+        bias = self._projection_bias()
+        proj_s = gather_pre(flat, self.W_enc, bias, proj.detach(), rows, cols)  # [nnz]
+        gate = proj_s + self.b_gate[cols]  # [nnz], all > 0
+        mag = proj_s * torch.exp(self.r_mag)[cols] + self.b_mag[cols]  # [nnz]
+        codes = SparseCodes(rows, cols, crow, (gate > 0).to(mag.dtype) * torch.relu(mag), len(flat))
+        x_hat = (sparse_decode(codes, self.W_dec) + self.b_dec).reshape(x.shape)
+        f = codes.to_dense(self.d_sae).reshape(shape)
+        gate_dense = (proj.detach() + self.b_gate.detach()).reshape(shape)
+        return SAEOutput(x_hat, f, gate_dense, codes, codes._replace(values=gate))
+
+    def _projection_bias(self) -> Float[Tensor, " d_sae"]:
+        """``-b_dec @ W_enc`` (or zeros): the bias of ``x @ W_enc`` in the projection."""
+        if self.apply_b_dec_to_input:
+            return -(self.b_dec @ self.W_enc)
+        return self.W_enc.new_zeros(self.d_sae)
 
     def scale_features(
         self, state: dict[str, Tensor], scale: Float[Tensor, " d_sae"]

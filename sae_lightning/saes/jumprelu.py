@@ -3,6 +3,12 @@
 The threshold gets gradients through straight-through estimators with a rectangle kernel of
 width ``bandwidth`` (the pseudo-derivatives of the paper), both through the activations and
 through the L0 penalty (``step``, used by ``JumpReLULoss``).
+
+Sparse path (batch density at most ``sparse_threshold``): the entries kept are
+``S = {pre > threshold} | {|pre - threshold| < bandwidth / 2}``. The first set carries every
+nonzero code and every L0 count; the second is where the rectangle kernel is nonzero, so
+the threshold's straight-through gradient (which reads ``dL/df`` there, even at latents that
+did not fire: the decoder's SDDMM gives it) is summed over the same entries as dense.
 """
 
 from __future__ import annotations
@@ -15,6 +21,13 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from sae_lightning.saes.base import SAE, SAEOutput
+from sae_lightning.saes.sparse_codes import (
+    SparseCodes,
+    check_sparse_threshold,
+    gather_pre,
+    select_sparse,
+    sparse_decode,
+)
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -73,6 +86,8 @@ class JumpReLUSAE(SAE):
         apply_b_dec_to_input: Subtract ``b_dec`` from the input before encoding.
         threshold_init: Initial threshold of every latent (> 0).
         bandwidth: Width of the straight-through estimator's kernel (> 0); training only.
+        sparse_threshold: Largest density of the kept entries ``S`` (see the module) at
+            which ``forward`` takes the sparse path; 0 always dense, 1 always sparse.
 
     Example:
         >>> sae = JumpReLUSAE(d_in=4, d_sae=16, threshold_init=0.5)
@@ -91,6 +106,7 @@ class JumpReLUSAE(SAE):
         apply_b_dec_to_input: bool = True,
         threshold_init: float = 0.001,
         bandwidth: float = 0.001,
+        sparse_threshold: float = 0.05,
     ) -> None:
         super().__init__(d_in, d_sae, apply_b_dec_to_input)
         for name, value in (("threshold_init", threshold_init), ("bandwidth", bandwidth)):
@@ -98,6 +114,7 @@ class JumpReLUSAE(SAE):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         self.bandwidth = float(bandwidth)
         self.threshold_init = float(threshold_init)
+        self.sparse_threshold = check_sparse_threshold(sparse_threshold)
         self.threshold = torch.nn.Parameter(torch.full((d_sae,), float(threshold_init)))
 
     def config(self) -> dict[str, Any]:
@@ -113,9 +130,26 @@ class JumpReLUSAE(SAE):
 
     def forward(self, x: Float[Tensor, "*batch d_in"]) -> SAEOutput:
         """Encode and decode; the pre-activations go to the loss (L0 through ``step``)."""
-        pre = self.encode_pre(x)  # [*batch, d_sae]
-        feature_acts = jumprelu(pre, self.threshold, self.bandwidth)
-        return SAEOutput(self.decode(feature_acts), feature_acts, pre)
+        self._check_width(x, "d_in", "input")
+        flat = x.reshape(-1, self.d_in)  # [batch, d_in]
+        bias = self.encoder_bias()  # [d_sae]
+        pre = flat @ self.W_enc + bias  # [batch, d_sae]; unused by autograd when sparse
+        with torch.no_grad():
+            near = _rectangle((pre - self.threshold) / self.bandwidth) > 0  # same bits as STE
+            kept = (pre > self.threshold) | near  # [batch, d_sae]
+        picked = select_sparse(kept, self.sparse_threshold)
+        if picked is None:
+            f = jumprelu(pre, self.threshold, self.bandwidth)  # [batch, d_sae]
+            shape = (*x.shape[:-1], self.d_sae)
+            return SAEOutput(self.decode(f).reshape(x.shape), f.reshape(shape), pre.reshape(shape))
+        rows, cols, crow = picked
+        pre_s = gather_pre(flat, self.W_enc, bias, pre.detach(), rows, cols)  # [nnz]
+        values = jumprelu(pre_s, self.threshold[cols], self.bandwidth)  # zero off {pre > θ}
+        codes = SparseCodes(rows, cols, crow, values, flat.shape[0])
+        x_hat = (sparse_decode(codes, self.W_dec) + self.b_dec).reshape(x.shape)
+        f = codes.to_dense(self.d_sae).reshape(*x.shape[:-1], -1)
+        pre_codes = codes._replace(values=pre_s)
+        return SAEOutput(x_hat, f, pre.detach().reshape(f.shape), codes, pre_codes)
 
     def encode_selected(
         self, x: Float[Tensor, "rows pos d_in"], index: Int[Tensor, " rows"]

@@ -1,4 +1,10 @@
-"""The ReLU SAE of *Towards Monosemanticity* (SAELens' "standard" architecture)."""
+"""The ReLU SAE of *Towards Monosemanticity* (SAELens' "standard" architecture).
+
+Once trained, a few dozen of its thousands of latents fire per token: when a batch's code
+density is at most ``sparse_threshold``, the forward keeps only the entries ``pre > 0``
+(``sparse_codes``), so that past the dense encoder forward the decoder, its gradients and the
+encoder's weight gradient cost O(L0 * d_in) per token. Same values and gradients as dense.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,25 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sae_lightning.saes.base import SAE
+from sae_lightning.saes.base import SAE, SAEOutput
+from sae_lightning.saes.sparse_codes import (
+    SparseCodes,
+    check_sparse_threshold,
+    gather_pre,
+    select_sparse,
+    sparse_decode,
+)
 
 
 class ReLUSAE(SAE):
     """``f = relu((x - b_dec) @ W_enc + b_enc)``; the ``- b_dec`` only if ``apply_b_dec_to_input``.
+
+    Args:
+        d_in: Width of the activations.
+        d_sae: Number of latents.
+        apply_b_dec_to_input: Subtract ``b_dec`` from the input before encoding.
+        sparse_threshold: Largest code density (active entries / (batch * d_sae)) at which
+            ``forward`` takes the sparse path; 0 always dense, 1 always sparse.
 
     Example:
         >>> sae = ReLUSAE(d_in=4, d_sae=16)
@@ -22,6 +42,33 @@ class ReLUSAE(SAE):
     """
 
     architecture: ClassVar[str] = "standard"
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        apply_b_dec_to_input: bool = True,
+        sparse_threshold: float = 0.05,
+    ) -> None:
+        super().__init__(d_in, d_sae, apply_b_dec_to_input)
+        self.sparse_threshold = check_sparse_threshold(sparse_threshold)
+
+    def forward(self, x: Float[Tensor, "*batch d_in"]) -> SAEOutput:
+        """Encode and decode; sparse (``out.codes`` set) when the batch's density allows."""
+        self._check_width(x, "d_in", "input")
+        flat = x.reshape(-1, self.d_in)  # [batch, d_in]
+        bias = self.encoder_bias()  # [d_sae]
+        pre = flat @ self.W_enc + bias  # [batch, d_sae]; unused by autograd when sparse
+        picked = select_sparse(pre.detach() > 0, self.sparse_threshold)
+        if picked is None:
+            f = torch.relu(pre)  # [batch, d_sae]
+            return SAEOutput(self.decode(f).reshape(x.shape), f.reshape(*x.shape[:-1], -1))
+        rows, cols, crow = picked
+        values = torch.relu(gather_pre(flat, self.W_enc, bias, pre.detach(), rows, cols))
+        codes = SparseCodes(rows, cols, crow, values, flat.shape[0])
+        x_hat = sparse_decode(codes, self.W_dec) + self.b_dec  # [batch, d_in]
+        f = codes.to_dense(self.d_sae).reshape(*x.shape[:-1], -1)
+        return SAEOutput(x_hat.reshape(x.shape), f, codes=codes)
 
     def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         """Feature activations ``relu(encode_pre(x))``.

@@ -17,7 +17,7 @@ import warnings
 from typing import NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
@@ -49,6 +49,49 @@ def codes_from_flat(flat: Int[Tensor, " nnz"], n_rows: int, d_sae: int) -> tuple
     crow = torch.zeros(n_rows + 1, dtype=torch.long, device=flat.device)
     crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
     return rows, cols, crow
+
+
+def codes_from_mask(mask: Bool[Tensor, "batch d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rows, cols, crow)`` of the True entries of ``mask``, row-major."""
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major, columns ascending within a row
+    crow = torch.zeros(mask.shape[0] + 1, dtype=torch.long, device=mask.device)
+    crow[1:] = torch.bincount(rows, minlength=mask.shape[0]).cumsum(0)
+    return rows, cols, crow
+
+
+def check_sparse_threshold(value: float) -> float:
+    """``value`` as a float if it is a density in [0, 1].
+
+    Raises:
+        ValueError: If ``value`` is not a number in [0, 1].
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"sparse_threshold must be a code density in [0, 1], got {value!r}")
+    return float(value)
+
+
+def select_sparse(
+    mask: Bool[Tensor, "batch d_sae"], threshold: float
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``(rows, cols, crow)`` of ``mask`` when its density ``nnz / (batch * d_sae)`` is at
+    most ``threshold`` (and ``threshold > 0``); ``None``: train this batch densely."""
+    n_entries = mask.numel()
+    if threshold <= 0 or n_entries == 0:
+        return None
+    nnz = int(mask.sum())
+    if nnz == 0 or nnz > threshold * n_entries:
+        return None
+    return codes_from_mask(mask)
+
+
+def sparse_l1(codes: SparseCodes, W_dec: Float[Tensor, "d_sae d_in"] | None) -> Tensor:
+    """``l1(codes.to_dense(), ||W_dec_i||)`` (or unweighted without ``W_dec``) from the entries:
+    the decoder norms of the active latents only."""
+    abs_values = codes.values.abs()  # [nnz]
+    if W_dec is not None:
+        active, inverse = codes.cols.unique(return_inverse=True)
+        abs_values = abs_values * W_dec[active].norm(dim=-1)[inverse]
+    return abs_values.sum() / codes.n_rows
 
 
 def _feature_major(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:

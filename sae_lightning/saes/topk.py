@@ -115,7 +115,8 @@ class TopKSAE(SAE):
             self.note_firing(codes)
         x_hat = self.decode_codes(codes).reshape(x.shape)
         feature_acts = codes.to_dense(self.d_sae).reshape(*x.shape[:-1], self.d_sae)
-        return SAEOutput(x_hat=x_hat, feature_acts=feature_acts)
+        sparse = codes if self.sparse_decoder else None
+        return SAEOutput(x_hat=x_hat, feature_acts=feature_acts, codes=sparse)
 
     @torch.no_grad()
     def note_firing(self, codes: SparseCodes) -> None:
