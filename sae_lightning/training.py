@@ -64,13 +64,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     # what the SAE reads, built once (None for model-free data: synthetic has no model)
     spec = None if datamodule.model_free else datamodule.set_model(instantiate(cfg.model))
-    model_name = SYNTHETIC if spec is None else exported_model_name(spec.model)  # before training
+    # before training; model-free data names its source model (a cache) or none (synthetic)
+    model_name = (
+        exported_model_name(spec.model)
+        if spec is not None
+        else getattr(datamodule, "model_name", SYNTHETIC)
+    )
     sae = build_sae(cfg, datamodule.d_in(), cfg.hook_name)
     # objects go in through a partial: instantiate() would turn a dataclass kwarg into a config
     module = instantiate(cfg.module, _partial_=True)(sae=sae, loss=instantiate(cfg.loss))
     if spec is not None:
         module.set_spec(spec)
-    else:
+    elif hasattr(datamodule, "dictionary"):
         datamodule.dictionary.save(out)  # the ground truth beside the SAE it should match
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
@@ -91,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         for note in notes:
             log.warning(note)
-        _finish(cfg, out, module, spec, model_name, metrics, loggers, notes)
+        _finish(cfg, out, module, _positions(spec, datamodule), model_name, metrics, loggers, notes)
     return metrics
 
 
@@ -126,11 +131,18 @@ def exported_model_name(model) -> str:
     return str(name)
 
 
+def _positions(spec, datamodule) -> tuple[int, int]:
+    """(context length, first trained position) of the activations; (1, 0) without contexts."""
+    if spec is not None:
+        return spec.n_ctx, spec.start
+    return getattr(datamodule, "n_ctx", None) or 1, int(getattr(datamodule, "drop_bos", False))
+
+
 def _finish(
     cfg: DictConfig,
     out: Path,
     module,
-    spec,
+    positions: tuple[int, int],
     model_name: str,
     metrics: dict,
     loggers: list,
@@ -142,10 +154,10 @@ def _finish(
         metadata = {
             "model_name": model_name,
             "hook_name": cfg.hook_name,
-            "context_size": 1 if spec is None else spec.n_ctx,
+            "context_size": positions[0],
             "prepend_bos": True,
             # SAELens' name for the positions trained on: [1, None] skips BOS (drop_bos)
-            "seqpos_slice": [None] if spec is None or not spec.start else [spec.start, None],
+            "seqpos_slice": [positions[1], None] if positions[1] else [None],
         }
         scale = float(module.act_scale)
         with writing(out / "sae", tensor_bytes(module.sae.state_dict())):
