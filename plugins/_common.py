@@ -12,9 +12,9 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from sae_lightning.analysis.criterion import AnalysisContext
-from sae_lightning.analysis.sparse import FiringEntries, firing_entries
 from sae_lightning.hooks import capture_activations
 from sae_lightning.metrics.correlation import FiringCounts
+from sae_lightning.sparse import SparseEntries, firing_entries
 
 FIRST_PASS_KEY = "_first_pass"
 """``ctx.extras`` key of the cached first passes (one per number of contexts)."""
@@ -127,7 +127,7 @@ class FirstPass:
     tokens: Int[Tensor, " n"]
     """The first contexts' analysed tokens (positions ``ctx.start`` onwards, as in the
     pass), flattened: ``n = n_contexts * (n_ctx - ctx.start)``."""
-    entries: FiringEntries
+    entries: SparseEntries
     """Their firing entries (``rows`` index ``tokens``): ~density * n * F, a few MB."""
     max_act: Float[Tensor, " n_features"]
     """Largest activation seen per feature."""
@@ -160,7 +160,7 @@ def first_pass(ctx: AnalysisContext, n_contexts: int, batch_size: int = 16) -> F
     rows, cols, values = (torch.cat(p) for p in zip(*parts, strict=True))
     order = torch.sort(cols, stable=True).indices  # batches were col-sorted: re-sort globally
     tokens = contexts[:, ctx.start :].flatten().cpu()
-    entries = FiringEntries(rows[order], cols[order], values[order], tokens.numel(), n_features)
+    entries = SparseEntries(rows[order], cols[order], values[order], tokens.numel(), n_features)
     counts = FiringCounts(n_features, len(ctx.str_tokens))
     counts.update_entries(entries.rows, entries.cols, entries.values, tokens)
     # torchmetrics squeezes one-element results: restore the shapes

@@ -14,7 +14,7 @@ from plugins import _context
 from plugins._common import first_pass, proxy_masks
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.proxies import Proxy, auto_proxies, punctuation_closure
-from sae_lightning.analysis.sparse import FiringEntries
+from sae_lightning.sparse import SparseEntries
 
 _AUTO_PROXY_KEY = "_auto_proxies"
 _MAX_LISTED_TOKENS = 32  # proxy tokens listed in a result (a regex may match thousands)
@@ -112,7 +112,7 @@ class ProxyCriterion(Criterion):
 
     def proxy_of(
         self, batch: AnalysisBatch
-    ) -> tuple[FiringEntries, Bool[Tensor, " m"], Bool[Tensor, " m"]]:
+    ) -> tuple[SparseEntries, Bool[Tensor, " m"], Bool[Tensor, " m"]]:
         """The batch's firing entries with, per entry, ``(proxy, valid)``: whether its token
         satisfies its feature's proxy, and whether it counts for the feature at all (a
         context-refined proxy cannot judge a position whose next token is unknown)."""

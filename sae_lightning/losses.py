@@ -266,7 +266,7 @@ class GatedLoss:
         gate = torch.relu(_require_pre_acts(out, "GatedLoss"))  # [*batch, d_sae]
         mse_term = mse(x, out.x_hat)
         if out.pre_codes is not None:  # sparse: relu(pi_gate) on the open gates
-            gate_codes = out.pre_codes._replace(values=torch.relu(out.pre_codes.values))
+            gate_codes = out.pre_codes.with_values(torch.relu(out.pre_codes.values))
             l1_term = sparse_l1(gate_codes, sae.W_dec)
             recon = sparse_decode(gate_codes, sae.W_dec.detach()).reshape(x.shape)
         else:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from sae_lightning.analysis.sparse import firing_entries
 from sae_lightning.metrics.correlation import FiringCounts, StreamingPearson
 from sae_lightning.metrics.histogram import ProxyHistogram
 from sae_lightning.metrics.sparse import segment_rank
 from sae_lightning.metrics.topk import TopKActivations
+from sae_lightning.sparse import firing_entries
 
 
 def sparse_acts(n: int, f: int, seed: int, density: float = 0.1) -> torch.Tensor:
@@ -84,3 +84,24 @@ def test_histogram_and_firing_counts_entries_equal_dense():
     assert torch.allclose(mass, acts.double().T @ onehot)
     assert torch.equal(fires, ((acts > 0).double().T @ onehot).long())
     assert torch.equal(token_counts, torch.bincount(tokens, minlength=9))
+
+
+def test_one_entries_type_converts_between_row_and_feature_order():
+    acts = sparse_acts(30, 12, seed=5)
+    by_row = firing_entries(acts, "row")
+    by_feature = firing_entries(acts)
+    assert by_row.order == "row" and by_feature.order == "feature"
+    key_row = by_row.rows * 12 + by_row.cols
+    assert torch.equal(key_row, key_row.sort().values)  # rows, then features, ascending
+    key_feature = by_feature.cols * 30 + by_feature.rows
+    assert torch.equal(key_feature, key_feature.sort().values)
+    for a, b in ((by_row.by_feature(), by_feature), (by_feature.by_row(), by_row)):
+        assert torch.equal(a.rows, b.rows) and torch.equal(a.cols, b.cols)
+        assert torch.equal(a.values, b.values) and a.order == b.order
+    assert torch.equal(by_row.to_dense(), acts) and torch.equal(by_feature.to_dense(), acts)
+    crow = by_row.row_pointers()
+    assert torch.equal(crow.diff(), (acts > 0).sum(1))
+    with pytest.raises(ValueError, match="row-major"):
+        by_feature.row_pointers()
+    y = torch.randn(30, 4)
+    torch.testing.assert_close(by_row.transpose_matmul(y), acts.T @ y)

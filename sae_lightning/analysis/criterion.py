@@ -40,7 +40,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
-from sae_lightning.analysis.sparse import FiringEntries, firing_entries
+from sae_lightning.sparse import SparseEntries, firing_entries
 
 
 @dataclass
@@ -66,13 +66,13 @@ class AnalysisBatch:
     """All feature activations of the ``compare_with`` SAE on the same tokens, if any."""
     start: int = 0
     """Position in its context of column 0 (``AnalysisContext.start``: 1 when BOS is dropped)."""
-    _firing: FiringEntries | None = field(default=None, init=False, repr=False)
+    _firing: SparseEntries | None = field(default=None, init=False, repr=False)
 
-    def firing(self) -> FiringEntries:
+    def firing(self) -> SparseEntries:
         """The nonzero feature activations over flattened positions (``batch * pos`` rows),
         sorted by feature: extracted on first use and shared by every criterion. Most
         criteria should read these rather than the dense ``feature_acts`` (see
-        :mod:`sae_lightning.analysis.sparse`)."""
+        :mod:`sae_lightning.sparse`)."""
         if self._firing is None:
             self._firing = firing_entries(self.feature_acts.flatten(0, 1))
         return self._firing

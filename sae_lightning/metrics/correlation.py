@@ -13,10 +13,9 @@ from torchmetrics import Metric
 
 from sae_lightning.metrics.sparse import (
     counts_as_update,
-    nonzero_entries,
     segment_sum,
-    transpose_matmul,
 )
+from sae_lightning.sparse import SparseEntries, firing_entries
 
 # A column whose centred sum of squares is below this fraction of its raw sum of squares is
 # treated as constant: the raw-moment formula leaves ~1e-16 relative round-off there.
@@ -121,7 +120,8 @@ class StreamingPearson(Metric):
             raise ValueError(f"y must have shape [n, {self.n_y}], got {list(y.shape)}")
         y = y.detach()
         centred = y - self.y_shift.to(device=y.device, dtype=y.dtype)  # [n, n_y]
-        self.sum_xy.add_(transpose_matmul(rows, cols, values, self.n_x, centred))  # in place
+        entries = SparseEntries(rows, cols, values, len(y), self.n_x, "feature")
+        self.sum_xy.add_(entries.transpose_matmul(centred))  # in place
         sx = segment_sum(cols, values, self.n_x)  # [n_x]
         self._add_marginals(sx, segment_sum(cols, values.double().pow(2), self.n_x), y.double())
 
@@ -205,7 +205,8 @@ class FiringCounts(Metric):
                 f"tokens must be integer ids of shape [{acts.shape[0]}], "
                 f"got {tokens.dtype} {list(tokens.shape)}"
             )
-        self.update_entries(*nonzero_entries(acts), tokens)
+        e = firing_entries(acts, "row")
+        self.update_entries(e.rows, e.cols, e.values, tokens)
 
     @counts_as_update
     def update_entries(

@@ -13,7 +13,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 
-from sae_lightning.metrics.sparse import check_entries, counts_as_update, nonzero_entries
+from sae_lightning.metrics.sparse import check_entries, counts_as_update
+from sae_lightning.sparse import firing_entries
 
 
 def _check_edges(bins: Tensor) -> Float[Tensor, " e"]:
@@ -30,8 +31,8 @@ def _histogram_update(
     acts: Float[Tensor, "n f"], proxy: Bool[Tensor, "n f"], edges: Float[Tensor, " e"]
 ) -> tuple[Int[Tensor, "f b"], Int[Tensor, "f b"]]:
     """Batch counts (proxy-positive, proxy-negative) of nonzero activations per feature/bin."""
-    rows, cols, values = nonzero_entries(acts)
-    return _histogram_entries(values, cols, proxy[rows, cols], edges, acts.shape[1])
+    e = firing_entries(acts, "row")
+    return _histogram_entries(e.values, e.cols, proxy[e.rows, e.cols], edges, acts.shape[1])
 
 
 def _histogram_entries(

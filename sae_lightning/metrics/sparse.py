@@ -2,12 +2,12 @@
 
 SAE activations are ~99% zeros, so the analysis metrics accept just the nonzero entries of an
 ``[n, n_features]`` matrix. Entries are sorted by column (feature), then row, where noted.
+The entries themselves are ``sae_lightning.sparse.SparseEntries``.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,14 +36,6 @@ def counts_as_update(method: _F) -> _F:
     return wrapped  # type: ignore[return-value]
 
 
-def nonzero_entries(
-    acts: Float[Tensor, "n f"],
-) -> tuple[Int[Tensor, " m"], Int[Tensor, " m"], Float[Tensor, " m"]]:
-    """``(rows, cols, values)`` of the entries of ``acts`` that are ``> 0``, sorted by row."""
-    rows, cols = (acts.detach() > 0).nonzero(as_tuple=True)
-    return rows, cols, acts.detach()[rows, cols]
-
-
 def check_entries(**arrays: Tensor) -> None:
     """Raise unless every named tensor is 1-D and all have one length (naming them)."""
     shapes = [tuple(a.shape) for a in arrays.values()]
@@ -57,31 +49,6 @@ def segment_rank(cols: Int[Tensor, " m"], n_segments: int) -> Int[Tensor, " m"]:
     counts = torch.bincount(cols, minlength=n_segments)
     starts = counts.cumsum(0) - counts  # [n_segments]
     return torch.arange(cols.numel(), device=cols.device) - starts[cols]
-
-
-def transpose_matmul(
-    rows: Int[Tensor, " nnz"],
-    cols: Int[Tensor, " nnz"],
-    values: Float[Tensor, " nnz"],
-    n_cols: int,
-    y: Float[Tensor, "n d"],
-) -> Float[Tensor, "n_cols d"]:
-    """``A.T @ y`` for the sparse ``A [n, n_cols]`` with the given entries, sorted by column
-    then row: a CSR sparse-dense product, ``O(nnz * d)``, in ``y``'s dtype."""
-    if not cols.numel():
-        return y.new_zeros(n_cols, y.shape[1])
-    counts = torch.bincount(cols, minlength=n_cols)
-    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    with warnings.catch_warnings():  # "sparse CSR support is in beta", once per process
-        warnings.simplefilter("ignore", UserWarning)
-        sparse = torch.sparse_csr_tensor(
-            crow,
-            rows,
-            values.to(y.dtype),
-            size=(n_cols, y.shape[0]),
-            check_invariants=False,  # sorted by construction; the check is a full extra pass
-        )
-    return sparse @ y
 
 
 def segment_sum(

@@ -14,7 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from sae_lightning.saes.geometric_median import geometric_median
-from sae_lightning.saes.sparse_codes import SparseCodes
+from sae_lightning.sparse import SparseEntries
 
 BDecInit = Literal["geometric_median", "mean", "zeros"]
 B_DEC_INITS: tuple[str, ...] = ("geometric_median", "mean", "zeros")
@@ -30,10 +30,10 @@ class SAEOutput(NamedTuple):
     pre_acts: Float[Tensor, "*batch d_sae"] | None = None
     """Pre-activations, for the architectures whose loss needs them (JumpReLU's L0 and
     Gated's gate terms); ``None`` otherwise. Detached when ``codes`` is set."""
-    codes: SparseCodes | None = None
+    codes: SparseEntries | None = None
     """The codes as entries when the batch took the sparse path (its losses read these:
     gradients flow through ``codes.values``); ``None`` on the dense path."""
-    pre_codes: SparseCodes | None = None
+    pre_codes: SparseEntries | None = None
     """The pre-activation entries the sparse losses need on ``codes``' pattern (JumpReLU's
     L0, Gated's gate); ``None`` otherwise."""
 

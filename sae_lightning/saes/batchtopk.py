@@ -16,8 +16,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sae_lightning.saes.jumprelu import JumpReLUSAE
-from sae_lightning.saes.sparse_codes import SparseCodes, codes_from_flat, gather_pre
+from sae_lightning.saes.sparse_codes import codes_from_flat, gather_pre
 from sae_lightning.saes.topk import TopKSAE
+from sae_lightning.sparse import SparseEntries
 
 
 class BatchTopKSAE(TopKSAE):
@@ -83,7 +84,7 @@ class BatchTopKSAE(TopKSAE):
         self.threshold.mul_(1 - m).add_(m * batch_threshold)
         self.threshold_batches += 1
 
-    def encode_codes(self, x: Float[Tensor, "batch d_in"]) -> SparseCodes:
+    def encode_codes(self, x: Float[Tensor, "batch d_in"]) -> SparseEntries:
         if self.training:
             return super().encode_codes(x)
         self._check_width(x, "d_in", "input")
@@ -92,7 +93,7 @@ class BatchTopKSAE(TopKSAE):
             pre = x @ self.W_enc + bias  # [batch, d_sae]
         rows, cols, crow = self.select(pre)
         values = gather_pre(x, self.W_enc, bias, pre, rows, cols)
-        return SparseCodes(rows, cols, crow, torch.relu(values), x.shape[0])
+        return SparseEntries(rows, cols, torch.relu(values), x.shape[0], self.d_sae, "row", crow)
 
     def to_jumprelu(self) -> JumpReLUSAE:
         """The inference SAE: the same weights and the running threshold for every latent."""

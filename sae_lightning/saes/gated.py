@@ -22,12 +22,12 @@ from torch import Tensor, nn
 
 from sae_lightning.saes.base import SAE, SAEOutput
 from sae_lightning.saes.sparse_codes import (
-    SparseCodes,
     check_sparse_threshold,
     gather_pre,
     select_sparse,
     sparse_decode,
 )
+from sae_lightning.sparse import SparseEntries
 
 
 class GatedSAE(SAE):
@@ -114,11 +114,12 @@ class GatedSAE(SAE):
         proj_s = gather_pre(flat, self.W_enc, bias, proj.detach(), rows, cols)  # [nnz]
         gate = proj_s + self.b_gate[cols]  # [nnz], all > 0
         mag = proj_s * torch.exp(self.r_mag)[cols] + self.b_mag[cols]  # [nnz]
-        codes = SparseCodes(rows, cols, crow, (gate > 0).to(mag.dtype) * torch.relu(mag), len(flat))
+        values = (gate > 0).to(mag.dtype) * torch.relu(mag)  # [nnz]
+        codes = SparseEntries(rows, cols, values, len(flat), self.d_sae, "row", crow)
         x_hat = (sparse_decode(codes, self.W_dec) + self.b_dec).reshape(x.shape)
-        f = codes.to_dense(self.d_sae).reshape(shape)
+        f = codes.to_dense().reshape(shape)
         gate_dense = (proj.detach() + self.b_gate.detach()).reshape(shape)
-        return SAEOutput(x_hat, f, gate_dense, codes, codes._replace(values=gate))
+        return SAEOutput(x_hat, f, gate_dense, codes, codes.with_values(gate))
 
     def _projection_bias(self) -> Float[Tensor, " d_sae"]:
         """``-b_dec @ W_enc`` (or zeros): the bias of ``x @ W_enc`` in the projection."""

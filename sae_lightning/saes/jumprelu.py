@@ -22,12 +22,12 @@ from torch.autograd.function import FunctionCtx
 
 from sae_lightning.saes.base import SAE, SAEOutput
 from sae_lightning.saes.sparse_codes import (
-    SparseCodes,
     check_sparse_threshold,
     gather_pre,
     select_sparse,
     sparse_decode,
 )
+from sae_lightning.sparse import SparseEntries
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -145,10 +145,10 @@ class JumpReLUSAE(SAE):
         rows, cols, crow = picked
         pre_s = gather_pre(flat, self.W_enc, bias, pre.detach(), rows, cols)  # [nnz]
         values = jumprelu(pre_s, self.threshold[cols], self.bandwidth)  # zero off {pre > θ}
-        codes = SparseCodes(rows, cols, crow, values, flat.shape[0])
+        codes = SparseEntries(rows, cols, values, flat.shape[0], self.d_sae, "row", crow)
         x_hat = (sparse_decode(codes, self.W_dec) + self.b_dec).reshape(x.shape)
-        f = codes.to_dense(self.d_sae).reshape(*x.shape[:-1], -1)
-        pre_codes = codes._replace(values=pre_s)
+        f = codes.to_dense().reshape(*x.shape[:-1], -1)
+        pre_codes = codes.with_values(pre_s)
         return SAEOutput(x_hat, f, pre.detach().reshape(f.shape), codes, pre_codes)
 
     def encode_selected(

@@ -16,12 +16,12 @@ from torch import Tensor
 
 from sae_lightning.saes.base import SAE, SAEOutput
 from sae_lightning.saes.sparse_codes import (
-    SparseCodes,
     check_sparse_threshold,
     gather_pre,
     select_sparse,
     sparse_decode,
 )
+from sae_lightning.sparse import SparseEntries
 
 
 class ReLUSAE(SAE):
@@ -65,9 +65,9 @@ class ReLUSAE(SAE):
             return SAEOutput(self.decode(f).reshape(x.shape), f.reshape(*x.shape[:-1], -1))
         rows, cols, crow = picked
         values = torch.relu(gather_pre(flat, self.W_enc, bias, pre.detach(), rows, cols))
-        codes = SparseCodes(rows, cols, crow, values, flat.shape[0])
+        codes = SparseEntries(rows, cols, values, flat.shape[0], self.d_sae, "row", crow)
         x_hat = sparse_decode(codes, self.W_dec) + self.b_dec  # [batch, d_in]
-        f = codes.to_dense(self.d_sae).reshape(*x.shape[:-1], -1)
+        f = codes.to_dense().reshape(*x.shape[:-1], -1)
         return SAEOutput(x_hat.reshape(x.shape), f, codes=codes)
 
     def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:

@@ -1,5 +1,6 @@
-"""Sparse feature codes (CSR over ``[batch, d_sae]``) and the autograd functions that train
-TopK-style SAEs at O(k * d_in) per token past the dense encoder forward.
+"""The autograd functions that train SAEs on their sparse codes (``SparseEntries`` in row
+order, CSR over ``[batch, d_sae]``) at O(L0 * d_in) per token past the dense encoder
+forward, and the per-batch choice of that sparse path.
 
 Both functions compute exactly what the dense formulas compute; only the backward differs:
 
@@ -14,32 +15,13 @@ Both functions compute exactly what the dense formulas compute; only the backwar
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-
-class SparseCodes(NamedTuple):
-    """Active latents of a batch in CSR order: row-major, columns ascending within a row."""
-
-    rows: Int[Tensor, " nnz"]
-    """Token (row) of each entry."""
-    cols: Int[Tensor, " nnz"]
-    """Latent (column) of each entry."""
-    crow: Int[Tensor, " batch_plus_1"]
-    """CSR row pointers: entries of row r are ``crow[r]:crow[r + 1]``."""
-    values: Float[Tensor, " nnz"]
-    """Activation of each entry (differentiable)."""
-    n_rows: int
-    """Number of tokens (rows)."""
-
-    def to_dense(self, d_sae: int) -> Float[Tensor, "batch d_sae"]:
-        """The dense ``[batch, d_sae]`` codes (differentiable through ``values``)."""
-        dense = self.values.new_zeros(self.n_rows, d_sae)
-        return dense.index_put((self.rows, self.cols), self.values)
+from sae_lightning.sparse import SparseEntries
 
 
 def codes_from_flat(flat: Int[Tensor, " nnz"], n_rows: int, d_sae: int) -> tuple[Tensor, ...]:
@@ -84,7 +66,7 @@ def select_sparse(
     return codes_from_mask(mask)
 
 
-def sparse_l1(codes: SparseCodes, W_dec: Float[Tensor, "d_sae d_in"] | None) -> Tensor:
+def sparse_l1(codes: SparseEntries, W_dec: Float[Tensor, "d_sae d_in"] | None) -> Tensor:
     """``l1(codes.to_dense(), ||W_dec_i||)`` (or unweighted without ``W_dec``) from the entries:
     the decoder norms of the active latents only."""
     abs_values = codes.values.abs()  # [nnz]
@@ -174,6 +156,7 @@ class _SparseDecode(torch.autograd.Function):
         return grad_values, grad_w, None, None, None
 
 
-def sparse_decode(codes: SparseCodes, weight: Float[Tensor, "d_sae d_in"]) -> Tensor:
+def sparse_decode(codes: SparseEntries, weight: Float[Tensor, "d_sae d_in"]) -> Tensor:
     """``codes.to_dense() @ weight`` over the active latents only (``[batch, d_in]``)."""
-    return _SparseDecode.apply(codes.values, weight, codes.rows, codes.cols, codes.crow)
+    crow = codes.row_pointers()
+    return _SparseDecode.apply(codes.values, weight, codes.rows, codes.cols, crow)

@@ -15,11 +15,11 @@ from torch import Tensor
 
 from sae_lightning.saes.base import SAE, SAEOutput
 from sae_lightning.saes.sparse_codes import (
-    SparseCodes,
     codes_from_flat,
     gather_pre,
     sparse_decode,
 )
+from sae_lightning.sparse import SparseEntries
 
 
 class TopKSAE(SAE):
@@ -71,7 +71,7 @@ class TopKSAE(SAE):
         crow = torch.arange(0, n * self.k + 1, self.k, device=pre.device)
         return rows, idx.flatten(), crow
 
-    def encode_codes(self, x: Float[Tensor, "batch d_in"]) -> SparseCodes:
+    def encode_codes(self, x: Float[Tensor, "batch d_in"]) -> SparseEntries:
         """The sparse codes of a ``[batch, d_in]`` input (values differentiable)."""
         self._check_width(x, "d_in", "input")
         bias = self.encoder_bias()  # [d_sae]
@@ -84,7 +84,7 @@ class TopKSAE(SAE):
             pre = x @ self.W_enc + bias  # [batch, d_sae]
             rows, cols, crow = self.select(pre.detach())
             values = pre[rows, cols]
-        return SparseCodes(rows, cols, crow, torch.relu(values), x.shape[0])
+        return SparseEntries(rows, cols, torch.relu(values), x.shape[0], self.d_sae, "row", crow)
 
     def _flat(self, x: Tensor) -> Tensor:
         return x.reshape(-1, x.shape[-1]) if x.ndim > 0 else x
@@ -97,14 +97,14 @@ class TopKSAE(SAE):
         """
         self._check_width(x, "d_in", "input")
         codes = self.encode_codes(self._flat(x))
-        return codes.to_dense(self.d_sae).reshape(*x.shape[:-1], self.d_sae)
+        return codes.to_dense().reshape(*x.shape[:-1], self.d_sae)
 
-    def decode_codes(self, codes: SparseCodes, bias: bool = True) -> Float[Tensor, "batch d_in"]:
+    def decode_codes(self, codes: SparseEntries, bias: bool = True) -> Float[Tensor, "batch d_in"]:
         """Reconstruction from sparse codes (``+ b_dec`` unless ``bias`` is False)."""
         if self.sparse_decoder:
             out = sparse_decode(codes, self.W_dec)  # [batch, d_in]
         else:
-            out = codes.to_dense(self.d_sae) @ self.W_dec  # [batch, d_in]
+            out = codes.to_dense() @ self.W_dec  # [batch, d_in]
         return out + self.b_dec if bias else out
 
     def forward(self, x: Float[Tensor, "*batch d_in"]) -> SAEOutput:
@@ -114,12 +114,12 @@ class TopKSAE(SAE):
         if self.training:
             self.note_firing(codes)
         x_hat = self.decode_codes(codes).reshape(x.shape)
-        feature_acts = codes.to_dense(self.d_sae).reshape(*x.shape[:-1], self.d_sae)
+        feature_acts = codes.to_dense().reshape(*x.shape[:-1], self.d_sae)
         sparse = codes if self.sparse_decoder else None
         return SAEOutput(x_hat=x_hat, feature_acts=feature_acts, codes=sparse)
 
     @torch.no_grad()
-    def note_firing(self, codes: SparseCodes) -> None:
+    def note_firing(self, codes: SparseEntries) -> None:
         """Advance ``tokens_since_fired`` by the batch and zero it for latents that fired."""
         self.tokens_since_fired += codes.n_rows
         self.tokens_since_fired[codes.cols[codes.values > 0]] = 0
@@ -144,7 +144,7 @@ class TopKSAE(SAE):
         flat = rows * self.d_sae + dead_idx[local]
         order = flat.argsort()
         rows, cols, crow = codes_from_flat(flat, x.shape[0], self.d_sae)
-        codes = SparseCodes(rows, cols, crow, values[order], x.shape[0])
+        codes = SparseEntries(rows, cols, values[order], x.shape[0], self.d_sae, "row", crow)
         return self.decode_codes(codes, bias=False)
 
     def scale_features(
