@@ -155,6 +155,7 @@ def cache_activations(cfg: DictConfig) -> Path:
     datamodule = instantiate(cfg.data)
     spec = datamodule.set_model(instantiate(cfg.model))
     model_name = getattr(spec.model.cfg, "model_name", None) or "unknown"
+    datamodule.prepare_contexts()  # a source error stops before the folder is touched
     folder = Path(cfg.path)
     config = cache_config(cfg, spec, model_name)
     open_folder(folder, config)
@@ -162,7 +163,6 @@ def cache_activations(cfg: DictConfig) -> Path:
     write_json(
         {"format_version": FORMAT_VERSION, "config": config, "complete": False}, folder / CACHE_FILE
     )
-    datamodule.prepare_contexts()
     dtype, k = DTYPES[cfg.dtype], datamodule.contexts_per_forward
     if not (folder / VAL_FILE).is_file():
         val = datamodule.val_ctx
