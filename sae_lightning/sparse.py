@@ -77,7 +77,7 @@ class SparseEntries:
     def to_dense(self) -> Float[Tensor, "n_rows n_features"]:
         """The dense matrix (differentiable through ``values``)."""
         dense = self.values.new_zeros(self.n_rows, self.n_features)
-        return dense.index_put((self.rows, self.cols), self.values)
+        return dense.index_put_((self.rows, self.cols), self.values)  # in place: no copy
 
     def counts(self) -> Int[Tensor, " n_features"]:
         """Entries per feature (tokens on which each feature fired)."""

@@ -115,3 +115,22 @@ def test_module_logs_which_path_the_step_took(monkeypatch: pytest.MonkeyPatch) -
     sae.sparse_threshold = 0.0
     module.training_step(x, 1)
     assert logged["train/sparse_path"] == 0.0
+
+
+def test_fused_adam_takes_the_same_steps_as_foreach() -> None:
+    """conf/train.yaml's optimizer is fused (one pass per parameter on the CPU too)."""
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    results = []
+    for kwargs in ({"foreach": True}, {"fused": True}):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = torch.optim.Adam(params, lr=1e-2, betas=(0.9, 0.999), **kwargs)
+        for step_grads in grads:
+            for param, grad in zip(params, step_grads, strict=True):
+                param.grad = grad.clone()
+            opt.step()
+        results.append(params)
+    for a, b in zip(*results, strict=True):
+        assert not torch.equal(a, start[0] if a.ndim == 2 else start[1])
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

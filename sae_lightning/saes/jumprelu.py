@@ -133,7 +133,7 @@ class JumpReLUSAE(SAE):
         self._check_width(x, "d_in", "input")
         flat = x.reshape(-1, self.d_in)  # [batch, d_in]
         bias = self.encoder_bias()  # [d_sae]
-        pre = flat @ self.W_enc + bias  # [batch, d_sae]; unused by autograd when sparse
+        pre = torch.addmm(bias, flat, self.W_enc)  # [batch, d_sae]; unused by autograd if sparse
         with torch.no_grad():
             near = _rectangle((pre - self.threshold) / self.bandwidth) > 0  # same bits as STE
             kept = (pre > self.threshold) | near  # [batch, d_sae]

@@ -58,7 +58,7 @@ class ReLUSAE(SAE):
         self._check_width(x, "d_in", "input")
         flat = x.reshape(-1, self.d_in)  # [batch, d_in]
         bias = self.encoder_bias()  # [d_sae]
-        pre = flat @ self.W_enc + bias  # [batch, d_sae]; unused by autograd when sparse
+        pre = torch.addmm(bias, flat, self.W_enc)  # [batch, d_sae]; unused by autograd if sparse
         picked = select_sparse(pre.detach() > 0, self.sparse_threshold)
         if picked is None:
             f = torch.relu(pre)  # [batch, d_sae]

@@ -60,7 +60,7 @@ def select_sparse(
     n_entries = mask.numel()
     if threshold <= 0 or n_entries == 0:
         return None
-    nnz = int(mask.sum())
+    nnz = int(mask.sum())  # a count first: nonzero() on a dense batch would be wasted
     if nnz == 0 or nnz > threshold * n_entries:
         return None
     return codes_from_mask(mask)
