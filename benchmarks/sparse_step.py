@@ -9,8 +9,9 @@ each latent fires on about ``l0 / d_sae`` of the batch (L0 about ``--l0``; TopK:
 The same SAE runs with ``sparse_threshold`` 1 (sparse) and 0 (dense; TopK:
 ``sparse_decoder``), the two alternating ``--rounds`` times so that a load change on a shared
 machine hits both alike; the median round is printed. A step is forward, loss, backward,
-decoder-gradient projection, Adam, decoder renormalisation on one fixed batch. The same-run
-``torch.mm`` rate gives the sparse ceiling, mm / (2 * d_in * d_sae) tokens/s (DESIGN.md).
+decoder-gradient projection, Adam (fused, as in conf/train.yaml), decoder renormalisation on
+one fixed batch. The same-run ``torch.mm`` rate gives the sparse ceiling,
+mm / (2 * d_in * d_sae) tokens/s (DESIGN.md).
 
 ``--parts`` also times the pieces of a step that touch the whole decoder: the unit-norm
 projection and renormalisation, and Adam's step (foreach, the default, against fused).
@@ -61,7 +62,7 @@ def build(arch: str, d_sae: int, l0: int, sparse: bool, x: torch.Tensor) -> tupl
 
 def step_rate(sae: SAE, loss_fn: Any, x: torch.Tensor, steps: int) -> tuple[float, float]:
     """(tokens/s, mean L0) of the bare training step, after one warm-up step."""
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-5)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-5, fused=True)  # as conf/train.yaml
     start, l0 = 0.0, 0.0
     for i in range(steps + 1):
         if i == 1:

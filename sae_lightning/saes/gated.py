@@ -103,7 +103,8 @@ class GatedSAE(SAE):
         flat = x.reshape(-1, self.d_in)  # [batch, d_in]
         proj = self._centred_projection(flat)  # [batch, d_sae]; unused by autograd if sparse
         with torch.no_grad():
-            picked = select_sparse(proj + self.b_gate > 0, self.sparse_threshold)
+            gate_seen = proj + self.b_gate  # [batch, d_sae]
+        picked = select_sparse(gate_seen > 0, self.sparse_threshold)
         shape = (*x.shape[:-1], self.d_sae)
         if picked is None:
             gate, mag = proj + self.b_gate, proj * torch.exp(self.r_mag) + self.b_mag
@@ -118,8 +119,7 @@ class GatedSAE(SAE):
         codes = SparseEntries(rows, cols, values, len(flat), self.d_sae, "row", crow)
         x_hat = (sparse_decode(codes, self.W_dec) + self.b_dec).reshape(x.shape)
         f = codes.to_dense().reshape(shape)
-        gate_dense = (proj.detach() + self.b_gate.detach()).reshape(shape)
-        return SAEOutput(x_hat, f, gate_dense, codes, codes.with_values(gate))
+        return SAEOutput(x_hat, f, gate_seen.reshape(shape), codes, codes.with_values(gate))
 
     def _projection_bias(self) -> Float[Tensor, " d_sae"]:
         """``-b_dec @ W_enc`` (or zeros): the bias of ``x @ W_enc`` in the projection."""

@@ -134,9 +134,8 @@ class JumpReLUSAE(SAE):
         flat = x.reshape(-1, self.d_in)  # [batch, d_in]
         bias = self.encoder_bias()  # [d_sae]
         pre = torch.addmm(bias, flat, self.W_enc)  # [batch, d_sae]; unused by autograd if sparse
-        with torch.no_grad():
-            near = _rectangle((pre - self.threshold) / self.bandwidth) > 0  # same bits as STE
-            kept = (pre > self.threshold) | near  # [batch, d_sae]
+        with torch.no_grad():  # u as in the estimators; u > -1/2 is {pre > θ} | {|u| < 1/2}
+            kept = (pre - self.threshold).div_(self.bandwidth) > -0.5  # [batch, d_sae]
         picked = select_sparse(kept, self.sparse_threshold)
         if picked is None:
             f = jumprelu(pre, self.threshold, self.bandwidth)  # [batch, d_sae]
