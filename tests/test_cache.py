@@ -205,3 +205,28 @@ def test_readme_commands_resume_an_interrupted_cache_then_train(tmp_path, cache,
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())["metrics"]
     assert 0 < metrics["val/loss_recovered"] <= 1.1
+
+
+@pytest.mark.slow
+def test_two_process_ddp_from_the_cache(tmp_path, cache):
+    run = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "debug=fast"]
+    result = _run(
+        "train.py",
+        [*run, "data=cached", f"data.path={cache}", f"hydra.run.dir={tmp_path}/t"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())["metrics"]
+    assert 0 < metrics["val/loss_recovered"] <= 1.1
+    assert (tmp_path / "t" / "sae" / "sae_weights.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_readme_model_free_sweep_on_the_command_line_never_loads_the_model(tmp_path, cache):
+    args = ["-m", "experiment=cached_model_free", f"data.path={cache}", "sae.d_sae=64,128"]
+    broken = ["debug=fast", "model._target_=no_such_module.load", f"hydra.sweep.dir={tmp_path}/s"]
+    result = _run("train.py", [*args, *broken], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, d_sae in ((0, 64), (1, 128)):
+        cfg = json.loads((tmp_path / "s" / str(job) / "sae" / "cfg.json").read_text())
+        assert (cfg["d_sae"], cfg["metadata"]["model_name"]) == (d_sae, "toy-1l")
