@@ -82,22 +82,29 @@ def _train_args(data: dict[str, Path]) -> dict[str, list[str]]:
     }
 
 
+ANALYSED = ("jsonl", "disk", "npy")  # analyze.py runs on each of these runs, same source
+
+
 def _run_together(folder: Path, data: dict[str, Path], names: list[str]) -> dict:
-    """name -> (exit status, stderr, output folder); "analysis" analyses the "jsonl" run."""
+    """name -> (exit status, stderr, output folder); "analysis-<name>" analyses run <name>."""
     args = _train_args(data)
     procs = {
         n: _start("train.py", [*TINY, *args[n], f"paths.output_dir={folder / n}"], folder / n)
         for n in names
     }
-    results, out = {}, folder / "analysis"
+    results = {}
     for name, proc in list(procs.items()):
         results[name] = _finish(proc, folder / name)
-        if name == "jsonl":  # analyse that run, with the same source, while the others finish
-            analysis = [f"sae_path={folder / 'jsonl'}", *args["jsonl"], f"report_dir={out}"]
+        if name in ANALYSED:  # analyse that run, with its source, while the others finish
+            out = folder / f"analysis-{name}"
+            analysis = [f"sae_path={folder / name}", *args[name], f"report_dir={out}"]
             analysis += ["dashboards=false", "criteria=[top_activations]", "tokens=1024"]
-            procs["analysis"] = _start("analyze.py", analysis, out)
-    if "analysis" in procs:
-        results["analysis"] = _finish(procs["analysis"], out)
+            procs[f"analysis-{name}"] = _start("analyze.py", analysis, out)
+    for name in ANALYSED:
+        if f"analysis-{name}" in procs:
+            results[f"analysis-{name}"] = _finish(
+                procs[f"analysis-{name}"], folder / f"analysis-{name}"
+            )
     return results
 
 
@@ -122,12 +129,17 @@ def test_train_runs_on_local_data_and_exports(runs, name):
     assert math.isfinite(metrics["val/loss_recovered"]) and metrics["val/l0"] > 0
 
 
-def test_analyze_reads_the_same_hf_source(runs):
-    status, stderr, out = runs["analysis"]
+@pytest.mark.parametrize("name", ANALYSED)
+def test_analyze_reads_the_same_source(runs, name):
+    status, stderr, out = runs[f"analysis-{name}"]
     assert status == 0, stderr[-3000:]
     report = json.loads((out / "report" / "criteria.json").read_text())
-    # tokens=1024: 8 of the 12 val contexts (5% of max_tokens=30000 in contexts of 128)
-    assert report["metadata"]["n_tokens"] == 8 * 128
+    n_tokens = report["metadata"]["n_tokens"]
+    if name == "jsonl":  # tokens=1024: 8 of the 12 val contexts (5% of max_tokens=30000)
+        assert n_tokens == 8 * 128
+    else:  # the held-out split, at most ceil(1024 / 128) contexts of 128
+        assert 0 < n_tokens <= 8 * 128 and n_tokens % 128 == 0
+    assert report["metadata"]["source"] == str(runs[name][2] / "sae")  # that run's SAE
     assert report["features"] and "top_activations" in report["criteria"]
 
 
