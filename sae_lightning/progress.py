@@ -91,6 +91,8 @@ class StepProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = {_short(k): v for k, v in super().get_metrics(trainer, pl_module).items()}
         items.pop("v_num", None)
+        if isinstance(items.get("tok/s"), (int, float)):
+            items["tok/s"] = human(items["tok/s"])  # 3.19k, not tqdm's 3.19e+3
         per_step = self._tokens_per_step(trainer)
         if per_step is not None:
             return {"tokens": human(trainer.global_step * per_step), **items}

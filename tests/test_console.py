@@ -23,6 +23,23 @@ def test_counts_and_keys_are_shortened_for_the_bar():
     assert _short("train/tokens_per_sec") == "tok/s"
 
 
+def test_the_bar_shows_tokens_seen_and_a_readable_rate():
+    from types import SimpleNamespace
+
+    from sae_lightning.progress import StepProgressBar
+
+    bar = StepProgressBar()
+    trainer = SimpleNamespace(
+        global_step=300,
+        world_size=2,
+        datamodule=SimpleNamespace(batch_size=1024),
+        progress_bar_metrics={"train/tokens_per_sec": 3190.4, "train/l0": 35.0},
+        loggers=[],
+    )
+    items = bar.get_metrics(trainer, None)
+    assert items == {"tokens": "614k", "tok/s": "3.19k", "l0": 35.0}
+
+
 def test_a_default_run_shows_steps_tokens_and_next_command(tmp_path, small_corpus):  # noqa: F811
     out = tmp_path / "run"
     done = subprocess.run(
