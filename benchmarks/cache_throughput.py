@@ -20,9 +20,9 @@ import time
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from train_throughput import fit_rate
 
 from sae_lightning.data.cache import cache_activations
 from sae_lightning.data.cached import CachedDataModule
@@ -37,42 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2
 
 
-class StepTimer(L.Callback):
-    """Wall time and tokens of the training steps after the first ``WARMUP``."""
-
-    def __init__(self) -> None:
-        self.start, self.tokens, self.seconds = 0.0, 0, 0.0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == WARMUP:
-            self.start = time.perf_counter()
-        elif trainer.global_step > WARMUP:
-            self.tokens += batch.shape[0]
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.seconds = time.perf_counter() - self.start
-
-
 def tokens_per_second(datamodule, model, d_sae: int, steps: int) -> float:
     spec = None if datamodule.model_free else datamodule.set_model(model)
     optimizer = partial(torch.optim.Adam, lr=1e-4)
     module = SAEModule(ReLUSAE(1024, d_sae), L1Loss(2.0), optimizer, b_dec_init="zeros")
     if spec is not None:
         module.set_spec(spec)
-    timer = StepTimer()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(module, datamodule=datamodule)
-    return timer.tokens / timer.seconds
+    # max_steps = steps, the first WARMUP untimed, as train_throughput's loop
+    return fit_rate(module, datamodule, steps - WARMUP, "cpu", warmup=WARMUP)
 
 
 def stream_rate(datamodule, batches: int) -> float:
