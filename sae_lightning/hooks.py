@@ -161,6 +161,15 @@ def _check_width(w: Tensor, width: int, hook_name: str, what: str) -> None:
         )
 
 
+def context_length(model, n_ctx: int | None, key: str = "n_ctx") -> int:
+    """``n_ctx`` (None: the model's own), checked to fit the model; ``key`` names the option."""
+    limit = int(model.cfg.n_ctx)
+    n_ctx = int(n_ctx or limit)
+    if not 2 <= n_ctx <= limit:
+        raise ValueError(f"{key}={n_ctx} must lie in 2..{limit} (the model's n_ctx)")
+    return n_ctx
+
+
 @dataclass
 class ActivationSpec:
     """What is read from which model: built once, handed to the DataModule and the module.
@@ -182,10 +191,7 @@ class ActivationSpec:
 
     def __post_init__(self) -> None:
         validate_hook(self.model, self.hook_name)
-        limit = int(self.model.cfg.n_ctx)
-        self.n_ctx = int(self.n_ctx or limit)
-        if not 2 <= self.n_ctx <= limit:
-            raise ValueError(f"n_ctx={self.n_ctx} must lie in 2..{limit} (the model's n_ctx)")
+        self.n_ctx = context_length(self.model, self.n_ctx or None)
         self.kind, self.layer = hook_kind(self.hook_name)
         probe = torch.zeros(1, 2, dtype=torch.long, device=_device(self.model))
         with torch.inference_mode():

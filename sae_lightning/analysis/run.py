@@ -29,6 +29,7 @@ from sae_lightning.analysis.module import AnalysisModule
 from sae_lightning.analysis.options import check_options
 from sae_lightning.analysis.report import Report
 from sae_lightning.analysis.selection import select_features
+from sae_lightning.hooks import context_length
 from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
 from sae_lightning.report.windows import add_window_activations
 from sae_lightning.training import instantiate_dict
@@ -69,10 +70,8 @@ def load_contexts(cfg: DictConfig, model, n_ctx: int) -> Int[Tensor, "n n_ctx"]:
 
 
 def _context_length(cfg: DictConfig, metadata: dict[str, Any], model) -> int:
-    n_ctx = int(cfg.data.get("n_ctx") or metadata.get("context_size") or model.cfg.n_ctx)
-    if not 2 <= n_ctx <= model.cfg.n_ctx:
-        raise ValueError(f"data.n_ctx={n_ctx} must lie in 2..{model.cfg.n_ctx} (the model's n_ctx)")
-    return n_ctx
+    n_ctx = cfg.data.get("n_ctx") or metadata.get("context_size")
+    return context_length(model, n_ctx, key="data.n_ctx")
 
 
 def resolve_drop_bos(option: bool | None, metadata: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from sae_lightning.data.readers import (
     StreamedContexts,
     StreamGroups,
 )
-from sae_lightning.hooks import capture_activations, validate_hook  # noqa: F401  (re-exported)
+from sae_lightning.hooks import capture_activations
 
 log = logging.getLogger(__name__)
 
