@@ -1,9 +1,10 @@
 """The recipe that trains the embedded model: Lightning + a Hydra config (conf/pretrain.yaml).
 
-``python pretrain.py`` trains the tokenizer and the model on the training split of the corpus,
-then exports a model folder (safetensors weights, config, tokenizer, model card) into the run
-directory, and also into ``export_dir`` when given (``export_dir=sae_lightning/assets/toy-1l``
-rebuilds the shipped model).
+``python pretrain.py`` trains the tokenizer (or reuses the folder ``tokenizer=`` names, byte
+for byte) and the model on the training split of the corpus, then exports a model folder
+(safetensors weights, config, tokenizer, model card) into the run directory, and also into
+``export_dir`` when given (``export_dir=sae_lightning/assets/toy-1l`` rebuilds the shipped
+model; conf/pretrain.yaml shows the command that builds ``toy-1l-b``).
 """
 
 from __future__ import annotations
@@ -122,15 +123,19 @@ class LMModule(L.LightningModule):
 
 
 def pretrain(cfg: DictConfig) -> dict[str, float]:
-    """Train tokenizer and model, export the model folder; returns the measured numbers."""
-    from sae_lightning.toy.export import export_model, train_and_save_tokenizer
+    """Train (or reuse) the tokenizer, train the model, export the model folder; returns the
+    measured numbers."""
+    from sae_lightning.toy.export import copy_tokenizer, export_model, train_and_save_tokenizer
 
     out = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
     start = time.time()
-    tokenizer_dir = train_and_save_tokenizer(cfg.corpus, cfg.val_fraction, cfg.vocab_size, out)
+    if cfg.get("tokenizer"):
+        tokenizer_dir = copy_tokenizer(cfg.tokenizer, cfg.vocab_size, out)
+    else:
+        tokenizer_dir = train_and_save_tokenizer(cfg.corpus, cfg.val_fraction, cfg.vocab_size, out)
     datamodule = instantiate(cfg.data, tokenizer_dir=str(tokenizer_dir))
     module = instantiate(cfg.module, model=OmegaConf.to_container(cfg.model, resolve=True))
     trainer = instantiate(cfg.trainer, default_root_dir=str(out))
