@@ -26,7 +26,7 @@ from sae_lightning.saelens_cfg import (  # noqa: F401  (SAELENS_VERSION: re-expo
     export_cfg,
     read_cfg,
 )
-from sae_lightning.saes import SAE, get_architecture, load_assigned
+from sae_lightning.saes import SAE, MatryoshkaSAE, get_architecture, load_assigned
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -106,8 +106,9 @@ def save_saelens(
     """Write ``sae`` as an SAELens folder (``cfg.json`` + ``sae_weights.safetensors``).
 
     Args:
-        sae: The SAE to export; it is not modified. A BatchTopK SAE is written as the
-            JumpReLU SAE it is at inference (``for_export``).
+        sae: The SAE to export; it is not modified. A BatchTopK or Matryoshka SAE is
+            written as the JumpReLU SAE it is at inference (``for_export``); a Matryoshka
+            SAE's prefix widths go to ``metadata.matryoshka_widths``.
         folder: Output folder, created if needed; existing files are overwritten.
         metadata: Must hold ``model_name``, ``hook_name``, ``context_size`` and
             ``prepend_bos``; any further JSON-serialisable keys (``dataset_path``, ...) are
@@ -140,12 +141,18 @@ def save_saelens(
     folder = Path(folder)
     target, state = exported(sae, activation_scale)
     dtype = str(state["W_enc"].dtype).removeprefix("torch.")
-    cfg = export_cfg(target.config(), dtype, metadata)
+    cfg = export_cfg(target.config(), dtype, {**metadata, **_architecture_metadata(sae)})
     read_cfg(cfg, folder / CFG_FILE)  # what we write, we read back (e.g. hook_head_index)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     save_file(state, str(folder / WEIGHTS_FILE))
     return folder
+
+
+def _architecture_metadata(sae: SAE) -> dict[str, Any]:
+    """What the export's architecture cannot hold (a Matryoshka SAE's prefix widths, which its
+    JumpReLU export drops), for ``cfg.json``'s metadata; SAELens keeps metadata as written."""
+    return sae.export_metadata() if isinstance(sae, MatryoshkaSAE) else {}
 
 
 def _read_cfg(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from sae_lightning.saes.base import SAE, SAEOutput
 from sae_lightning.saes.jumprelu import step as jump_step
+from sae_lightning.saes.matryoshka import MatryoshkaSAE
 from sae_lightning.saes.sparse_codes import sparse_decode, sparse_l1
 from sae_lightning.saes.topk import TopKSAE
 
@@ -187,12 +188,48 @@ class TopKLoss:
                 f"TopKLoss needs a TopK or BatchTopK SAE, got {type(sae).__name__}; "
                 "use loss=l1 (ReLU), loss=jumprelu or loss=gated"
             )
+        if isinstance(sae, MatryoshkaSAE) and not isinstance(self, MatryoshkaLoss):
+            raise TypeError(  # it would train as a plain BatchTopK: no prefix losses
+                "TopKLoss ignores a Matryoshka SAE's prefixes; use loss=matryoshka"
+            )
         mse_term = mse(x, out.x_hat)
         use_aux = self.auxk_coeff > 0 and torch.is_grad_enabled() and sae.training
         aux = self.auxk(x, out, sae) if use_aux else x.new_zeros(())
         return LossOutput(
             loss=mse_term + self.auxk_coeff * aux, mse=mse_term, l1=x.new_zeros(()), aux=aux
         )
+
+
+@dataclass
+class MatryoshkaLoss(TopKLoss):
+    """TopKLoss plus the reconstruction error of every inner prefix of a Matryoshka SAE.
+
+    ``loss = sum_m mse(x, x_hat_m) + auxk_coeff * AuxK``: the prefix errors are summed, not
+    averaged, as in Bussmann et al. (2025) and SAELens 6.54 (``MatryoshkaBatchTopKTrainingSAE``
+    adds each inner level's MSE to the full SAE's loss). AuxK is BatchTopK's, on the full
+    dictionary's residual. ``mse`` reports the full dictionary's term alone.
+
+    Example:
+        >>> MatryoshkaLoss(auxk_coeff=0.0).k_aux
+        512
+    """
+
+    def __call__(self, x: Tensor, out: SAEOutput, sae: SAE, step: int) -> LossOutput:
+        """The loss of ``sae``'s output ``out`` on input ``x`` at optimiser step ``step``.
+
+        Raises:
+            TypeError: If ``sae`` is not a Matryoshka SAE.
+        """
+        if not isinstance(sae, MatryoshkaSAE):
+            raise TypeError(
+                f"MatryoshkaLoss needs a Matryoshka SAE, got {type(sae).__name__}; "
+                "use loss=topk for TopK and BatchTopK SAEs"
+            )
+        outer = super().__call__(x, out, sae, step)
+        x2 = x.reshape(-1, x.shape[-1])  # [batch, d_in]
+        inner = [mse(x2, x_hat) for x_hat in sae.inner_reconstructions(out)]
+        loss = outer.loss + torch.stack(inner).sum() if inner else outer.loss
+        return LossOutput(loss=loss, mse=outer.mse, l1=outer.l1, aux=outer.aux)
 
 
 def _require_pre_acts(out: SAEOutput, who: str) -> Tensor:

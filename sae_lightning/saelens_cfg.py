@@ -39,6 +39,7 @@ ARCH_FIELDS: dict[str, dict[str, Any]] = {  # the extra fields of each architect
     "gated": {},
     "topk": {"k": 100, "rescale_acts_by_decoder_norm": False},
     "batchtopk": {"k": None, "threshold_momentum": None},  # ours only: SAELens writes jumprelu
+    "matryoshka_batchtopk": {"k": None, "group_sizes": None, "threshold_momentum": None},  # same
 }
 HOOK_Z = re.compile(r"blocks\.\d+\.attn\.hook_z")
 DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")

@@ -13,7 +13,12 @@ in the ``sae-lens==6.54.0`` wheel:
   filtered as ``util.filter_valid_dataclass_fields`` does), ``SAEMetadata`` (the two version
   fields default to the running SAELens version);
 - ``sae_lens/saes/topk_sae.py``: ``TopKSAEConfig`` (``k=100``,
-  ``rescale_acts_by_decoder_norm=False``); standard, jumprelu and gated add no fields.
+  ``rescale_acts_by_decoder_norm=False``); standard, jumprelu and gated add no fields;
+- ``sae_lens/__init__.py``: ``batchtopk`` and ``matryoshka_batchtopk`` are registered with
+  ``register_sae_training_class`` only (no inference class: ``SAE.load_from_disk`` cannot read
+  them); their training configs' ``get_inference_config_class`` is ``JumpReLUSAEConfig`` and
+  ``process_state_dict_for_saving_inference`` turns ``topk_threshold`` into a per-latent
+  ``threshold`` (``batchtopk_sae.py``; ``matryoshka_batchtopk_sae.py`` inherits both).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ REGISTRY = {  # register_sae_class in sae_lens/__init__.py (the architectures we
     "jumprelu": {},
     "topk": {"k": 100, "rescale_acts_by_decoder_norm": False},
 }
+SAVED_AS = {"batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}
+"""Training-only architectures -> the inference architecture SAELens saves them as."""
 NORMALIZE = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm",
              "covariance_whitening")  # fmt: skip
 LLM_METADATA_KEYS = {

@@ -1,4 +1,4 @@
-"""TopK / BatchTopK / JumpReLU / Gated: sparse == dense, export round trips, conversions."""
+"""TopK, BatchTopK, Matryoshka, JumpReLU, Gated: sparse == dense, export round trips."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sae_lightning.saes import (
     SAE,
     BatchTopKSAE,
     JumpReLUSAE,
+    MatryoshkaSAE,
     TopKSAE,
     build_sae,
 )
@@ -20,7 +21,11 @@ from sae_lightning.saes.jumprelu import jumprelu, step
 
 META = {"model_name": "toy-1l", "hook_name": "blocks.0.mlp.hook_post", "context_size": 32,
         "prepend_bos": True}  # fmt: skip
-EXTRA = {"topk": {"k": 4}, "batchtopk": {"k": 4}}
+EXTRA = {
+    "topk": {"k": 4},
+    "batchtopk": {"k": 4},
+    "matryoshka_batchtopk": {"k": 4, "group_sizes": [4, 8, 12]},
+}
 
 
 def make(architecture: str, d_in: int = 8, d_sae: int = 24, seed: int = 0) -> SAE:
@@ -60,7 +65,7 @@ def test_activation_scale_and_decoder_norms_fold_into_the_export(
     architecture: str, tmp_path: Path
 ) -> None:
     sae = make(architecture).eval()
-    if architecture not in ("topk", "batchtopk"):  # TopK latents compete: equal norms only
+    if "topk" not in architecture:  # TopK latents compete: equal norms only
         with torch.no_grad():
             sae.W_dec.mul_(torch.linspace(0.5, 2.0, 24)[:, None])
     scale = 3.0  # trained on 3 * x
@@ -86,7 +91,7 @@ def test_topk_refuses_to_fold_unequal_decoder_norms(tmp_path: Path) -> None:
         save_saelens(sae, tmp_path, META)
 
 
-@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE])
+@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE, MatryoshkaSAE])
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_sparse_decoder_matches_dense_values_and_gradients(cls, apply_b_dec: bool) -> None:
     torch.manual_seed(0)

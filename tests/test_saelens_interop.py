@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from saelens_rules import BASE, REGISTRY, is_pre_6, saelens_reads
+from saelens_rules import BASE, REGISTRY, SAVED_AS, is_pre_6, saelens_reads
 from safetensors.torch import save_file
 
 from sae_lightning.formats import CFG_FILE, WEIGHTS_FILE, load_saelens, save_saelens
@@ -84,7 +84,7 @@ def test_saelens_reads_every_field_of_our_export(architecture: str, tmp_path: Pa
     assert not is_pre_6(raw) and raw["metadata"]["sae_lens_version"] == SAELENS_VERSION
     assert {k: view["metadata"][k] for k in META} == META  # prepend_bos False survives
     assert view["metadata"]["hook_head_index"] is None
-    inference = "jumprelu" if architecture == "batchtopk" else architecture
+    inference = SAVED_AS.get(architecture, architecture)
     assert view["architecture"] == inference
     fields = {"d_in", "d_sae", *BASE, *REGISTRY[inference]}
     assert fields <= set(raw)  # no field left to SAELens' default
@@ -283,3 +283,35 @@ def test_real_saelens_topk_with_rescaled_acts_loads_here(tmp_path: Path) -> None
         assert torch.equal(f_lens > 0, f_ours > 0)
         torch.testing.assert_close(f_ours, f_lens, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours.decode(f_ours), lens.decode(f_lens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", sorted(SAVED_AS))
+def test_training_only_architectures_are_written_as_saelens_saves_them(
+    architecture: str, tmp_path: Path
+) -> None:
+    """SAELens has no inference class for batchtopk / matryoshka_batchtopk (KeyError in its
+    registry): the export is the JumpReLU it saves them as; Matryoshka's prefix widths ride
+    along in metadata, which SAELens keeps as written."""
+    sae = make(architecture)
+    folder = save_saelens(sae, tmp_path, META)
+    raw = json.loads((folder / CFG_FILE).read_text())
+    view = saelens_reads(raw)
+    assert view["architecture"] == raw["architecture"] == "jumprelu"
+    widths = view["metadata"].get("matryoshka_widths")
+    assert widths == (list(sae.prefix_widths) if architecture.startswith("matryoshka") else None)
+    with pytest.raises(KeyError, match=architecture):
+        saelens_reads({**raw, "architecture": architecture})
+
+
+@needs_saelens
+def test_real_saelens_refuses_matryoshka_but_reads_its_export(tmp_path: Path) -> None:
+    from sae_lens import SAE as LensSAE
+
+    folder = save_saelens(make("matryoshka_batchtopk"), tmp_path, META)
+    lens = LensSAE.load_from_disk(folder)
+    assert lens.cfg.architecture() == "jumprelu"
+    assert lens.cfg.metadata["matryoshka_widths"] == [1, 3, 6, 12, 24]  # default groups of 24
+    raw = json.loads((folder / CFG_FILE).read_text())
+    (folder / CFG_FILE).write_text(json.dumps({**raw, "architecture": "matryoshka_batchtopk"}))
+    with pytest.raises(KeyError, match="matryoshka_batchtopk"):
+        LensSAE.load_from_disk(folder)

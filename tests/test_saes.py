@@ -8,7 +8,11 @@ import torch
 from sae_lightning.saes import ARCHITECTURES, SAE, ReLUSAE, build_sae, geometric_median
 
 D_IN, D_SAE = 6, 10
-EXTRA = {"topk": {"k": 3}, "batchtopk": {"k": 3}}
+EXTRA = {
+    "topk": {"k": 3},
+    "batchtopk": {"k": 3},
+    "matryoshka_batchtopk": {"k": 3, "group_sizes": [2, 3, 5]},
+}
 """Constructor arguments an architecture requires beyond d_in and d_sae."""
 
 
@@ -31,7 +35,7 @@ def test_forward_is_decode_of_encode(architecture: str) -> None:
     assert out.feature_acts.shape == (2, 5, D_SAE)
     assert out.x_hat.shape == (2, 5, D_IN)
     # exact for dense decoders; TopK's sparse decoder sums the same k terms in another order
-    exact = architecture not in ("topk", "batchtopk")
+    exact = architecture not in ("topk", "batchtopk", "matryoshka_batchtopk")
     tol = {"rtol": 0, "atol": 0} if exact else {"rtol": 1e-6, "atol": 1e-6}
     torch.testing.assert_close(out.x_hat, sae.decode(sae.encode(x)), **tol)
     assert sae.config() == {
@@ -40,7 +44,7 @@ def test_forward_is_decode_of_encode(architecture: str) -> None:
         "d_sae": D_SAE,
         "apply_b_dec_to_input": True,
         **EXTRA.get(architecture, {}),
-        **({"threshold_momentum": 0.01} if architecture == "batchtopk" else {}),
+        **({"threshold_momentum": 0.01} if architecture.endswith("batchtopk") else {}),
     }
 
 

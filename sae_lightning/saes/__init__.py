@@ -9,11 +9,13 @@ from sae_lightning.saes.batchtopk import BatchTopKSAE
 from sae_lightning.saes.gated import GatedSAE
 from sae_lightning.saes.geometric_median import geometric_median
 from sae_lightning.saes.jumprelu import JumpReLUSAE
+from sae_lightning.saes.matryoshka import MatryoshkaSAE
 from sae_lightning.saes.relu import ReLUSAE
 from sae_lightning.saes.topk import TopKSAE
 
 ARCHITECTURES: dict[str, type[SAE]] = {
-    cls.architecture: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE)
+    cls.architecture: cls
+    for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, MatryoshkaSAE, JumpReLUSAE, GatedSAE)
 }
 """Architecture name (as written in SAELens' ``cfg.json``) -> SAE class."""
 
@@ -53,6 +55,7 @@ __all__ = [
     "BatchTopKSAE",
     "GatedSAE",
     "JumpReLUSAE",
+    "MatryoshkaSAE",
     "ReLUSAE",
     "SAE",
     "SAEOutput",
