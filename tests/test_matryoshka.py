@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from test_analysis_core import ROOT, analysis_cfg, criteria_dir, tiny_corpus  # noqa: F401
 
 from sae_lightning.formats import CFG_FILE, load_saelens, save_saelens
 from sae_lightning.losses import MatryoshkaLoss, TopKLoss, mse
@@ -160,3 +162,34 @@ def test_checkpoint_config_rebuilds_the_sae() -> None:
     assert isinstance(rebuilt, MatryoshkaSAE) and rebuilt.group_sizes == GROUPS
     assert config == {"d_in": D_IN, "d_sae": D_SAE, "apply_b_dec_to_input": True, "k": 6,
                       "threshold_momentum": 0.01, "group_sizes": GROUPS}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_debug_fast_run_is_exported_and_analysed(tmp_path, tiny_corpus, criteria_dir):  # noqa: F811
+    """sae=matryoshka brings loss=matryoshka; the default groups fit debug=fast's d_sae=256;
+    the run exports a JumpReLU SAE and analyze reads the run folder and the checkpoint."""
+    from sae_lightning.analysis.loading import load_sae
+    from sae_lightning.analysis.run import analyze
+    from sae_lightning.training import train
+
+    run = tmp_path / "run"
+    overrides = ["debug=fast", "sae=matryoshka", "sae.k=8", f"paths.output_dir={run}",
+                 f"data.source.corpus={tiny_corpus}", "data.source.val_fraction=0.3"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    assert cfg.loss._target_ == "sae_lightning.losses.MatryoshkaLoss"
+    metrics = train(cfg)
+    assert 0 < metrics["val/l0"] < 64 and 0 < metrics["val/loss_recovered"] <= 1.1
+    exported, cfg_json = load_saelens(run / "sae")
+    assert isinstance(exported, JumpReLUSAE) and cfg_json["architecture"] == "jumprelu"
+    assert cfg_json["metadata"]["matryoshka_widths"] == [16, 32, 64, 128, 256]
+    trained, _ = load_sae(run / "checkpoints" / "last.ckpt")
+    assert isinstance(trained, MatryoshkaSAE) and trained.group_sizes == [16, 16, 32, 64, 128]
+    assert trained.threshold > 0  # the running threshold was trained and saved
+    x = torch.randn(64, 1024, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the export folds decoder norms: equal up to rounding
+        torch.testing.assert_close(exported.encode(x), trained.encode(x), rtol=1e-5, atol=1e-6)
+    report = analyze(analysis_cfg(tmp_path / "out", run, tiny_corpus, criteria_dir,
+                                  "features=top:8", f"report_dir={run}"))  # fmt: skip
+    assert report.metadata["source"] == str(run / "sae") and len(report.feature_list) == 8
+    assert (run / "report" / "criteria.json").is_file()
