@@ -113,7 +113,7 @@ def worker(args: argparse.Namespace) -> dict:
     from sae_lightning.analysis.criterion import AnalysisContext
     from sae_lightning.analysis.loading import check_compatible, load_sae
     from sae_lightning.analysis.module import AnalysisModule
-    from sae_lightning.analysis.report import Report
+    from sae_lightning.analysis.results import AnalysisResults
     from sae_lightning.analysis.run import vocab_strings
     from sae_lightning.data.sources import CorpusSource
     from sae_lightning.models import load_embedded
@@ -131,7 +131,8 @@ def worker(args: argparse.Namespace) -> dict:
     ctx = AnalysisContext(sae, model, HOOK, features, vocab_strings(model), contexts)
     criteria = make_criteria(criteria_names()) if args.mode == "full" else []
     timer = PassTimer()
-    module = AnalysisModule(sae, model, ctx, Report(features, {}), batch_size=args.batch_size)
+    results = AnalysisResults(features, {})
+    module = AnalysisModule(sae, model, ctx, results, batch_size=args.batch_size)
     trainer = L.Trainer(
         accelerator=args.device,
         devices=1,

@@ -2,8 +2,15 @@
 
 A criterion accumulates what it needs from each :class:`AnalysisBatch` in torchmetrics
 states (bounded memory, DDP-safe), may run a small second pass at the end, and writes its
-per-feature numbers and verdicts into the shared :class:`~sae_lightning.analysis.report.Report`.
-It is selected by config alone: an importable class plus one YAML file in ``conf/criteria/``.
+per-feature numbers and verdicts into the shared
+:class:`~sae_lightning.analysis.results.AnalysisResults`. It is selected by config alone: an
+importable class plus one YAML file in ``conf/criteria/``.
+
+Criteria hand each other data only through ``ctx.artefacts``
+(:mod:`sae_lightning.analysis.artefacts`): a criterion declares what it ``provides``,
+``needs`` and ``uses``, and :func:`order_criteria` finishes providers before their readers
+(otherwise in the order selected). Abstract methods are enforced: a subclass that misses
+one cannot be instantiated.
 
 Example (a complete criterion living outside the package)::
 
@@ -21,7 +28,7 @@ Example (a complete criterion living outside the package)::
         def update(self, batch, ctx):
             self.counts.update(batch.feature_acts.flatten(0, 1))  # or sparse: batch.firing()
 
-        def results(self, ctx):
+        def results(self, ctx):  # may also read e.g. ctx.artefacts.get(TOP_EXAMPLES)
             density = self.counts.compute()
             return {f: {"density": float(d), "verdict": bool(d >= self.min_density)}
                     for f, d in zip(ctx.features, density.tolist())}
@@ -29,7 +36,8 @@ Example (a complete criterion living outside the package)::
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABCMeta, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -40,7 +48,12 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
+from sae_lightning.analysis.artefacts import Artefact, Artefacts
+from sae_lightning.analysis.records import Record, value_of
 from sae_lightning.sparse import SparseEntries, firing_entries
+
+Results = Mapping[int, Record | dict[str, Any]]
+"""A criterion's results: per analysed feature, a record or a dict with a ``verdict``."""
 
 
 @dataclass
@@ -95,8 +108,8 @@ class AnalysisContext:
     """All analysed contexts, to look up a token's context by ``token_index``."""
     other_sae: Any = None
     """The SAE to compare with (universality), or None."""
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Criterion outputs other criteria may read (e.g. the automatic proxies)."""
+    artefacts: Artefacts = field(default_factory=Artefacts)
+    """What criteria hand each other (see :mod:`sae_lightning.analysis.artefacts`)."""
     drop_bos: bool = True
     """Position 0 (BOS) of every context is not analysed, as training does not train on it:
     no criterion, first pass, ablation or dashboard activation sees it (it may still be
@@ -108,17 +121,23 @@ class AnalysisContext:
         return int(self.drop_bos)
 
 
-class Criterion(L.Callback):
+class Criterion(L.Callback, metaclass=ABCMeta):
     """Base class of every criterion plugin.
 
     Subclasses set ``name`` and implement :meth:`setup_metrics`, :meth:`update` and
-    :meth:`results`. Every Metric attribute is moved to the module's device in ``setup``
-    (a Metric held by a Callback is not moved with the module).
+    :meth:`results` (enforced: a subclass missing one raises ``TypeError`` naming it when
+    instantiated). Every Metric attribute is moved to the module's device in ``setup``.
     """
 
     name: ClassVar[str] = ""
-    order: ClassVar[int] = 100
-    """Criteria finish in this order (lower first); later ones may read ``ctx.extras``."""
+    headline: ClassVar[str | None] = None
+    """The result key the scorecard and the dashboards show; None: its first float key."""
+    provides: ClassVar[tuple[Artefact[Any], ...]] = ()
+    """Artefacts it puts into ``ctx.artefacts`` in :meth:`results` (checked)."""
+    needs: ClassVar[tuple[Artefact[Any], ...]] = ()
+    """Artefacts it reads in :meth:`results`: a selected criterion must provide each."""
+    uses: ClassVar[tuple[Artefact[Any], ...]] = ()
+    """Artefacts it reads if a selected criterion provides them (else it does without)."""
     needs_compare_with: ClassVar[bool] = False
     """True if it reads ``ctx.other_sae``: analyze.py then refuses to start without
     ``compare_with=`` (checked before anything loads)."""
@@ -136,12 +155,29 @@ class Criterion(L.Callback):
         """Accumulate one batch."""
 
     @abstractmethod
-    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
-        """Per analysed feature (by dictionary index): JSON-able numbers and ``verdict``."""
+    def results(self, ctx: AnalysisContext) -> Results:
+        """Per analysed feature (by dictionary index): a record (built-in criteria, see
+        :mod:`sae_lightning.analysis.records`) or a dict of JSON-able numbers, each with a
+        ``verdict``. Puts every artefact of :attr:`provides` into ``ctx.artefacts``."""
 
-    def summary(self, results: dict[int, dict[str, Any]]) -> dict[str, float]:
+    def collect(self, ctx: AnalysisContext) -> Results:
+        """:meth:`results`, checked to have provided what the criterion declares.
+
+        Raises:
+            RuntimeError: If an artefact of :attr:`provides` was not put.
+        """
+        results = self.results(ctx)
+        missing = [a.name for a in self.provides if a not in ctx.artefacts]
+        if missing:
+            raise RuntimeError(
+                f"criterion {self.name!r} declares it provides {missing} but its results() "
+                "did not put them into ctx.artefacts"
+            )
+        return results
+
+    def summary(self, results: Results) -> dict[str, float]:
         """Scalars for TensorBoard (``criteria/<name>/<key>``); default: pass rate."""
-        verdicts = [r["verdict"] for r in results.values() if r.get("verdict") is not None]
+        verdicts = [v for r in results.values() if (v := value_of(r, "verdict")) is not None]
         return {"pass_rate": sum(map(bool, verdicts)) / len(verdicts)} if verdicts else {}
 
     def metrics(self) -> list[Metric]:
@@ -166,3 +202,54 @@ class Criterion(L.Callback):
     ) -> None:
         with torch.no_grad():
             self.update(outputs, pl_module.ctx)
+
+
+def order_criteria(criteria: Sequence[Criterion]) -> list[Criterion]:
+    """The criteria in the order they finish: each provider before the criteria that need or
+    use its artefacts, otherwise as given (the order selected).
+
+    Raises:
+        ValueError: If a needed artefact has no provider among ``criteria``, if two criteria
+            provide one artefact, or if criteria wait on each other (a cycle); the message
+            names the criteria and artefacts.
+    """
+    providers: dict[str, Criterion] = {}
+    for c in criteria:
+        for a in c.provides:
+            if a.name in providers:
+                raise ValueError(
+                    f"artefact {a.name!r} is provided by both {providers[a.name].name!r} and "
+                    f"{c.name!r}: select one of them"
+                )
+            providers[a.name] = c
+    selected = [c.name for c in criteria]
+    for c in criteria:
+        for a in c.needs:
+            if a.name not in providers:
+                hint = (
+                    f" (select {a.provider!r}: criteria=[{a.provider},...])" if a.provider else ""
+                )
+                raise ValueError(
+                    f"criterion {c.name!r} needs artefact {a.name!r}, which none of the "
+                    f"selected criteria {selected} provides{hint}"
+                )
+    waits = {  # criterion -> the providers it waits for, with the artefact
+        id(c): [(providers[a.name], a.name) for a in (*c.needs, *c.uses)
+                if a.name in providers and providers[a.name] is not c]
+        for c in criteria
+    }  # fmt: skip
+    done: list[Criterion] = []
+    left = list(criteria)
+    while left:
+        ready = next(
+            (c for c in left if all(any(p is d for d in done) for p, _ in waits[id(c)])), None
+        )
+        if ready is None:
+            cycle = "; ".join(
+                f"{c.name!r} waits for {a!r} from {p.name!r}"
+                for c in left for p, a in waits[id(c)] if any(p is x for x in left)
+            )  # fmt: skip
+            raise ValueError(f"criteria wait on each other, so none can finish first: {cycle}")
+        done.append(ready)
+        left.remove(ready)
+    return done

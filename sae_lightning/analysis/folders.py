@@ -34,11 +34,13 @@ from types import TracebackType
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from sae_lightning.analysis.records import CRITERIA_FILE
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".analysis.lock"
 REPORT = "report"
-CRITERIA = "criteria.json"
+CRITERIA = CRITERIA_FILE
 EVENTS_SUFFIX = ".analysis"
 """Ending of the analysis's TensorBoard event files (``SummaryWriter(filename_suffix=)``)."""
 _STAGED, _OLD = ".partial", ".old"

@@ -4,8 +4,9 @@
 encodes the activations with the SAE (and the ``compare_with`` SAE), and returns an
 :class:`AnalysisBatch`, which Lightning hands to every criterion's
 ``on_validation_batch_end``. At the end of the epoch, the criteria (Callbacks, whose epoch-end
-hooks run before the module's) are complete: the module collects their results into the
-report, logs their summaries and writes the scorecard to TensorBoard.
+hooks run before the module's) are complete: the module collects their results (providers of
+artefacts first, :func:`order_criteria`) into the :class:`AnalysisResults`, logs their
+summaries and writes the scorecard to TensorBoard.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from jaxtyping import Int
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
-from sae_lightning.analysis.report import Report
+from sae_lightning.analysis.criterion import (
+    AnalysisBatch,
+    AnalysisContext,
+    Criterion,
+    order_criteria,
+)
+from sae_lightning.analysis.records import value_of
+from sae_lightning.analysis.results import AnalysisResults
+from sae_lightning.analysis.selection import encode_features
 from sae_lightning.hooks import capture_activations
 from sae_lightning.models import move_model
 from sae_lightning.saes import SAE
@@ -38,7 +46,7 @@ class AnalysisModule(L.LightningModule):
         sae: The SAE under analysis (a submodule: moved to the device with the module).
         model: The frozen transformer; a plain attribute, never a submodule.
         ctx: Everything criteria need that is not per batch; ``ctx.sae`` is ``sae``.
-        report: Filled at the end of the pass.
+        results: Filled at the end of the pass.
         other_sae: The ``compare_with`` SAE, or None.
         batch_size: Contexts per batch.
 
@@ -51,7 +59,7 @@ class AnalysisModule(L.LightningModule):
         sae: SAE,
         model,
         ctx: AnalysisContext,
-        report: Report,
+        results: AnalysisResults,
         other_sae: SAE | None = None,
         batch_size: int = 16,
     ) -> None:
@@ -61,15 +69,14 @@ class AnalysisModule(L.LightningModule):
         self.sae = sae.eval().requires_grad_(False)
         self.other_sae = other_sae.eval().requires_grad_(False) if other_sae is not None else None
         self.__dict__["frozen"] = model  # plain attribute: never a submodule, never checkpointed
-        self.ctx, self.report, self.batch_size = ctx, report, batch_size
+        self.ctx, self.results, self.batch_size = ctx, results, batch_size
         self.all_features = ctx.features == list(range(sae.d_sae))
         self.register_buffer("feature_index", torch.tensor(ctx.features), persistent=False)
         self.n_ctx = int(ctx.contexts.shape[1])
 
     def criteria(self) -> list[Criterion]:
-        """The trainer's criteria, in the order they finish (``Criterion.order``)."""
-        found = [c for c in self.trainer.callbacks if isinstance(c, Criterion)]
-        return sorted(found, key=lambda c: c.order)
+        """The trainer's criteria, in the order they finish (:func:`order_criteria`)."""
+        return order_criteria([c for c in self.trainer.callbacks if isinstance(c, Criterion)])
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self.trainer.global_rank, self.trainer.world_size
@@ -94,9 +101,8 @@ class AnalysisModule(L.LightningModule):
         start = self.ctx.start  # the model reads the whole context; criteria see from start
         acts = capture_activations(self.frozen, tokens, self.ctx.hook_name)  # [b, n_ctx, d_in]
         acts = acts[:, start:].to(self.sae.W_enc.dtype).contiguous()  # [b, pos, d_in]
-        feats = self.sae.encode(acts)  # [b, pos, d_sae]
-        if not self.all_features:
-            feats = feats.index_select(-1, self.feature_index)  # [b, pos, n_features]
+        index = None if self.all_features else self.feature_index
+        feats = encode_features(self.sae, acts, index)  # [b, pos, n_features]
         positions = torch.arange(start, self.n_ctx, device=tokens.device)  # [pos]
         other = (
             self.other_sae.encode(acts.to(self.other_sae.W_enc.dtype))
@@ -114,10 +120,9 @@ class AnalysisModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         for criterion in self.criteria():
-            results = criterion.results(self.ctx)
+            results = criterion.collect(self.ctx)
             summary = criterion.summary(results)
-            headline = getattr(type(criterion), "headline", None)
-            self.report.add(criterion.name, results, summary, headline)
+            self.results.add(criterion.name, results, summary, criterion.headline)
             for key, value in summary.items():
                 self.log(f"criteria/{criterion.name}/{key}", float(value), sync_dist=False)
         self._log_tensorboard()
@@ -128,11 +133,11 @@ class AnalysisModule(L.LightningModule):
         if not self.trainer.is_global_zero or experiment is None:
             return
         if hasattr(experiment, "add_histogram"):
-            for name in self.report.criteria:
-                key = self.report.headline(name)
+            for name in self.results.criteria:
+                key = self.results.headline(name)
                 values = [
-                    numbers.get(key)
-                    for per_feature in self.report.features.values()
+                    value_of(numbers, key)
+                    for per_feature in self.results.features.values()
                     if (numbers := per_feature.get(name)) is not None
                 ]
                 values = [float(v) for v in values if isinstance(v, (int, float))]
@@ -142,5 +147,5 @@ class AnalysisModule(L.LightningModule):
                     )
         if hasattr(experiment, "add_text"):
             # four-space indent: TensorBoard renders it as fixed-width code
-            text = "\n".join("    " + line for line in self.report.scorecard().splitlines())
+            text = "\n".join("    " + line for line in self.results.scorecard().splitlines())
             experiment.add_text("criteria/scorecard", text, self.global_step)

@@ -22,12 +22,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 from torch import Tensor
 
-from sae_lightning.analysis.criterion import AnalysisContext, Criterion
-from sae_lightning.analysis.folders import EVENTS_SUFFIX, ReportFolder
+from sae_lightning.analysis.criterion import AnalysisContext, Criterion, order_criteria
+from sae_lightning.analysis.folders import EVENTS_SUFFIX, REPORT, ReportFolder
 from sae_lightning.analysis.loading import check_compatible, latest_run, load_sae
 from sae_lightning.analysis.module import AnalysisModule
 from sae_lightning.analysis.options import check_options
-from sae_lightning.analysis.report import Report
+from sae_lightning.analysis.records import CRITERIA_FILE
+from sae_lightning.analysis.results import AnalysisResults
 from sae_lightning.analysis.selection import select_features
 from sae_lightning.hooks import context_length
 from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
@@ -36,7 +37,7 @@ from sae_lightning.training import instantiate_dict
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = Path("report") / "criteria.json"
+REPORT_FILE = Path(REPORT) / CRITERIA_FILE
 
 
 def vocab_strings(model) -> list[str]:
@@ -99,7 +100,7 @@ def _criteria(cfg: DictConfig) -> list[Criterion]:
         raise ValueError(f"criteria need distinct non-empty names; repeated or empty: {repeated}")
     if not criteria:
         log.warning("no criteria selected (criteria=[...]): the report lists features only")
-    return criteria
+    return order_criteria(criteria)  # providers of artefacts first; a missing one fails here
 
 
 def _load(cfg: DictConfig):
@@ -121,8 +122,8 @@ def _load(cfg: DictConfig):
     return sae, metadata, model, hook, other
 
 
-def analyze(cfg: DictConfig) -> Report:
-    """Analyse an SAE's features as configured (``conf/analyze.yaml``); returns the report.
+def analyze(cfg: DictConfig) -> AnalysisResults:
+    """Analyse an SAE's features as configured (``conf/analyze.yaml``); returns the results.
 
     Before anything loads, the options are checked, the criteria built (a bad option fails
     in a second) and ``report_dir`` claimed (:class:`ReportFolder`: one analysis at a time;
@@ -136,7 +137,7 @@ def analyze(cfg: DictConfig) -> Report:
         return _analyze(cfg, criteria, folder)
 
 
-def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -> Report:
+def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -> AnalysisResults:
     """The pass and its outputs, written into ``folder.report`` (published on return)."""
     sae, metadata, model, hook, other = _load(cfg)
     contexts = load_contexts(cfg, model, _context_length(cfg, metadata, model))
@@ -165,8 +166,8 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         "compare_with": cfg.get("compare_with"),
         "criteria": [c.name for c in criteria],
     }
-    report = Report(features, info)
-    module = AnalysisModule(sae, model, ctx, report, other, cfg.batch_size)
+    results = AnalysisResults(features, info)
+    module = AnalysisModule(sae, model, ctx, results, other, cfg.batch_size)
     logger = TensorBoardLogger(
         folder.out,
         name="tensorboard",
@@ -180,12 +181,12 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
     trainer.validate(module)
     if trainer.is_global_zero:
         if cfg.get("dashboards"):
-            add_window_activations(report.features, sae, model, hook, contexts, start=ctx.start)
-        path = report.to_json(folder.report / REPORT_FILE.name)
-        rank_zero_info(f"feature scorecard ({folder.final(path)}):\n{report.scorecard()}")
+            add_window_activations(results.features, sae, model, hook, contexts, start=ctx.start)
+        path = results.to_json(folder.report / CRITERIA_FILE)
+        rank_zero_info(f"feature scorecard ({folder.final(path)}):\n{results.scorecard()}")
         if cfg.get("dashboards") or cfg.get("prompt"):
             _write_dashboards(cfg, path, sae, model, hook, logger, folder)
-    return report
+    return results
 
 
 def _write_dashboards(

@@ -1,20 +1,31 @@
-"""The shared report of an analysis: per feature, per criterion, numbers and a verdict.
+"""The results of an analysis: per feature, per criterion, numbers and a verdict.
 
-``criteria.json`` holds ``{"metadata": ..., "criteria": {name: summary}, "features":
-{str(index): {criterion: {...numbers..., "verdict": ...}}}}``; it is strict JSON (NaN and
-infinities become ``null``, tensors become numbers or lists).
+:class:`AnalysisResults` collects them, prints the scorecard and writes ``criteria.json``
+(the format is described in :mod:`sae_lightning.analysis.records`); it is strict JSON (NaN
+and infinities become ``null``, tensors become numbers or lists).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from sae_lightning.analysis.records import (
+    FORMAT_VERSION,
+    Record,
+    TopActivationsResult,
+    headline_key,
+    is_number,
+    result_of,
+    value_of,
+)
 
 MARKS = {True: "✓", False: "✗", None: "·"}
 
@@ -23,6 +34,8 @@ def json_safe(value: Any) -> Any:
     """``value`` as strict JSON: tensors and arrays to lists, NaN/inf to None, tuples to lists."""
     if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
         value = value.tolist()
+    if isinstance(value, Record):
+        value = value.to_dict()
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
@@ -40,7 +53,7 @@ def _scalar_safe(value: Any) -> Any:
     """Top-level cleaning of one result value: tensors/arrays to Python, non-finite to None.
 
     Nested lists and dicts are left as they are (cheap for thousands of features); the
-    writer makes them strict JSON (:meth:`Report.to_json`)."""
+    writer makes them strict JSON (:meth:`AnalysisResults.to_json`)."""
     if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
@@ -49,7 +62,9 @@ def _scalar_safe(value: Any) -> Any:
 
 
 def _encode_default(value: Any) -> Any:
-    """``json`` fallback for tensors, arrays and sets (the C encoder calls it)."""
+    """``json`` fallback for records, tensors, arrays and sets (the C encoder calls it)."""
+    if isinstance(value, Record):
+        return value.to_dict()
     if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
         return value.tolist()
     if isinstance(value, set):
@@ -59,11 +74,7 @@ def _encode_default(value: Any) -> Any:
     return str(value)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-class Report:
+class AnalysisResults:
     """Collects every criterion's per-feature results for one analysis.
 
     Args:
@@ -71,7 +82,7 @@ class Report:
         metadata: About the run (SAE source, model, hook, tokens...): written to the JSON.
 
     Example:
-        >>> r = Report([3, 7], {"model_name": "toy-1l"})
+        >>> r = AnalysisResults([3, 7], {"model_name": "toy-1l"})
         >>> r.add("fires", {3: {"density": 0.1, "verdict": True}, 7: {"density": 0.0,
         ...        "verdict": False}}, {"pass_rate": 0.5})
         >>> r.features[7]["fires"]["verdict"]
@@ -83,19 +94,24 @@ class Report:
         self.metadata = dict(metadata)
         self.summaries: dict[str, dict[str, Any]] = {}
         self.headlines: dict[str, str | None] = {}
-        self.features: dict[int, dict[str, dict[str, Any]]] = {f: {} for f in self.feature_list}
+        self.features: dict[int, dict[str, Record | dict[str, Any]]] = {
+            f: {} for f in self.feature_list
+        }
 
     def add(
         self,
         criterion: str,
-        results: dict[int, dict[str, Any]],
+        results: Mapping[int, Record | dict[str, Any]],
         summary: dict[str, Any],
         headline: str | None = None,
     ) -> None:
         """Record one criterion's results (keyed by feature index) and its summary scalars.
 
+        Records are kept as they are; a dict's values are cleaned (tensors to Python,
+        non-finite to None).
+
         Args:
-            headline: The result key shown in the scorecard; None: its first numeric key.
+            headline: The result key shown in the scorecard; None: see :func:`headline_key`.
 
         Raises:
             ValueError: If ``results`` names a feature that is not analysed.
@@ -107,9 +123,11 @@ class Report:
                 f"analysed; analysed: {self.feature_list[:10]}{'...' * (len(self.features) > 10)}"
             )
         for feature, numbers in results.items():
-            self.features[int(feature)][criterion] = {
-                str(k): _scalar_safe(v) for k, v in numbers.items()
-            }
+            self.features[int(feature)][criterion] = (
+                numbers
+                if isinstance(numbers, Record)
+                else {str(k): _scalar_safe(v) for k, v in numbers.items()}
+            )
         self.summaries[criterion] = json_safe(summary)
         self.headlines[criterion] = headline
 
@@ -118,23 +136,17 @@ class Report:
         return list(self.summaries)
 
     def headline(self, criterion: str) -> str | None:
-        """The key of ``criterion``'s headline number: as declared, else its first float key
-        (integers are often counts or indices), else its first numeric key."""
-        if self.headlines.get(criterion):
-            return self.headlines[criterion]
-        numeric: list[str] = []
-        for per_criterion in self.features.values():
-            for key, value in per_criterion.get(criterion, {}).items():
-                if key != "verdict" and isinstance(value, float):
-                    return key
-                if key != "verdict" and _is_number(value):
-                    numeric.append(key)
-        return numeric[0] if numeric else None
+        """The key of ``criterion``'s headline number (:func:`headline_key`)."""
+        results = (per_feature[criterion] for per_feature in self.features.values()
+                   if criterion in per_feature)  # fmt: skip
+        return headline_key(self.headlines.get(criterion), results)
 
     def _raw_dict(self) -> dict[str, Any]:
         return {
+            "version": FORMAT_VERSION,
             "metadata": json_safe(self.metadata),
             "criteria": self.summaries,
+            "headlines": {c: self.headline(c) for c in self.criteria},
             "features": {str(f): self.features[f] for f in self.feature_list},
         }
 
@@ -160,10 +172,8 @@ class Report:
         return path
 
     def _density(self, feature: int) -> float | None:
-        for numbers in self.features[feature].values():
-            if _is_number(numbers.get("density")):
-                return float(numbers["density"])
-        return None
+        top = result_of(self.features[feature], TopActivationsResult)
+        return None if top is None or top.density is None else float(top.density)
 
     def scorecard(self, max_rows: int = 40) -> str:
         """A fixed-width table: one row per feature, each criterion's headline and verdict."""
@@ -178,10 +188,10 @@ class Report:
                 d = self._density(f)
                 row.append("-" if d is None else f"{d:.2e}")
             for c in self.criteria:
-                numbers = self.features[f].get(c, {})
-                value = numbers.get(heads[c]) if heads[c] else None
-                shown = f"{value:.3g}" if _is_number(value) else "-"
-                verdict = numbers.get("verdict")
+                numbers = self.features[f].get(c)
+                value = value_of(numbers, heads[c]) if heads[c] else None
+                shown = f"{value:.3g}" if is_number(value) else "-"
+                verdict = value_of(numbers, "verdict")
                 row.append(f"{shown} {MARKS.get(None if verdict is None else bool(verdict))}")
             rows.append(row)
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -194,6 +204,6 @@ class Report:
             lines.append(f"... {len(self.feature_list) - max_rows} more features in criteria.json")
         for c in self.criteria:
             rate = self.summaries[c].get("pass_rate")
-            if _is_number(rate):
+            if is_number(rate):
                 lines.append(f"{c}: {rate:.1%} of {len(self.feature_list)} features pass")
         return "\n".join(lines)
