@@ -11,13 +11,18 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torchmetrics import Metric
 
+from sae_lightning.analysis.artefacts import Artefact
 from sae_lightning.analysis.criterion import AnalysisContext
+from sae_lightning.analysis.selection import encode_features
 from sae_lightning.hooks import capture_activations
 from sae_lightning.metrics.correlation import FiringCounts
 from sae_lightning.sparse import SparseEntries, firing_entries
 
-FIRST_PASS_KEY = "_first_pass"
-"""``ctx.extras`` key of the cached first passes (one per number of contexts)."""
+FIRST_PASSES: Artefact[dict[int, FirstPass]] = Artefact("_first_passes", dict)
+"""The first passes computed so far, by number of contexts (any criterion computes one on
+first use: ``ctx.artefacts.cached``)."""
+NEURON_MEAN: Artefact[Tensor] = Artefact("_neuron_mean", Tensor)
+"""``[d_in]`` float64: the mean hooked activation of :func:`neuron_mean`."""
 
 
 def number(value: float | Tensor) -> float | None:
@@ -104,8 +109,10 @@ def feature_acts(
     tokens = tokens.to(module_device(ctx.model))
     acts = capture_activations(ctx.model, tokens, ctx.hook_name)  # [batch, pos, d_in]
     w_dec = ctx.sae.W_dec
-    encoded = ctx.sae.encode(acts.to(device=w_dec.device, dtype=w_dec.dtype))
-    return encoded[..., ctx.features]
+    acts = acts.to(device=w_dec.device, dtype=w_dec.dtype)
+    every = ctx.features == list(range(ctx.sae.d_sae))
+    index = None if every else torch.tensor(ctx.features, device=w_dec.device)
+    return encode_features(ctx.sae, acts, index)  # only the selected features' columns
 
 
 @torch.no_grad()
@@ -113,11 +120,13 @@ def neuron_mean(ctx: AnalysisContext, n_contexts: int = 4) -> Float[Tensor, " d_
     """Mean hooked activation over the first contexts' analysed positions (cached): a shift
     that keeps streamed float32 cross sums precise (:class:`StreamingPearson` ``y_shift``),
     equal on all ranks."""
-    if "_neuron_mean" not in ctx.extras:
+
+    def compute() -> Tensor:
         tokens = ctx.contexts[:n_contexts].to(module_device(ctx.model))
         acts = capture_activations(ctx.model, tokens, ctx.hook_name)[:, ctx.start :]
-        ctx.extras["_neuron_mean"] = acts.flatten(0, 1).double().mean(0).cpu()  # [d_in]
-    return ctx.extras["_neuron_mean"]
+        return acts.flatten(0, 1).double().mean(0).cpu()  # [d_in]
+
+    return ctx.artefacts.cached(NEURON_MEAN, compute)
 
 
 @dataclass
@@ -137,16 +146,16 @@ class FirstPass:
 
 @torch.no_grad()
 def first_pass(ctx: AnalysisContext, n_contexts: int, batch_size: int = 16) -> FirstPass:
-    """Run the frozen model and the SAE over ``ctx.contexts[:n_contexts]`` (cached in extras).
+    """Run the frozen model and the SAE over ``ctx.contexts[:n_contexts]`` (cached).
 
     Criteria that need a per-feature quantity *during* the streaming pass (an automatic
     proxy, an activation scale) estimate it here, on the positions the pass analyses (BOS
-    dropped when ``ctx.drop_bos``). The result is cached in
-    ``ctx.extras["_first_pass"][n_contexts]`` so several criteria pay for it once.
+    dropped when ``ctx.drop_bos``). The result is cached in ``ctx.artefacts`` (:data:`FIRST_PASSES`)
+    so several criteria pay for it once.
     """
     if n_contexts < 1:
         raise ValueError(f"the first pass needs at least 1 context, got {n_contexts}")
-    cache = ctx.extras.setdefault(FIRST_PASS_KEY, {})
+    cache = ctx.artefacts.cached(FIRST_PASSES, dict)
     if n_contexts in cache:
         return cache[n_contexts]
     n_features = len(ctx.features)

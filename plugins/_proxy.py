@@ -12,11 +12,13 @@ from torch import Tensor
 
 from plugins import _context
 from plugins._common import first_pass, proxy_masks
+from sae_lightning.analysis.artefacts import Artefact
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.proxies import Proxy, auto_proxies, punctuation_closure
 from sae_lightning.sparse import SparseEntries
 
-_AUTO_PROXY_KEY = "_auto_proxies"
+_AUTO_PROXIES: Artefact[dict[tuple, tuple]] = Artefact("_auto_proxies", dict)
+"""First-pass automatic proxies computed so far, by their options (see :func:`_auto_proxies`)."""
 _MAX_LISTED_TOKENS = 32  # proxy tokens listed in a result (a regex may match thousands)
 
 
@@ -29,10 +31,10 @@ def _auto_proxies(
 ) -> tuple[list[list[int]], Bool[Tensor, "f vocab"], Int[Tensor, " f"]]:
     """Each feature's automatic proxy: token ids, ``[F, vocab]`` masks, context refinement.
 
-    Cached in ``ctx.extras`` (like the first pass it comes from): specificity and
+    Cached in ``ctx.artefacts`` (like the first pass it comes from): specificity and
     sensitivity with the same options judge the same proxy and pay for it once.
     """
-    cache = ctx.extras.setdefault(_AUTO_PROXY_KEY, {})
+    cache = ctx.artefacts.cached(_AUTO_PROXIES, dict)
     key = (n_contexts, coverage, max_tokens, purity)
     if key not in cache:
         mass = first_pass(ctx, n_contexts).mass  # [F, vocab]

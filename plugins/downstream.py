@@ -2,18 +2,17 @@
 
 Logit weights (:mod:`plugins._logits`) follow *Towards Monosemanticity*'s direct path.
 
-Ablations run after the pass on each feature's top contexts (``ctx.extras["top_examples"]``
-from :mod:`plugins.top_activations`): the model runs clean and with ``act_f * W_dec[f]``
-subtracted at the hook at every analysed position (not BOS when it is dropped, as in
-training), on each context's prefix up to ``ablation_window`` tokens after its last top
-example, and the change in log-prob of the actual next tokens is reported. The verdict
-is None: in a one-layer model the tokens a feature predicts are usually not the tokens it
-reads, so no pass/fail rule follows from the logit weights.
-"""
+Ablations run after the pass on each feature's top contexts (the ``TOP_EXAMPLES`` artefact
+of :mod:`plugins.top_activations`; without it, no ablations): the model runs clean and with
+``act_f * W_dec[f]`` subtracted at the hook at every analysed position (not BOS when it is
+dropped, as in training), on each context's prefix up to ``ablation_window`` tokens after
+its last top example, and the change in log-prob of the actual next tokens is reported.
+The verdict is None: in a one-layer model the tokens a feature predicts are usually not the
+tokens it reads, so no pass/fail rule follows from the logit weights."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from jaxtyping import Float, Int
@@ -22,7 +21,9 @@ from typing_extensions import override
 
 from plugins._common import module_device
 from plugins._logits import LOGIT_CHUNK, logit_summaries, logit_weights
+from sae_lightning.analysis.artefacts import TOP_EXAMPLES
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
+from sae_lightning.analysis.records import Ablation, DownstreamResult, LogitHistogram
 from sae_lightning.hooks import edit_hook
 
 
@@ -119,11 +120,9 @@ class Downstream(Criterion):
             (two forward passes each); the others report logit weights only.
     """
 
-    name: ClassVar[str] = "downstream"
-    order: ClassVar[int] = 30
-    headline: ClassVar[str] = (
-        "ablation_delta_logprob"  # the result key the report's scorecard shows
-    )
+    name: ClassVar[str] = DownstreamResult.criterion
+    headline: ClassVar[str | None] = DownstreamResult.headline
+    uses = (TOP_EXAMPLES,)  # ablations on the top contexts when top_activations runs
 
     def __init__(
         self,
@@ -157,11 +156,11 @@ class Downstream(Criterion):
     def update(self, batch: AnalysisBatch, ctx: AnalysisContext) -> None:
         """Nothing to accumulate."""
 
-    def _ablations(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+    def _ablations(self, ctx: AnalysisContext) -> dict[int, Ablation]:
         """Ablation effects on the top contexts of the first ``ablation_max_features``
         analysed features that fired (all ablated together, see :func:`ablation_deltas`)."""
         n_ctx = ctx.contexts.shape[1]
-        top_examples = ctx.extras.get("top_examples", {})
+        top_examples = ctx.artefacts.find(TOP_EXAMPLES) or {}
         chosen: dict[int, list[int]] = {}
         for f in ctx.features:
             if len(chosen) >= self.ablation_max_features or not self.ablation_contexts:
@@ -186,64 +185,58 @@ class Downstream(Criterion):
             d = torch.cat(deltas[start : start + len(ends)])
             fired = torch.cat(acts[start : start + len(ends)]) > 0
             top = rows[start]
-            out[f] = {
-                "contexts": list(ends),
-                "context_ends": list(ends.values()),
-                "mean_delta_logprob_where_fired": float(d[fired].mean()) if fired.any() else None,
-                "mean_delta_logprob": float(d.mean()),
-                "top_context_tokens": [ctx.str_tokens[t] for t in tokens[start, : top[2]].tolist()],
-                "top_context_delta": deltas[start].tolist(),  # prediction of token p+1
-            }
+            out[f] = Ablation(
+                contexts=list(ends),
+                context_ends=list(ends.values()),
+                mean_delta_logprob_where_fired=float(d[fired].mean()) if fired.any() else None,
+                mean_delta_logprob=float(d.mean()),
+                top_context_tokens=[ctx.str_tokens[t] for t in tokens[start, : top[2]].tolist()],
+                top_context_delta=deltas[start].tolist(),  # prediction of token p+1
+            )
             start += len(ends)
         return out
 
     @override
-    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+    def results(self, ctx: AnalysisContext) -> dict[int, DownstreamResult]:
         ablations = self._ablations(ctx)
         names = ctx.str_tokens
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[int, DownstreamResult] = {}
         for start in range(0, len(ctx.features), LOGIT_CHUNK):  # [F, vocab] can be gigabytes
             chunk = ctx.features[start : start + LOGIT_CHUNK]
             weights = logit_weights(ctx.model, ctx.hook_name, ctx.sae.W_dec[chunk])
             logits = self._logit_records(weights, names, len(chunk), ctx.hook_name)
             for f, record in zip(chunk, logits, strict=True):
-                ablation = ablations.get(f)
-                out[f] = {
-                    **record,
-                    "ablation_delta_logprob": None
-                    if ablation is None
-                    else ablation["mean_delta_logprob_where_fired"],
-                    "ablation": ablation,
-                    "verdict": None,
-                }
+                record.ablation = ablations.get(f)
+                if record.ablation is not None:
+                    record.ablation_delta_logprob = record.ablation.mean_delta_logprob_where_fired
+                out[f] = record
         return out
 
     def _logit_records(
         self, weights: Tensor | None, names: list[str], n: int, hook_name: str
-    ) -> list[dict[str, Any]]:
+    ) -> list[DownstreamResult]:
         """Top/bottom tokens and histogram of each row of ``weights``; for a hook without
         logit weights, empty records saying why."""
         if weights is None:
             note = f"no logit weights: {hook_name!r} has no linear path to the residual stream"
-            empty = {"top_tokens": [], "top_values": [], "bottom_tokens": [], "bottom_values": []}
-            return [{**empty, "histogram": None, "logit_note": note} for _ in range(n)]
+            return [DownstreamResult(logit_note=note) for _ in range(n)]
         s = logit_summaries(weights.cpu(), self.n_tokens, self.n_bins)
         return [
-            {
-                "top_tokens": [names[i] for i in s["top_ids"][row]],
-                "top_values": s["top_values"][row],
-                "bottom_tokens": [names[i] for i in s["bottom_ids"][row]],
-                "bottom_values": s["bottom_values"][row],
-                "histogram": {"edges": s["edges"][row], "counts": s["counts"][row]},
-            }
+            DownstreamResult(
+                top_tokens=[names[i] for i in s["top_ids"][row]],
+                top_values=s["top_values"][row],
+                bottom_tokens=[names[i] for i in s["bottom_ids"][row]],
+                bottom_values=s["bottom_values"][row],
+                histogram=LogitHistogram(edges=s["edges"][row], counts=s["counts"][row]),
+            )
             for row in range(n)
         ]
 
     @override
-    def summary(self, results: dict[int, dict[str, Any]]) -> dict[str, float]:
+    def summary(self, results: dict[int, DownstreamResult]) -> dict[str, float]:
         means = [
-            r["ablation_delta_logprob"]
+            r.ablation_delta_logprob
             for r in results.values()
-            if r.get("ablation_delta_logprob") is not None
+            if r.ablation_delta_logprob is not None
         ]
         return {"mean_ablation_delta_logprob": sum(means) / len(means)} if means else {}

@@ -4,19 +4,21 @@ Two checks from *Towards Monosemanticity*: the feature's activation is correlate
 streamed as running sums) with every neuron's activation and the best one is reported; and
 the decoder row's alignment with the neuron basis, ``max_i |W_dec[f, i]| / ||W_dec[f]||``
 (the largest ``|cos|`` with a standard basis vector; 1 for a single-neuron direction).
-When it finishes it writes ``ctx.extras["neuron_max_corr"] = {feature: |max corr|}``.
+It provides the artefact ``NEURON_MAX_CORR`` (``{feature: |max corr|}``).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from jaxtyping import Float
 from torch import Tensor
 from typing_extensions import override
 
 from plugins._common import neuron_mean, number
+from sae_lightning.analysis.artefacts import NEURON_MAX_CORR
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
+from sae_lightning.analysis.records import NotANeuronResult
 from sae_lightning.metrics.correlation import StreamingPearson, max_correlation
 
 
@@ -35,9 +37,9 @@ class NotANeuron(Criterion):
         threshold: The verdict is ``|max correlation| < threshold``.
     """
 
-    name: ClassVar[str] = "not_a_neuron"
-    order: ClassVar[int] = 40
-    headline: ClassVar[str] = "max_neuron_corr"  # the result key the report's scorecard shows
+    name: ClassVar[str] = NotANeuronResult.criterion
+    headline: ClassVar[str | None] = NotANeuronResult.headline
+    provides = (NEURON_MAX_CORR,)
 
     def __init__(self, threshold: float = 0.5) -> None:
         super().__init__()
@@ -56,19 +58,21 @@ class NotANeuron(Criterion):
         self.pearson.update_entries(e.rows, e.cols, e.values, batch.neuron_acts.flatten(0, 1))
 
     @override
-    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+    def results(self, ctx: AnalysisContext) -> dict[int, NotANeuronResult]:
         matrix = self.pearson.compute().view(len(ctx.features), -1)  # [F, d_in]
         corr, neuron = max_correlation(matrix)  # [F] each
         constant = matrix.abs().amax(dim=1) == 0  # never fired (or constant): no verdict
         alignment = basis_alignment(ctx.sae.W_dec[ctx.features].detach().double())  # [F]
-        ctx.extras["neuron_max_corr"] = dict(zip(ctx.features, corr.abs().tolist(), strict=True))
-        out: dict[int, dict[str, Any]] = {}
+        ctx.artefacts.put(
+            NEURON_MAX_CORR, dict(zip(ctx.features, corr.abs().tolist(), strict=True))
+        )
+        out: dict[int, NotANeuronResult] = {}
         for row, f in enumerate(ctx.features):
             value = float(corr[row])
-            out[f] = {
-                "max_neuron_corr": number(value),
-                "neuron": int(neuron[row]),
-                "decoder_basis_alignment": number(alignment[row]),
-                "verdict": None if constant[row] else abs(value) < self.threshold,
-            }
+            out[f] = NotANeuronResult(
+                max_neuron_corr=number(value),
+                neuron=int(neuron[row]),
+                decoder_basis_alignment=number(alignment[row]),
+                verdict=None if constant[row] else abs(value) < self.threshold,
+            )
         return out

@@ -6,13 +6,13 @@ activation mass (:func:`auto_proxy`). Both criteria need the proxy *during* the 
 pass, before any criterion has seen the whole stream, so the automatic proxy comes from a
 small first pass over the first ``proxy_contexts`` contexts (the frozen model and the SAE;
 shared between criteria, see :func:`plugins._common.first_pass`). The one TopActivations
-writes into ``ctx.extras["auto_proxy"]`` at the end uses the whole pass and can differ for
-rare features; the proxy actually used is in every result.
+provides at the end (``AUTO_PROXY``) uses the whole pass and can differ for rare features;
+the proxy actually used is in every result.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from typing_extensions import override
@@ -22,6 +22,11 @@ from plugins._common import FeatureCounts, FeatureMax, first_pass, number
 from plugins._proxy import ProxyCriterion
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext
 from sae_lightning.analysis.proxies import Proxy
+from sae_lightning.analysis.records import (
+    SensitivityResult,
+    SpecificityHistogram,
+    SpecificityResult,
+)
 from sae_lightning.metrics.histogram import ProxyHistogram, log_likelihood_ratio, precision_above
 
 
@@ -48,9 +53,8 @@ class Specificity(ProxyCriterion):
         context_purity: Next-token refinement of automatic proxies (see ProxyCriterion).
     """
 
-    name: ClassVar[str] = "specificity"
-    order: ClassVar[int] = 20
-    headline: ClassVar[str] = "specificity"  # the result key the report's scorecard shows
+    name: ClassVar[str] = SpecificityResult.criterion
+    headline: ClassVar[str | None] = SpecificityResult.headline
 
     def __init__(
         self,
@@ -106,7 +110,7 @@ class Specificity(ProxyCriterion):
         self.max_act.update(e.segment_max().unsqueeze(0))
 
     @override
-    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+    def results(self, ctx: AnalysisContext) -> dict[int, SpecificityResult]:
         n_features = len(ctx.features)  # views: torchmetrics squeezes one-element results
         pos, neg = (c.view(n_features, self.n_bins).cpu() for c in self.histogram.compute())
         llr = log_likelihood_ratio(pos, neg)  # [F, bins]
@@ -114,26 +118,26 @@ class Specificity(ProxyCriterion):
         hist_spec = precision_above(pos, neg, self.edges, 0.5 * max_act / self.scale)
         counts = self.above.compute().cpu()  # [F, 2]
         exact = torch.where(counts[:, 0] > 0, counts[:, 1] / counts[:, 0].clamp(min=1), torch.nan)
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[int, SpecificityResult] = {}
         for row, f in enumerate(ctx.features):
             estimated = bool(self.estimated[row])
             value = number(exact[row] if estimated else hist_spec[row])
-            out[f] = {
+            out[f] = SpecificityResult(
                 **self.proxy_result(ctx, row),
-                "specificity": value,
-                "specificity_source": "exact" if estimated else "histogram",
-                "specificity_histogram": number(hist_spec[row]),
-                "threshold_activation": float(self.cut[row]),
-                "n_above_threshold": int(counts[row, 0]),
-                "max_activation": float(max_act[row]),
-                "histogram": {
-                    "edges": (self.edges * self.scale[row]).tolist(),
-                    "proxy_counts": pos[row].tolist(),
-                    "other_counts": neg[row].tolist(),
-                    "llr": llr[row].tolist(),
-                },
-                "verdict": self.verdict(value),
-            }
+                specificity=value,
+                specificity_source="exact" if estimated else "histogram",
+                specificity_histogram=number(hist_spec[row]),
+                threshold_activation=float(self.cut[row]),
+                n_above_threshold=int(counts[row, 0]),
+                max_activation=float(max_act[row]),
+                histogram=SpecificityHistogram(
+                    edges=(self.edges * self.scale[row]).tolist(),
+                    proxy_counts=pos[row].tolist(),
+                    other_counts=neg[row].tolist(),
+                    llr=llr[row].tolist(),
+                ),
+                verdict=self.verdict(value),
+            )
         return out
 
 
@@ -152,9 +156,8 @@ class Sensitivity(ProxyCriterion):
         context_purity: Next-token refinement of automatic proxies (see ProxyCriterion).
     """
 
-    name: ClassVar[str] = "sensitivity"
-    order: ClassVar[int] = 21
-    headline: ClassVar[str] = "sensitivity"  # the result key the report's scorecard shows
+    name: ClassVar[str] = SensitivityResult.criterion
+    headline: ClassVar[str | None] = SensitivityResult.headline
 
     def __init__(
         self,
@@ -182,19 +185,19 @@ class Sensitivity(ProxyCriterion):
         self.classes.update(_context.class_counts(batch.tokens, self.ws_vocab))
 
     @override
-    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+    def results(self, ctx: AnalysisContext) -> dict[int, SensitivityResult]:
         fired = self.fired.compute().view(-1).cpu().double()  # [F]
         classes = self.classes.compute().view(-1, 3).cpu()  # [vocab, 3]
         total = _context.proxy_occurrences(self.masks.cpu(), classes, self.refine.cpu())  # [F]
         value = torch.where(total > 0, fired / total.clamp(min=1), torch.nan)
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[int, SensitivityResult] = {}
         for row, f in enumerate(ctx.features):
             sensitivity = number(value[row])
-            out[f] = {
+            out[f] = SensitivityResult(
                 **self.proxy_result(ctx, row),
-                "sensitivity": sensitivity,
-                "n_proxy_tokens": int(total[row]),
-                "n_proxy_fired": int(fired[row]),
-                "verdict": self.verdict(sensitivity),
-            }
+                sensitivity=sensitivity,
+                n_proxy_tokens=int(total[row]),
+                n_proxy_fired=int(fired[row]),
+                verdict=self.verdict(sensitivity),
+            )
         return out

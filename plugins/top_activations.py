@@ -1,21 +1,15 @@
 """Top activations, activation-quantile samples and firing density of every feature.
 
-Informational (no verdict). It is also the criterion others build on: when it finishes it
-writes into ``ctx.extras`` (rows and keys are analysed feature indices of the dictionary):
-
-* ``"top_examples"``: ``{feature: [(token_index, activation), ...]}``, the feature's top
-  activations (only those ``> 0``), descending; ``token_index = context * n_ctx + pos``.
-* ``"auto_proxy"``: ``{feature: [token_id, ...]}``, :func:`auto_proxy` of the feature's
-  activation mass per token over the whole pass (heaviest first; ``[]`` if it never fired).
-* ``"firing_counts"``: ``{"features": [feature, ...], "mass": [F, vocab] float64,
-  "fires": [F, vocab] int64, "token_counts": [vocab] int64}`` (:class:`FiringCounts`,
-  rows in ``"features"`` order).
-* ``"max_activation"`` and ``"density"``: ``{feature: float}``.
+Informational (no verdict). It is also the criterion others build on: it provides the
+artefacts (:mod:`sae_lightning.analysis.artefacts`) ``TOP_EXAMPLES`` (its top activations
+above 0), ``AUTO_PROXY`` (:func:`auto_proxy` of each feature's activation mass per token over
+the whole pass, heaviest first; ``[]`` if it never fired), ``TOKEN_MASS`` (the
+:class:`FiringCounts` sums), ``MAX_ACTIVATION`` and ``DENSITY``.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from jaxtyping import Float, Int
@@ -24,8 +18,17 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from plugins._common import context_windows, first_pass, number
+from sae_lightning.analysis.artefacts import (
+    AUTO_PROXY,
+    DENSITY,
+    MAX_ACTIVATION,
+    TOKEN_MASS,
+    TOP_EXAMPLES,
+    TokenMass,
+)
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.proxies import auto_proxies
+from sae_lightning.analysis.records import Example, QuantileSample, TopActivationsResult
 from sae_lightning.metrics.correlation import FiringCounts
 from sae_lightning.metrics.density import FeatureDensity, dead_fraction
 from sae_lightning.metrics.topk import TopKActivations
@@ -74,9 +77,9 @@ class TopActivations(Criterion):
         seed: Seed of the sampling keys.
     """
 
-    name: ClassVar[str] = "top_activations"
-    order: ClassVar[int] = 10
-    headline: ClassVar[str] = "max_activation"  # the result key the report's scorecard shows
+    name: ClassVar[str] = TopActivationsResult.criterion
+    headline: ClassVar[str | None] = TopActivationsResult.headline
+    provides = (TOP_EXAMPLES, AUTO_PROXY, TOKEN_MASS, MAX_ACTIVATION, DENSITY)
 
     def __init__(
         self,
@@ -140,19 +143,17 @@ class TopActivations(Criterion):
             chosen = bucket == i
             samples.update_entries(packed[chosen], e.cols[chosen], ids[chosen])
 
-    def _examples(
-        self, ctx: AnalysisContext, values: list[float], ids: list[int]
-    ) -> list[dict[str, Any]]:
+    def _examples(self, values: list[float], ids: list[int]) -> list[Example]:
         """Examples with their context windows (unfilled and non-firing entries dropped)."""
         return [
-            {"token_index": i, "activation": v, **self._windows[i]}
+            Example(token_index=i, activation=v, **self._windows[i])
             for v, i in zip(values, ids, strict=True)
             if v > 0 and i >= 0
         ]
 
-    def _quantile_samples(self, ctx: AnalysisContext) -> list[list[dict[str, Any]]]:
-        """Per feature, per interval: ``{"interval": [lo, hi], "examples": [...]}``."""
-        per_feature: list[list[dict[str, Any]]] = [[] for _ in ctx.features]
+    def _quantile_samples(self, ctx: AnalysisContext) -> list[list[QuantileSample]]:
+        """Per feature, per interval ``[lo, hi)``: the sampled examples."""
+        per_feature: list[list[QuantileSample]] = [[] for _ in ctx.features]
         scale = self.scale.tolist()
         for i, samples in enumerate(self.samples):
             values, ids = (t.view(len(ctx.features), -1) for t in samples.compute())  # [F, m]
@@ -163,62 +164,61 @@ class TopActivations(Criterion):
             ):
                 lo = i / self.n_intervals * scale[row]
                 hi = (i + 1) / self.n_intervals * scale[row] if i < self.n_intervals - 1 else None
-                examples = self._examples(ctx, feature_acts, feature_ids)
-                examples.sort(key=lambda e: -e["activation"])
-                per_feature[row].append({"interval": [lo, hi], "examples": examples})
+                examples = self._examples(feature_acts, feature_ids)
+                examples.sort(key=lambda e: -e.activation)
+                per_feature[row].append(QuantileSample(interval=[lo, hi], examples=examples))
         return per_feature
 
-    def _write_extras(
+    def _provide(
         self, ctx: AnalysisContext, values: Tensor, ids: Tensor, density: Tensor
     ) -> dict[int, list[int]]:
-        """Publish top examples, automatic proxies and firing counts (see the module doc)."""
+        """Put the artefacts it provides (see the module doc); returns the automatic proxies."""
         n_features = len(ctx.features)  # views: torchmetrics squeezes one-element results
         mass, fires, token_counts = self.firing.compute()
         mass, fires = mass.view(n_features, -1), fires.view(n_features, -1)
         rows = auto_proxies(mass, self.proxy_coverage, self.proxy_max_tokens)
         proxies = dict(zip(ctx.features, rows, strict=True))
-        ctx.extras["top_examples"] = {
-            f: [(i, v) for v, i in zip(vals, idx, strict=True) if v > 0 and i >= 0]
-            for f, vals, idx in zip(ctx.features, values.tolist(), ids.tolist(), strict=True)
-        }
-        ctx.extras["auto_proxy"] = proxies
-        ctx.extras["firing_counts"] = {
-            "features": list(ctx.features),
-            "mass": mass,
-            "fires": fires,
-            "token_counts": token_counts,
-        }
+        store = ctx.artefacts
+        store.put(
+            TOP_EXAMPLES,
+            {
+                f: [(i, v) for v, i in zip(vals, idx, strict=True) if v > 0 and i >= 0]
+                for f, vals, idx in zip(ctx.features, values.tolist(), ids.tolist(), strict=True)
+            },
+        )
+        store.put(AUTO_PROXY, proxies)
+        store.put(TOKEN_MASS, TokenMass(list(ctx.features), mass, fires, token_counts))
         top = values[:, 0].clamp(min=0).tolist()
-        ctx.extras["max_activation"] = dict(zip(ctx.features, top, strict=True))
-        ctx.extras["density"] = dict(zip(ctx.features, density.tolist(), strict=True))
+        store.put(MAX_ACTIVATION, dict(zip(ctx.features, top, strict=True)))
+        store.put(DENSITY, dict(zip(ctx.features, density.tolist(), strict=True)))
         return proxies
 
     @override
-    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+    def results(self, ctx: AnalysisContext) -> dict[int, TopActivationsResult]:
         n_features = len(ctx.features)  # views: torchmetrics squeezes one-element results
         values, ids = (t.view(n_features, -1) for t in self.topk.compute())  # [F, k]
         density = self.density.compute().view(n_features)  # [F]
         wanted = [ids[values > 0]] + [s.compute()[1].flatten() for s in self.samples]
         wanted = torch.cat([w.flatten().cpu() for w in wanted])
         self._windows = context_windows(ctx, wanted[wanted >= 0].tolist(), self.window)
-        proxies = self._write_extras(ctx, values, ids, density)
+        proxies = self._provide(ctx, values, ids, density)
+        max_activation = ctx.artefacts.get(MAX_ACTIVATION)
         quantiles = self._quantile_samples(ctx)
-        out: dict[int, dict[str, Any]] = {}
-        for row, f in enumerate(ctx.features):
-            out[f] = {
-                "density": number(density[row]),
-                "max_activation": ctx.extras["max_activation"][f],
-                "top_examples": self._examples(ctx, values[row].tolist(), ids[row].tolist()),
-                "quantile_samples": quantiles[row],
-                "auto_proxy": [ctx.str_tokens[t] for t in proxies[f]],
-                "auto_proxy_ids": proxies[f],
-                "verdict": None,
-            }
-        return out
+        return {
+            f: TopActivationsResult(
+                density=number(density[row]),
+                max_activation=max_activation[f],
+                top_examples=self._examples(values[row].tolist(), ids[row].tolist()),
+                quantile_samples=quantiles[row],
+                auto_proxy=[ctx.str_tokens[t] for t in proxies[f]],
+                auto_proxy_ids=proxies[f],
+            )
+            for row, f in enumerate(ctx.features)
+        }
 
     @override
-    def summary(self, results: dict[int, dict[str, Any]]) -> dict[str, float]:
-        density = torch.tensor([r["density"] or 0.0 for r in results.values()], dtype=torch.float64)
+    def summary(self, results: dict[int, TopActivationsResult]) -> dict[str, float]:
+        density = torch.tensor([r.density or 0.0 for r in results.values()], dtype=torch.float64)
         if not density.numel():
             return {}
         return {

@@ -9,14 +9,14 @@ a neuron baseline. The paper's baseline matches neurons of one model to neurons 
 model; with one model here, the baseline is the median over features of the best
 correlation with any MLP neuron of the same model, i.e. the score a feature would get if it
 were merely a neuron. It streams its own Pearson sums (``neuron_baseline: true``, memory
-``8 * n_features * d_in`` bytes) or, when false, reads ``ctx.extras["neuron_max_corr"]``
-from :mod:`plugins.not_a_neuron` if that criterion ran.
+``8 * n_features * d_in`` bytes) or, when false, uses the ``NEURON_MAX_CORR`` artefact of
+:mod:`plugins.not_a_neuron` if that criterion ran.
 """
 
 from __future__ import annotations
 
 import statistics
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from jaxtyping import Float
@@ -25,7 +25,9 @@ from typing_extensions import override
 
 from plugins._common import neuron_mean, number
 from plugins._logits import LOGIT_CHUNK, logit_weights
+from sae_lightning.analysis.artefacts import NEURON_MAX_CORR
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
+from sae_lightning.analysis.records import UniversalityResult
 from sae_lightning.metrics.correlation import StreamingPearson, max_correlation
 
 
@@ -47,10 +49,10 @@ class Universality(Criterion):
         neuron_baseline: Stream feature-vs-neuron correlations for the population baseline.
     """
 
-    name: ClassVar[str] = "universality"
-    order: ClassVar[int] = 50
+    name: ClassVar[str] = UniversalityResult.criterion
+    headline: ClassVar[str | None] = UniversalityResult.headline
+    uses = (NEURON_MAX_CORR,)  # the neuron baseline when neuron_baseline is false
     needs_compare_with: ClassVar[bool] = True  # analyze.py refuses it without compare_with
-    headline: ClassVar[str] = "activation_corr"  # the result key the report's scorecard shows
 
     def __init__(self, threshold: float = 0.7, neuron_baseline: bool = True) -> None:
         super().__init__()
@@ -82,7 +84,7 @@ class Universality(Criterion):
         if self.neuron_baseline:
             matrix = self.neurons.compute().view(len(ctx.features), -1)  # [F, d_in]
             return max_correlation(matrix)[0].abs().tolist()
-        extra = ctx.extras.get("neuron_max_corr")
+        extra = ctx.artefacts.find(NEURON_MAX_CORR)
         return [extra[f] for f in ctx.features] if extra else [None] * len(ctx.features)
 
     @staticmethod
@@ -100,37 +102,35 @@ class Universality(Criterion):
         return torch.cat(out)
 
     @override
-    def results(self, ctx: AnalysisContext) -> dict[int, dict[str, Any]]:
+    def results(self, ctx: AnalysisContext) -> dict[int, UniversalityResult]:
         neuron = self._neuron_corr(ctx)
         if not self.enabled:
             note = "no compare_with SAE: universality needs a second SAE on the same tokens"
             return {
-                f: {"note": note, "neuron_corr": neuron[row], "verdict": None}
+                f: UniversalityResult(note=note, neuron_corr=neuron[row])
                 for row, f in enumerate(ctx.features)
             }
         matrix = self.other.compute().view(len(ctx.features), -1)  # [F, d_other]
         corr, match = max_correlation(matrix)  # [F] each
         constant = matrix.abs().amax(dim=1) == 0  # never fired (or constant): no verdict
         logit_corr = self._logit_corr(ctx, match)  # [F]
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[int, UniversalityResult] = {}
         for row, f in enumerate(ctx.features):
             value = float(corr[row])
-            out[f] = {
-                "best_match": int(match[row]),
-                "activation_corr": number(value),
-                "logit_weight_corr": number(logit_corr[row]),
-                "neuron_corr": neuron[row],
-                "verdict": None if constant[row] else value >= self.threshold,
-            }
+            out[f] = UniversalityResult(
+                best_match=int(match[row]),
+                activation_corr=number(value),
+                logit_weight_corr=number(logit_corr[row]),
+                neuron_corr=neuron[row],
+                verdict=None if constant[row] else value >= self.threshold,
+            )
         return out
 
     @override
-    def summary(self, results: dict[int, dict[str, Any]]) -> dict[str, float]:
+    def summary(self, results: dict[int, UniversalityResult]) -> dict[str, float]:
         out = super().summary(results)
-        best = [
-            r["activation_corr"] for r in results.values() if r.get("activation_corr") is not None
-        ]
-        neurons = [r["neuron_corr"] for r in results.values() if r.get("neuron_corr") is not None]
+        best = [r.activation_corr for r in results.values() if r.activation_corr is not None]
+        neurons = [r.neuron_corr for r in results.values() if r.neuron_corr is not None]
         if best:
             out["median_best_match_corr"] = statistics.median(best)
         if neurons:

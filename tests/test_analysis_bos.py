@@ -212,7 +212,7 @@ def test_an_sae_trained_on_bos_is_analysed_with_it(tmp_path, tiny_corpus, embedd
     report = analyze(cfg)
     assert report.metadata["drop_bos"] is False and report.metadata["seqpos_slice"] == [None]
     top = report.features[BOS_FEATURE]["top_activations"]
-    assert top["density"] == pytest.approx(1 / N_CTX) and top["top_examples"][0]["position"] == 0
+    assert top.density == pytest.approx(1 / N_CTX) and top.top_examples[0].position == 0
 
 
 def test_feature_selection_skips_bos(dropped, embedded_model):

@@ -16,7 +16,8 @@ from torchmetrics import Metric
 
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.loading import load_sae
-from sae_lightning.analysis.report import Report
+from sae_lightning.analysis.records import FORMAT_VERSION, TopActivationsResult
+from sae_lightning.analysis.results import AnalysisResults
 from sae_lightning.analysis.run import analyze, load_contexts
 from sae_lightning.analysis.selection import TOP_CONTEXTS, select_features
 from sae_lightning.formats import save_saelens
@@ -143,16 +144,27 @@ def test_prompt_features_fire_on_the_prompt(embedded_model, few_contexts):
 
 
 def test_report_json_is_strict_and_scorecard_shows_headlines(tmp_path):
-    report = Report([4, 9], {"model_name": "toy-1l"})
+    report = AnalysisResults([4, 9], {"model_name": "toy-1l"})
     results = {4: {"density": 0.25, "corr": torch.tensor(0.5), "verdict": True}}
     results[9] = {"density": 0.0, "corr": float("nan"), "verdict": False}
     report.add("c", results, {"pass_rate": 0.5})
     data = json.loads(report.to_json(tmp_path / "r" / "criteria.json").read_text())
     assert data["features"]["9"]["c"] == {"density": 0.0, "corr": None, "verdict": False}
     assert data["features"]["4"]["c"]["corr"] == 0.5 and data["criteria"]["c"]["pass_rate"] == 0.5
+    assert data["version"] == FORMAT_VERSION and data["headlines"] == {"c": "density"}
     lines = report.scorecard().splitlines()
-    assert lines[0].split() == ["feature", "density", "c:density"]
-    assert lines[2].split() == ["4", "2.50e-01", "0.25", "✓"]
+    assert lines[0].split() == ["feature", "c:density"]  # no density column: no top_activations
+    assert lines[2].split() == ["4", "0.25", "✓"]
+    # a typed record: the density column is top_activations' density, its headline as declared
+    tops = {f: TopActivationsResult(density=d, max_activation=m) for f, d, m in [(4, 0.5, 2.0)]}
+    tops[9] = TopActivationsResult(density=0.0, max_activation=0.0)
+    report.add("top_activations", tops, {}, TopActivationsResult.headline)
+    lines = report.scorecard().splitlines()
+    assert lines[0].split() == ["feature", "density", "c:density", "top_activations:max_activation"]
+    assert lines[2].split() == ["4", "5.00e-01", "0.25", "✓", "2", "·"]
+    data = json.loads(report.to_json(tmp_path / "r" / "criteria.json").read_text())
+    assert data["headlines"]["top_activations"] == "max_activation"
+    assert data["features"]["4"]["top_activations"] == tops[4].to_dict()
     with pytest.raises(ValueError, match=r"features \[7\] that are not analysed"):
         report.add("d", {7: {"verdict": True}}, {})
     # nested non-finite values and tensors are cleaned too (the writer's slow path)

@@ -60,22 +60,22 @@ def test_sentence_final_full_stop_is_found_by_the_refined_proxy():
     all_stops = int((c == 0).sum())
     assert 0 < sentence_end < all_stops / 2  # most '.' are not sentence ends
     spec, sens = run(Specificity(), ctx, size=5), run(Sensitivity(), ctx, size=5)
-    assert spec[0]["proxy"] == "tokens {'.'}, next token starts with whitespace"
-    assert spec[0]["specificity"] == 1.0 and sens[0]["sensitivity"] == 1.0
-    assert sens[0]["n_proxy_tokens"] == sentence_end
+    assert spec[0].proxy == "tokens {'.'}, next token starts with whitespace"
+    assert spec[0].specificity == 1.0 and sens[0].sensitivity == 1.0
+    assert sens[0].n_proxy_tokens == sentence_end
     # 'z' fires whatever follows: its proxy is not refined
-    assert spec[1]["proxy"] == "tokens {'z'}" and sens[1]["sensitivity"] == 1.0
-    assert sens[1]["n_proxy_tokens"] == int((c == 3).sum())
+    assert spec[1].proxy == "tokens {'z'}" and sens[1].sensitivity == 1.0
+    assert sens[1].n_proxy_tokens == int((c == 3).sum())
 
 
 def test_without_refinement_the_full_stop_looks_insensitive():
     ctx = _ctx()
     c = ctx.contexts
     sens = run(Sensitivity(context_purity=None), ctx, size=5)
-    assert sens[0]["proxy"] == "tokens {'.'}"
+    assert sens[0].proxy == "tokens {'.'}"
     expected = int(((c[:, :-1] == 0) & (c[:, 1:] == 1)).sum()) / int((c == 0).sum())
-    assert sens[0]["sensitivity"] == pytest.approx(expected, rel=1e-6)
-    assert sens[0]["verdict"] is False
+    assert sens[0].sensitivity == pytest.approx(expected, rel=1e-6)
+    assert sens[0].verdict is False
 
 
 def test_streaming_equals_one_shot_with_refinement():
@@ -91,7 +91,7 @@ def test_specificity_and_sensitivity_share_one_proxy_resolution(monkeypatch):
     real = _context.refinements
     monkeypatch.setattr(_context, "refinements", lambda *a, **k: calls.append(1) or real(*a, **k))
     spec, sens = run(Specificity(), ctx, size=5), run(Sensitivity(), ctx, size=5)
-    assert len(calls) == 1 and spec[0]["proxy"] == sens[0]["proxy"]
+    assert len(calls) == 1 and spec[0].proxy == sens[0].proxy
     run(Sensitivity(context_purity=0.99), ctx, size=5)  # other options: resolved anew
     assert len(calls) == 2
 
@@ -113,8 +113,8 @@ def test_refinement_judges_the_top_activations_not_the_weak_background():
     other = (c == 0).sum() - sentence_end
     assert sentence_end / (sentence_end + 0.2 * other) < 0.8  # all-mass purity would fail
     spec, sens = run(Specificity(), ctx, size=5), run(Sensitivity(), ctx, size=5)
-    assert spec[0]["proxy"] == "tokens {'.'}, next token starts with whitespace"
-    assert spec[0]["specificity"] == 1.0 and sens[0]["sensitivity"] == 1.0
+    assert spec[0].proxy == "tokens {'.'}, next token starts with whitespace"
+    assert spec[0].specificity == 1.0 and sens[0].sensitivity == 1.0
 
 
 def test_punctuation_closure_adds_the_same_mark_glued_to_punctuation():

@@ -18,6 +18,7 @@ from plugins.not_a_neuron import NotANeuron
 from plugins.specificity import Sensitivity, Specificity
 from plugins.top_activations import TopActivations
 from plugins.universality import Universality
+from sae_lightning.analysis.artefacts import AUTO_PROXY, NEURON_MAX_CORR, TOP_EXAMPLES
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.proxies import TokenSetProxy, auto_proxy
 from sae_lightning.saes import ReLUSAE
@@ -149,11 +150,11 @@ def test_not_a_neuron_copy_of_a_neuron():
     criterion.setup_metrics(2, ctx)
     criterion.update(AnalysisBatch(index % 4, index, feature_acts, neurons), ctx)
     res = criterion.results(ctx)
-    assert res[0]["max_neuron_corr"] == pytest.approx(1.0)
-    assert res[0]["neuron"] == 3 and res[0]["verdict"] is False
-    assert res[0]["decoder_basis_alignment"] == pytest.approx(1.0)
-    assert res[1]["decoder_basis_alignment"] < 0.99
-    assert ctx.extras["neuron_max_corr"][0] == pytest.approx(1.0)
+    assert res[0].max_neuron_corr == pytest.approx(1.0)
+    assert res[0].neuron == 3 and res[0].verdict is False
+    assert res[0].decoder_basis_alignment == pytest.approx(1.0)
+    assert res[1].decoder_basis_alignment < 0.99
+    assert ctx.artefacts.get(NEURON_MAX_CORR)[0] == pytest.approx(1.0)
 
 
 def test_one_token_feature_is_specific_and_sensitive():
@@ -161,10 +162,10 @@ def test_one_token_feature_is_specific_and_sensitive():
     spec = run(Specificity(), ctx, size=2)
     sens = run(Sensitivity(), ctx, size=2)
     for f in (2, 5):
-        assert spec[f]["specificity"] == 1.0 and spec[f]["verdict"] is True
-        assert spec[f]["proxy_tokens"] == [f"t{f}"] and spec[f]["specificity_source"] == "exact"
-        assert sens[f]["sensitivity"] == 1.0 and sens[f]["verdict"] is True
-        assert sens[f]["n_proxy_tokens"] == int((ctx.contexts == f).sum())
+        assert spec[f].specificity == 1.0 and spec[f].verdict is True
+        assert spec[f].proxy_tokens == [f"t{f}"] and spec[f].specificity_source == "exact"
+        assert sens[f].sensitivity == 1.0 and sens[f].verdict is True
+        assert sens[f].n_proxy_tokens == int((ctx.contexts == f).sum())
 
 
 def test_configured_proxy_applies_to_every_feature():
@@ -173,10 +174,10 @@ def test_configured_proxy_applies_to_every_feature():
     spec = run(Specificity(proxy=proxy), ctx, size=4)
     sens = run(Sensitivity(proxy=proxy), ctx, size=4)
     n2, n3 = (int((ctx.contexts == t).sum()) for t in (2, 3))
-    assert spec[2]["specificity"] == 1.0 and spec[5]["specificity"] == 0.0
-    assert sens[2]["sensitivity"] == pytest.approx(n2 / (n2 + n3))
-    assert sens[5]["sensitivity"] == 0.0 and sens[5]["verdict"] is False
-    assert spec[2]["proxy"] == "tokens {'t2', 't3'}"
+    assert spec[2].specificity == 1.0 and spec[5].specificity == 0.0
+    assert sens[2].sensitivity == pytest.approx(n2 / (n2 + n3))
+    assert sens[5].sensitivity == 0.0 and sens[5].verdict is False
+    assert spec[2].proxy == "tokens {'t2', 't3'}"
 
 
 def test_specificity_histogram_and_llr_by_hand():
@@ -189,17 +190,17 @@ def test_specificity_histogram_and_llr_by_hand():
     proxy = TokenSetProxy(["t0", "t2"])
     res = run(Specificity(proxy=proxy, n_bins=2, max_scale=1.0), ctx, size=1)[0]
     n0, n1, n2 = 3, 4, 3  # occurrences of tokens 0, 1, 2
-    hist = res["histogram"]
-    assert hist["edges"] == pytest.approx([0.0, 0.5, 1.0])
-    assert hist["proxy_counts"] == [n2, n0] and hist["other_counts"] == [0, n1]
+    hist = res.histogram
+    assert hist.edges == pytest.approx([0.0, 0.5, 1.0])
+    assert hist.proxy_counts == [n2, n0] and hist.other_counts == [0, n1]
     eps = 1e-9
     p_pos, p_neg = [n2 / (n0 + n2), n0 / (n0 + n2)], [0.0, 1.0]
     expected = [math.log((p + eps) / (q + eps)) for p, q in zip(p_pos, p_neg, strict=True)]
-    assert hist["llr"] == pytest.approx(expected)
+    assert hist.llr == pytest.approx(expected)
     # Exact: only token 0 is strictly above half the max (0.5); the histogram's bin [0.5, 1]
     # also holds token 1, which is why the exact counters give the number.
-    assert res["specificity"] == 1.0 and res["n_above_threshold"] == n0
-    assert res["specificity_histogram"] == pytest.approx(n0 / (n0 + n1))
+    assert res.specificity == 1.0 and res.n_above_threshold == n0
+    assert res.specificity_histogram == pytest.approx(n0 / (n0 + n1))
 
 
 @pytest.mark.parametrize(
@@ -208,18 +209,20 @@ def test_specificity_histogram_and_llr_by_hand():
 def test_streaming_equals_one_shot(random_ctx, make):
     random_ctx.other_sae = ReLUSAE(8, 5, apply_b_dec_to_input=False)
     one = run(make(), random_ctx, size=10)
-    random_ctx.extras.clear()
+    random_ctx.artefacts.clear()
     many = run(make(), random_ctx, size=3)
     for f in random_ctx.features:
-        one[f].pop("quantile_samples", None), many[f].pop("quantile_samples", None)
-        assert many[f].keys() == one[f].keys()
-        for key, value in one[f].items():
+        assert type(many[f]) is type(one[f])
+        one_f, many_f = one[f].to_dict(), many[f].to_dict()
+        one_f.pop("quantile_samples", None), many_f.pop("quantile_samples", None)
+        assert many_f.keys() == one_f.keys()
+        for key, value in one_f.items():
             if isinstance(value, float):
                 # correlations: float32 (centred) cross products, ~1e-7 apart by batching
                 tol = 1e-6 if "corr" in key else 1e-9
-                assert many[f][key] == pytest.approx(value, abs=tol), key
+                assert many_f[key] == pytest.approx(value, abs=tol), key
             else:
-                assert many[f][key] == value, key
+                assert many_f[key] == value, key
 
 
 def true_acts(ctx: AnalysisContext) -> Tensor:
@@ -234,20 +237,20 @@ def test_top_activations_match_a_full_sort(random_ctx):
     for row, f in enumerate(random_ctx.features):
         values, order = acts[:, row].sort(descending=True)
         firing = int((values > 0).sum())
-        top = res[f]["top_examples"]
-        assert [e["token_index"] for e in top] == order[: min(5, firing)].tolist()
-        assert [e["activation"] for e in top] == pytest.approx(values[: len(top)].tolist())
+        top = res[f].top_examples
+        assert [e.token_index for e in top] == order[: min(5, firing)].tolist()
+        assert [e.activation for e in top] == pytest.approx(values[: len(top)].tolist())
         for e in top:
-            c, p = divmod(e["token_index"], 20)
-            assert e["tokens"] == [f"t{t}" for t in random_ctx.contexts[c, max(0, p - 3) : p + 4]]
-            assert e["tokens"][e["highlight"]] == f"t{flat_tokens[e['token_index']]}"
-        assert res[f]["density"] == pytest.approx(float((acts[:, row] > 0).double().mean()))
+            c, p = divmod(e.token_index, 20)
+            assert e.tokens == [f"t{t}" for t in random_ctx.contexts[c, max(0, p - 3) : p + 4]]
+            assert e.tokens[e.highlight] == f"t{flat_tokens[e.token_index]}"
+        assert res[f].density == pytest.approx(float((acts[:, row] > 0).double().mean()))
         mass = torch.zeros(12, dtype=torch.float64).index_add_(
             0, flat_tokens, acts[:, row].double()
         )
-        assert random_ctx.extras["auto_proxy"][f] == auto_proxy(mass)
-        assert random_ctx.extras["top_examples"][f] == [
-            (e["token_index"], e["activation"]) for e in top
+        assert random_ctx.artefacts.get(AUTO_PROXY)[f] == auto_proxy(mass)
+        assert random_ctx.artefacts.get(TOP_EXAMPLES)[f] == [
+            (e.token_index, e.activation) for e in top
         ]
 
 
@@ -256,12 +259,12 @@ def test_quantile_samples_are_exact_and_in_their_interval(random_ctx):
     acts = true_acts(random_ctx)
     seen = 0
     for row, f in enumerate(random_ctx.features):
-        for interval in res[f]["quantile_samples"]:
-            lo, hi = interval["interval"]
-            assert len(interval["examples"]) <= 2
-            for e in interval["examples"]:
-                assert e["activation"] == acts[e["token_index"], row].item()  # exact
-                assert lo <= e["activation"] and (hi is None or e["activation"] < hi)
+        for interval in res[f].quantile_samples:
+            lo, hi = interval.interval
+            assert len(interval.examples) <= 2
+            for e in interval.examples:
+                assert e.activation == acts[e.token_index, row].item()  # exact
+                assert lo <= e.activation and (hi is None or e.activation < hi)
                 seen += 1
     assert seen > 0
 
@@ -271,12 +274,12 @@ def test_dead_feature_gets_no_verdict(random_ctx):
         random_ctx.sae.b_enc[0] = -1e6  # feature 0 never fires
     random_ctx.other_sae = ReLUSAE(8, 5, apply_b_dec_to_input=False)
     for make, key in ((NotANeuron, "max_neuron_corr"), (Universality, "activation_corr")):
-        random_ctx.extras.clear()
+        random_ctx.artefacts.clear()
         res = run(make(), random_ctx, size=5)
-        assert res[0]["verdict"] is None and res[0][key] == 0.0
+        assert res[0].verdict is None and getattr(res[0], key) == 0.0
     res = run(Specificity(), random_ctx, size=5)[0]
-    assert res["proxy"] == "none" and res["specificity"] is None and res["verdict"] is None
-    assert run(Sensitivity(), random_ctx, size=5)[0]["verdict"] is None
+    assert res.proxy == "none" and res.specificity is None and res.verdict is None
+    assert run(Sensitivity(), random_ctx, size=5)[0].verdict is None
 
 
 @pytest.mark.parametrize("path", sorted(CRITERIA_DIR.glob("*.yaml")), ids=lambda p: p.stem)
@@ -295,8 +298,8 @@ def test_specificity_config_takes_a_proxy_node():
     criterion = instantiate(cfg)
     ctx = one_token_ctx()
     res = run(criterion, ctx, size=6)
-    assert res[2]["proxy"] == "regex '^t1'" and res[2]["specificity"] == 0.0
-    assert res[5]["proxy_tokens"] == ["t1", "t10", "t11"]
+    assert res[2].proxy == "regex '^t1'" and res[2].specificity == 0.0
+    assert res[5].proxy_tokens == ["t1", "t10", "t11"]
 
 
 def test_lightning_hooks_drive_a_criterion(random_ctx):
@@ -307,4 +310,4 @@ def test_lightning_hooks_drive_a_criterion(random_ctx):
     for i, batch in enumerate(batches(random_ctx, 4)):
         criterion.on_validation_batch_end(None, module, batch, None, i)  # type: ignore[arg-type]
     expected = run(TopActivations(n_intervals=2), random_ctx, size=10)
-    assert criterion.results(random_ctx)[0]["top_examples"] == expected[0]["top_examples"]
+    assert criterion.results(random_ctx)[0].top_examples == expected[0].top_examples

@@ -9,6 +9,7 @@ from test_plugins import HOOK, random_ctx, run, true_acts  # noqa: F401
 from plugins._logits import logit_weights
 from plugins.downstream import Downstream, ablation_deltas
 from plugins.universality import Universality
+from sae_lightning.analysis.artefacts import TOP_EXAMPLES
 from sae_lightning.analysis.criterion import AnalysisContext
 from sae_lightning.saes import ReLUSAE
 
@@ -27,10 +28,10 @@ def test_universality_recovers_a_permutation(random_ctx):  # noqa: F811
     res = run(Universality(), random_ctx, size=4)
     inverse = perm.argsort()
     for f in fired:
-        assert res[f]["best_match"] == int(inverse[f])
-        assert res[f]["activation_corr"] == pytest.approx(1.0)
-        assert res[f]["logit_weight_corr"] == pytest.approx(1.0)
-        assert res[f]["verdict"] is True
+        assert res[f].best_match == int(inverse[f])
+        assert res[f].activation_corr == pytest.approx(1.0)
+        assert res[f].logit_weight_corr == pytest.approx(1.0)
+        assert res[f].verdict is True
     summary = Universality().summary(res)
     assert summary["median_best_match_corr"] <= 1.0 + 1e-12
     assert "median_neuron_baseline_corr" in summary
@@ -38,7 +39,7 @@ def test_universality_recovers_a_permutation(random_ctx):  # noqa: F811
 
 def test_universality_without_a_second_sae(random_ctx):  # noqa: F811
     res = run(Universality(neuron_baseline=False), random_ctx, size=5)
-    assert all(r["verdict"] is None and "compare_with" in r["note"] for r in res.values())
+    assert all(r.verdict is None and "compare_with" in r.note for r in res.values())
 
 
 def test_logit_weights_by_hand(random_ctx):  # noqa: F811
@@ -53,14 +54,14 @@ def test_logit_weights_by_hand(random_ctx):  # noqa: F811
     torch.testing.assert_close(got, torch.stack(expected))
     res = run(Downstream(n_tokens=3, n_bins=4, ablation_contexts=0), random_ctx, size=5)
     weights = got[random_ctx.features[1]]
-    assert res[2]["top_tokens"] == [f"t{i}" for i in weights.topk(3).indices.tolist()]
-    assert res[2]["bottom_values"] == pytest.approx(weights.sort().values[:3].tolist())
-    assert sum(res[2]["histogram"]["counts"]) == 12 and res[2]["ablation"] is None
+    assert res[2].top_tokens == [f"t{i}" for i in weights.topk(3).indices.tolist()]
+    assert res[2].bottom_values == pytest.approx(weights.sort().values[:3].tolist())
+    assert sum(res[2].histogram.counts) == 12 and res[2].ablation is None
     for row, f in enumerate(random_ctx.features):  # every row's histogram equals histc's
         w = got[f]
         expected = torch.histc(w, bins=4, min=float(w.min()), max=float(w.max()))
-        assert res[f]["histogram"]["counts"] == expected.long().tolist(), row
-        assert res[f]["histogram"]["edges"][-1] == pytest.approx(float(w.max()))
+        assert res[f].histogram.counts == expected.long().tolist(), row
+        assert res[f].histogram.edges[-1] == pytest.approx(float(w.max()))
 
 
 def test_ablation_on_the_embedded_model(embedded_model):
@@ -87,14 +88,14 @@ def test_ablation_on_the_embedded_model(embedded_model):
     torch.testing.assert_close(mixed[0], delta1[0], **close)
     torch.testing.assert_close(mixed[2], delta1[0][:4], **close)
     assert (mixed[1] == 0).all() and (mixed_acts[1] == 0).all()
-    ctx.extras["top_examples"] = {0: [], 1: [(13, 1.0), (2, 0.5)]}  # context 1 pos 1, 0 pos 2
+    ctx.artefacts.put(TOP_EXAMPLES, {0: [], 1: [(13, 1.0), (2, 0.5)]})  # context 1 pos 1, 0 pos 2
     res = Downstream(ablation_contexts=8, ablation_window=3).results(ctx)
-    assert res[0]["ablation"] is None
-    ablation = res[1]["ablation"]
-    assert ablation["contexts"] == [1, 0] and ablation["context_ends"] == [5, 6]
-    assert ablation["top_context_delta"] == pytest.approx(delta1[1][:4].tolist(), abs=5e-5)
-    assert len(ablation["top_context_tokens"]) == 5
+    assert res[0].ablation is None
+    ablation = res[1].ablation
+    assert ablation.contexts == [1, 0] and ablation.context_ends == [5, 6]
+    assert ablation.top_context_delta == pytest.approx(delta1[1][:4].tolist(), abs=5e-5)
+    assert len(ablation.top_context_tokens) == 5
     expected = float(torch.cat([delta1[1][:4], delta1[0][:5]]).mean())  # fired everywhere
-    assert ablation["mean_delta_logprob_where_fired"] == pytest.approx(expected, abs=5e-5)
-    assert res[1]["ablation_delta_logprob"] == ablation["mean_delta_logprob_where_fired"]
-    assert len(res[1]["top_tokens"]) == 10
+    assert ablation.mean_delta_logprob_where_fired == pytest.approx(expected, abs=5e-5)
+    assert res[1].ablation_delta_logprob == ablation.mean_delta_logprob_where_fired
+    assert len(res[1].top_tokens) == 10

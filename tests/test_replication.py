@@ -13,8 +13,8 @@ from test_train_cli import _run
 from sae_lightning.replication.concepts import concept_tokens, select_concept
 from sae_lightning.replication.density import density_summary, density_svg
 from sae_lightning.replication.numbers import population
-from sae_lightning.replication.report import md_token
 from sae_lightning.replication.run import find_runs, publish
+from sae_lightning.replication.writeup import md_token
 
 
 def entry(tokens, spec, sens, fired=10, density=0.01, **extra):

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sae_lightning.analysis.records import SensitivityResult, SpecificityResult, result_of
+
 
 @dataclass(frozen=True)
 class Pick:
@@ -37,12 +39,12 @@ def concept_tokens(spec: Any) -> list[str]:
     return list(tokens)
 
 
-def _score(entry: dict[str, Any]) -> tuple[float, int] | None:
-    spec, sens = entry.get("specificity") or {}, entry.get("sensitivity") or {}
-    s, t = spec.get("specificity"), sens.get("sensitivity")
-    if s is None or t is None:
+def _score(
+    spec: SpecificityResult | None, sens: SensitivityResult | None
+) -> tuple[float, int] | None:
+    if spec is None or sens is None or spec.specificity is None or sens.sensitivity is None:
         return None
-    return float(s) * float(t), int(sens.get("n_proxy_fired") or 0)
+    return float(spec.specificity) * float(sens.sensitivity), int(sens.n_proxy_fired or 0)
 
 
 def select_concept(features: dict[str, dict[str, Any]], tokens: list[str]) -> Pick | None:
@@ -56,9 +58,9 @@ def select_concept(features: dict[str, dict[str, Any]], tokens: list[str]) -> Pi
     wanted = set(tokens)
     ranked = []
     for key, entry in features.items():
-        proxy = (entry.get("specificity") or {}).get("proxy_tokens") or []
-        score = _score(entry)
-        if score is not None and wanted.intersection(proxy):
+        spec = result_of(entry, SpecificityResult)
+        score = _score(spec, result_of(entry, SensitivityResult))
+        if score is not None and spec is not None and wanted.intersection(spec.proxy_tokens):
             ranked.append((-score[0], -score[1], int(key)))
     if not ranked:
         return None

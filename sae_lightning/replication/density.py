@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sae_lightning.analysis.records import TopActivationsResult, result_of
 from sae_lightning.metrics.density import dead_fraction, ultralow_fraction
 
 BIN_WIDTH = 0.25  # in log10 units: four bins per decade
@@ -24,7 +25,8 @@ def densities(features: dict[str, dict[str, Any]]) -> list[float]:
     """Each feature's density from a report's ``features`` (top_activations must have run)."""
     out = []
     for key, entry in features.items():
-        value = (entry.get("top_activations") or {}).get("density")
+        top = result_of(entry, TopActivationsResult)
+        value = None if top is None else top.density
         if value is None:
             raise ValueError(f"feature {key} has no top_activations.density: run top_activations")
         out.append(float(value))

@@ -13,8 +13,19 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from sae_lightning.analysis.records import (
+    DownstreamResult,
+    NotANeuronResult,
+    SensitivityResult,
+    SpecificityResult,
+    TopActivationsResult,
+    UniversalityResult,
+    result_of,
+    value_of,
+)
 from sae_lightning.replication.concepts import Pick
 from sae_lightning.replication.density import densities, density_summary
+from sae_lightning.sweep import METRICS_FILE
 
 TRAIN_METRICS = (
     "val/loss_recovered",
@@ -30,7 +41,7 @@ UNIVERSAL = 0.7  # a best-match activation correlation at or above this counts a
 
 def run_numbers(run: Path) -> dict[str, Any]:
     """A training run's settings, final validation metrics and wall time."""
-    record = json.loads((run / "metrics.json").read_text())
+    record = json.loads((run / METRICS_FILE).read_text())
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra").is_dir() else None
 
     def setting(key: str) -> Any:
@@ -39,7 +50,7 @@ def run_numbers(run: Path) -> dict[str, Any]:
         return OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
 
     started = run / ".hydra" / "config.yaml"
-    seconds = (run / "metrics.json").stat().st_mtime - started.stat().st_mtime
+    seconds = (run / METRICS_FILE).stat().st_mtime - started.stat().st_mtime
     return {
         "job": run.name,
         "seed": setting("seed"),
@@ -67,16 +78,18 @@ def _compared(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Per feature that universality judged: its best match, best neuron, density, verdicts."""
     rows = []
     for entry in report["features"].values():
-        u = entry.get("universality") or {}
-        if u.get("activation_corr") is None or u.get("verdict") is None:
+        u = result_of(entry, UniversalityResult)
+        if u is None or u.activation_corr is None or u.verdict is None:
             continue
+        top = result_of(entry, TopActivationsResult)
+        spec, sens = result_of(entry, SpecificityResult), result_of(entry, SensitivityResult)
         rows.append(
             {
-                "best": float(u["activation_corr"]),
-                "neuron": u.get("neuron_corr"),
-                "density": (entry.get("top_activations") or {}).get("density"),
-                "specificity": (entry.get("specificity") or {}).get("verdict"),
-                "sensitivity": (entry.get("sensitivity") or {}).get("verdict"),
+                "best": float(u.activation_corr),
+                "neuron": u.neuron_corr,
+                "density": top.density if top else None,
+                "specificity": spec.verdict if spec else None,
+                "sensitivity": sens.verdict if sens else None,
             }
         )
     return rows
@@ -121,31 +134,32 @@ def _condition(proxy: str | None) -> str:
 def feature_numbers(report: dict[str, Any], feature: int) -> dict[str, Any]:
     """One feature's headline numbers from a report (missing criteria give None)."""
     entry = report["features"][str(feature)]
-    spec = entry.get("specificity") or {}
-    sens = entry.get("sensitivity") or {}
-    down = entry.get("downstream") or {}
-    neuron = entry.get("not_a_neuron") or {}
-    uni = entry.get("universality") or {}
+    top = result_of(entry, TopActivationsResult)
+    spec = result_of(entry, SpecificityResult)
+    sens = result_of(entry, SensitivityResult)
+    down = result_of(entry, DownstreamResult)
+    neuron = result_of(entry, NotANeuronResult)
+    uni = result_of(entry, UniversalityResult)
     return {
         "feature": feature,
-        "density": (entry.get("top_activations") or {}).get("density"),
-        "proxy": spec.get("proxy"),
-        "proxy_tokens": list(spec.get("proxy_tokens") or []),
-        "proxy_condition": _condition(spec.get("proxy")),
-        "specificity": spec.get("specificity"),
-        "n_above_threshold": spec.get("n_above_threshold"),
-        "sensitivity": sens.get("sensitivity"),
-        "n_proxy_fired": sens.get("n_proxy_fired"),
-        "n_proxy_tokens": sens.get("n_proxy_tokens"),
-        "max_neuron_corr": neuron.get("max_neuron_corr"),
-        "neuron": neuron.get("neuron"),
-        "top_logits": list(down.get("top_tokens") or [])[:8],
-        "ablation_delta_logprob": down.get("ablation_delta_logprob"),
-        "best_match": uni.get("best_match"),
-        "activation_corr": uni.get("activation_corr"),
-        "logit_weight_corr": uni.get("logit_weight_corr"),
+        "density": top.density if top else None,
+        "proxy": spec.proxy if spec else None,
+        "proxy_tokens": list(spec.proxy_tokens) if spec else [],
+        "proxy_condition": _condition(spec.proxy if spec else None),
+        "specificity": spec.specificity if spec else None,
+        "n_above_threshold": spec.n_above_threshold if spec else None,
+        "sensitivity": sens.sensitivity if sens else None,
+        "n_proxy_fired": sens.n_proxy_fired if sens else None,
+        "n_proxy_tokens": sens.n_proxy_tokens if sens else None,
+        "max_neuron_corr": neuron.max_neuron_corr if neuron else None,
+        "neuron": neuron.neuron if neuron else None,
+        "top_logits": list(down.top_tokens)[:8] if down else [],
+        "ablation_delta_logprob": down.ablation_delta_logprob if down else None,
+        "best_match": uni.best_match if uni else None,
+        "activation_corr": uni.activation_corr if uni else None,
+        "logit_weight_corr": uni.logit_weight_corr if uni else None,
         "verdicts": {
-            name: result.get("verdict")
+            name: value_of(result, "verdict")
             for name, result in entry.items()
             if isinstance(result, dict) and "verdict" in result
         },

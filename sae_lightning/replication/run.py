@@ -9,7 +9,7 @@ Given a finished sweep of two SAE runs (seeds) on the same model and data, it ru
 3. only A's concept features, with dashboards and a prompt-centric page (these pages are
    the ones the published report links to; every number on them equals pass 1's).
 
-Then :mod:`sae_lightning.replication.report` writes ``<sweep>/replication/``.
+Then :mod:`sae_lightning.replication.writeup` writes ``<sweep>/replication/``.
 """
 
 from __future__ import annotations
@@ -24,18 +24,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sae_lightning.analysis.run import REPORT_FILE, analyze
 from sae_lightning.replication.concepts import concept_tokens, select_concept
-from sae_lightning.replication.report import write_report
+from sae_lightning.replication.writeup import NUMBERS_FILE, write_writeup
 from sae_lightning.report import load_report
-from sae_lightning.sweep import job_order
+from sae_lightning.sweep import METRICS_FILE, job_order
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-RUN_FILES = ("metrics.json", "sae/cfg.json")
+RUN_FILES = (METRICS_FILE, "sae/cfg.json")
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
-    """The sweep's finished job folders (those with metrics.json and an exported SAE), in
+    """The sweep's finished job folders (those with ``METRICS_FILE`` and an exported SAE), in
     job order; at least two are required."""
     sweep = Path(sweep_dir)
     jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()] if sweep.is_dir() else []
@@ -51,10 +51,10 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
 
 def publish(report: Path, target: Path) -> None:
     """Replace ``target`` by a copy of the report folder (only an earlier report is replaced)."""
-    if target.exists() and any(target.iterdir()) and not (target / "numbers.json").is_file():
+    if target.exists() and any(target.iterdir()) and not (target / NUMBERS_FILE).is_file():
         raise ValueError(
             f"replication.publish_dir={target} exists and is not an earlier replication report "
-            "(no numbers.json): give a new or empty folder, e.g. docs/replication"
+            f"(no {NUMBERS_FILE}): give a new or empty folder, e.g. docs/replication"
         )
     if target.exists():
         shutil.rmtree(target)
@@ -135,7 +135,7 @@ def replicate(sweep_dir: str | Path, settings: DictConfig, source: DictConfig | 
         shutil.rmtree(out)
     if chosen:
         shutil.copytree(focus_dir / "report", out / "dashboards")
-    write_report(
+    write_writeup(
         out,
         runs=[run_a, run_b],
         reports=[full_a, full_b],

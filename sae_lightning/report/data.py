@@ -1,10 +1,9 @@
 """Reading ``criteria.json`` and turning one feature's results into what a page shows.
 
-Everything here is pure Python over the report's JSON (no torch, no plugins): the schema
-is ``{"metadata": ..., "criteria": {name: summary}, "features": {"<idx>": {criterion:
-{...numbers..., "verdict": ...}}}}``. Criteria the dashboards know by name (``top_activations``,
-``specificity``, ``downstream``, ...) get their own sections; every criterion, known or
-not, shows its verdict and scalar numbers.
+Everything here is pure Python over the report's JSON (no torch, no plugins); its format is
+described in :mod:`sae_lightning.analysis.records`. The built-in criteria, whose results the
+dashboards read as typed records (``result_of``), get their own sections; every criterion,
+built in or not, shows its verdict and scalar numbers.
 """
 
 from __future__ import annotations
@@ -13,10 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sae_lightning.analysis.records import BUILT_IN, CRITERIA_FILE, FORMAT_VERSION, headline_key
+
 Token = tuple[str, str, str, str]
 """One rendered token: (shown text, hover title, highlight alpha, underline class)."""
 
-REPORT_FILE = "criteria.json"
 _SHOWN = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
@@ -25,11 +25,12 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: If the file is missing (the message names the path looked at).
-        ValueError: If it is not JSON or lacks ``metadata``/``features``.
+        ValueError: If it is not JSON, lacks ``metadata``/``features``, or has a format
+            version newer than this code reads.
     """
     path = Path(path)
     if path.is_dir():
-        path = path / REPORT_FILE
+        path = path / CRITERIA_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"no analysis report at {path}: pass a criteria.json or the report/ folder holding "
@@ -43,6 +44,12 @@ def load_report(path: str | Path) -> dict[str, Any]:
     missing = [k for k in ("metadata", "features") if k not in keys]
     if missing:
         raise ValueError(f"{path} is not a criteria.json: it lacks the keys {missing}")
+    version = report.get("version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {version!r}; this sae_lightning reads versions 1 to "
+            f"{FORMAT_VERSION}: upgrade it, or re-run the analysis"
+        )
     report.setdefault("criteria", {})
     return report
 
@@ -60,10 +67,6 @@ def check_features(report: dict[str, Any], features: list[int] | None) -> list[i
             f"features {bad[:10]} are not in the report ({len(known)} analysed features: {shown})"
         )
     return [int(f) for f in features]
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def fmt(value: Any) -> str:
@@ -94,20 +97,19 @@ def criteria_of(report: dict[str, Any]) -> list[str]:
 
 
 def headlines(report: dict[str, Any], criteria: list[str]) -> dict[str, str | None]:
-    """Each criterion's headline key, as ``Report.headline`` picks it: its first float key,
-    else its first numeric key (``verdict`` excluded)."""
+    """Each criterion's headline key: as the analysis wrote it (``headlines``, format 2), or
+    for an older report as :func:`headline_key` picks it (a built-in criterion's declared
+    one, else its first float key)."""
+    written = report.get("headlines") or {}
     out: dict[str, str | None] = {}
     for name in criteria:
-        numeric: list[str] = []
-        for per_feature in report["features"].values():
-            numbers = per_feature.get(name) or {}
-            found = [k for k, v in numbers.items() if k != "verdict" and isinstance(v, float)]
-            if found:
-                out[name] = found[0]
-                break
-            numeric += [k for k, v in numbers.items() if k != "verdict" and is_number(v)]
-        else:
-            out[name] = numeric[0] if numeric else None
+        if name in written:
+            out[name] = written[name]
+            continue
+        declared = BUILT_IN[name].headline if name in BUILT_IN else None
+        results = (per_feature[name] for per_feature in report["features"].values()
+                   if isinstance(per_feature.get(name), dict))  # fmt: skip
+        out[name] = headline_key(declared, results)
     return out
 
 

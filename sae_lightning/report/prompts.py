@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sae_lightning.analysis.records import TopActivationsResult, result_of
 from sae_lightning.hooks import capture_activations, edit_hook
 from sae_lightning.report.data import fmt, tokens_view
 
@@ -167,10 +168,10 @@ def analyse_prompts(
     texts = [prompts] if isinstance(prompts, str) else [str(p) for p in prompts]
     if not texts:
         raise ValueError("prompt=[] gives no prompt: pass a text or a list of texts")
-    max_activation = {
-        int(k): float((v.get("top_activations") or {}).get("max_activation") or 0.0)
-        for k, v in report["features"].items()
-    }
+    max_activation = {}
+    for key, per_feature in report["features"].items():
+        top = result_of(per_feature, TopActivationsResult)
+        max_activation[int(key)] = float((top.max_activation if top else None) or 0.0)
     drop_bos = bool(report["metadata"].get("drop_bos", True))
     return [
         analyse_prompt(t, sae, model, hook_name, max_activation, drop_bos=drop_bos) for t in texts

@@ -8,7 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sae_lightning.report.data import fmt, is_number, scalars, tokens_view, verdict_mark
+from sae_lightning.analysis.records import (
+    Ablation,
+    DownstreamResult,
+    Example,
+    LogitHistogram,
+    NotANeuronResult,
+    QuantileSample,
+    SpecificityHistogram,
+    SpecificityResult,
+    TopActivationsResult,
+    UniversalityResult,
+    is_number,
+    result_of,
+    value_of,
+)
+from sae_lightning.report.data import fmt, scalars, tokens_view, verdict_mark
 
 _AXIS = {"automargin": True}
 _LOG_TOGGLE = [
@@ -51,13 +66,13 @@ def _bins(edges: list[float], *counts: list[int]) -> tuple[list[float], list[flo
     return _r(centres), _r(widths), n
 
 
-def specificity_figure(hist: dict[str, Any], proxy: str) -> dict[str, Any] | None:
+def specificity_figure(hist: SpecificityHistogram | None, proxy: str) -> dict[str, Any] | None:
     """Activation histogram stacked proxy / other, the proxy bars coloured by the bin's LLR."""
-    edges, pc, oc = hist.get("edges"), hist.get("proxy_counts"), hist.get("other_counts")
-    if not edges or pc is None or oc is None:
+    if hist is None or not hist.edges:
         return None
+    edges, pc, oc = hist.edges, hist.proxy_counts, hist.other_counts
     x, w, n = _bins(edges, pc, oc)
-    llr = [v if is_number(v) else 0.0 for v in (hist.get("llr") or [0.0] * n)[:n]]
+    llr = [v if is_number(v) else 0.0 for v in (hist.llr or [0.0] * n)[:n]]
     span = max((abs(v) for v in llr), default=1.0) or 1.0
     proxy_bar = {
         "type": "bar",
@@ -99,11 +114,11 @@ def specificity_figure(hist: dict[str, Any], proxy: str) -> dict[str, Any] | Non
     return {"data": [proxy_bar, other_bar, colourbar], "layout": layout}
 
 
-def logit_figure(hist: dict[str, Any]) -> dict[str, Any] | None:
+def logit_figure(hist: LogitHistogram | None) -> dict[str, Any] | None:
     """Histogram of the feature's logit weights over the vocabulary."""
-    edges, counts = hist.get("edges"), hist.get("counts")
-    if not edges or counts is None:
+    if hist is None or not hist.edges:
         return None
+    edges, counts = hist.edges, hist.counts
     x, w, n = _bins(edges, counts)
     bar = {"type": "bar", "x": x, "y": counts[:n], "width": w, "marker": {"color": "#7b9acc"}}
     layout = {
@@ -114,41 +129,38 @@ def logit_figure(hist: dict[str, Any]) -> dict[str, Any] | None:
     return {"data": [bar], "layout": layout}
 
 
-def example_view(example: dict[str, Any], scale: float) -> dict[str, Any]:
+def example_view(example: Example, scale: float) -> dict[str, Any]:
     """One context window, each token highlighted by the feature's activation on it."""
     return {
-        "activation": fmt(example.get("activation")),
-        "where": f"context {example.get('context', '?')}, position {example.get('position', '?')}",
+        "activation": fmt(example.activation),
+        "where": f"context {example.context}, position {example.position}",
         "tokens": tokens_view(
-            example.get("tokens") or [],
-            example.get("acts"),
-            scale,
-            example.get("highlight"),
-            example.get("activation"),
+            example.tokens, example.acts, scale, example.highlight, example.activation
         ),
     }
 
 
-def _quantiles(samples: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+def _quantiles(samples: list[QuantileSample], scale: float) -> list[dict[str, Any]]:
     out = []
     for q in reversed(samples):  # highest interval first, as in the paper
-        lo, hi = ((q.get("interval") or []) + [None, None])[:2]
+        lo, hi = (list(q.interval) + [None, None])[:2]
         label = f"{fmt(lo)} – {fmt(hi) if hi is not None else 'max'}"
-        out.append({"label": label, "examples": [example_view(e, scale) for e in q["examples"]]})
+        out.append({"label": label, "examples": [example_view(e, scale) for e in q.examples]})
     return out
 
 
-def ablation_view(ablation: dict[str, Any] | None, scale: float) -> dict[str, Any] | None:
+def ablation_view(ablation: Ablation | None, scale: float) -> dict[str, Any] | None:
     """The first ablated context, each token underlined by the change of its log-prob."""
-    if not ablation or not ablation.get("top_context_tokens"):
+    if ablation is None or not ablation.top_context_tokens:
         return None
-    tokens = ablation["top_context_tokens"]
-    deltas = [None, *ablation.get("top_context_delta", [])]  # delta[p] predicts token p+1
+    deltas = [None, *ablation.top_context_delta]  # delta[p] predicts token p+1
     return {
-        "tokens": tokens_view(tokens, ablation.get("top_context_acts"), scale, deltas=deltas),
-        "mean_where_fired": fmt(ablation.get("mean_delta_logprob_where_fired")),
-        "mean": fmt(ablation.get("mean_delta_logprob")),
-        "contexts": ablation.get("contexts", []),
+        "tokens": tokens_view(
+            ablation.top_context_tokens, ablation.top_context_acts, scale, deltas=deltas
+        ),
+        "mean_where_fired": fmt(ablation.mean_delta_logprob_where_fired),
+        "mean": fmt(ablation.mean_delta_logprob),
+        "contexts": ablation.contexts,
     }
 
 
@@ -156,17 +168,16 @@ def verdicts(per_feature: dict[str, Any], heads: dict[str, str | None]) -> list[
     """Every criterion of a feature: its verdict, headline number and scalar numbers."""
     out = []
     for name, numbers in per_feature.items():
-        mark, css = verdict_mark(numbers.get("verdict"))
+        mark, css = verdict_mark(value_of(numbers, "verdict"))
         head = heads.get(name)
         out.append({
             "name": name, "mark": mark, "css": css, "headline": head,
-            "value": fmt(numbers.get(head)) if head else "-", "numbers": scalars(numbers),
+            "value": fmt(value_of(numbers, head)) if head else "-", "numbers": scalars(numbers),
         })  # fmt: skip
     return out
 
 
-def _logit_rows(down: dict[str, Any], which: str) -> list[tuple[str, str]]:
-    tokens, values = down.get(f"{which}_tokens") or [], down.get(f"{which}_values") or []
+def _logit_rows(tokens: list[str], values: list[float]) -> list[tuple[str, str]]:
     return [(t, fmt(v)) for t, v in zip(tokens, values, strict=False)]
 
 
@@ -174,30 +185,30 @@ def feature_view(
     index: int, per_feature: dict[str, Any], heads: dict[str, str | None]
 ) -> dict[str, Any]:
     """Everything ``feature.html.j2`` shows for one feature."""
-    top = per_feature.get("top_activations") or {}
-    spec = per_feature.get("specificity") or {}
-    down = per_feature.get("downstream") or {}
-    scale = float(top.get("max_activation") or spec.get("max_activation") or 0.0)
+    top = result_of(per_feature, TopActivationsResult) or TopActivationsResult()
+    spec = result_of(per_feature, SpecificityResult)
+    down = result_of(per_feature, DownstreamResult) or DownstreamResult()
+    neuron = result_of(per_feature, NotANeuronResult)
+    universality = result_of(per_feature, UniversalityResult)
+    scale = float(top.max_activation or (spec.max_activation if spec else None) or 0.0)
     return {
         "index": index,
-        "density": fmt(top.get("density")),
-        "max_activation": fmt(top.get("max_activation")),
-        "auto_proxy": top.get("auto_proxy") or [],
+        "density": fmt(top.density),
+        "max_activation": fmt(top.max_activation),
+        "auto_proxy": top.auto_proxy,
         "verdicts": verdicts(per_feature, heads),
         "has": set(per_feature),
-        "spec": spec,
-        "spec_fig": specificity_figure(spec.get("histogram") or {}, str(spec.get("proxy", "")))
-        if spec
-        else None,
-        "top_examples": [example_view(e, scale) for e in top.get("top_examples") or []],
-        "quantiles": _quantiles(top.get("quantile_samples") or [], scale),
-        "logit_fig": logit_figure(down.get("histogram") or {}) if down else None,
-        "logit_note": down.get("logit_note"),
-        "top_logits": _logit_rows(down, "top"),
-        "bottom_logits": _logit_rows(down, "bottom"),
-        "ablation": ablation_view(down.get("ablation"), scale),
-        "neuron": per_feature.get("not_a_neuron"),
-        "universality": per_feature.get("universality"),
+        "spec": spec.to_dict() if spec else {},
+        "spec_fig": specificity_figure(spec.histogram, spec.proxy) if spec else None,
+        "top_examples": [example_view(e, scale) for e in top.top_examples],
+        "quantiles": _quantiles(top.quantile_samples, scale),
+        "logit_fig": logit_figure(down.histogram),
+        "logit_note": down.logit_note,
+        "top_logits": _logit_rows(down.top_tokens, down.top_values),
+        "bottom_logits": _logit_rows(down.bottom_tokens, down.bottom_values),
+        "ablation": ablation_view(down.ablation, scale),
+        "neuron": neuron.to_dict() if neuron else None,
+        "universality": universality.to_dict() if universality else None,
     }
 
 
@@ -209,16 +220,17 @@ def index_rows(
     Each cell carries ``sort`` (the raw number, ``""`` if none) for the page's sorting."""
     rows = []
     for key, per_feature in report["features"].items():
-        top = per_feature.get("top_activations") or {}
+        top = result_of(per_feature, TopActivationsResult)
         cells = []
         for name in criteria:
-            numbers = per_feature.get(name) or {}
-            value = numbers.get(heads[name]) if heads.get(name) else None
-            mark, css = verdict_mark(numbers.get("verdict"))
+            numbers = per_feature.get(name)
+            value = value_of(numbers, heads[name]) if heads.get(name) else None
+            mark, css = verdict_mark(value_of(numbers, "verdict"))
             sort = value if is_number(value) else ""
             cells.append((fmt(value) if name in per_feature else "", mark, css, sort))
         rows.append({
-            "index": key, "density": top.get("density"), "max": top.get("max_activation"),
-            "proxy": top.get("auto_proxy") or [], "cells": cells,
+            "index": key, "density": top.density if top else None,
+            "max": top.max_activation if top else None,
+            "proxy": top.auto_proxy if top else [], "cells": cells,
         })  # fmt: skip
     return rows

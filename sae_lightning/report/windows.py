@@ -3,10 +3,11 @@
 The pass keeps only each example's own activation. For per-token highlighting the
 dashboards need the feature's activation on every token of the window: this recomputes it
 after the pass, one frozen forward (to the hook) per distinct context and one
-``sae.encode_selected`` row per window, and stores it in the report next to the tokens:
-``acts`` in each example of ``top_activations.top_examples`` and ``quantile_samples``, and
-``top_context_acts`` in ``downstream.ablation``. Positions the analysis did not analyse
-(BOS when it is dropped) are shown as context with activation 0, as the pass saw them.
+``sae.encode_selected`` row per window, and stores it in the results next to the tokens:
+``acts`` in each :class:`Example` of :class:`TopActivationsResult` (top examples and
+quantile samples), and ``top_context_acts`` in :class:`DownstreamResult`'s ablation.
+Positions the analysis did not analyse (BOS when it is dropped) are shown as context with
+activation 0, as the pass saw them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from sae_lightning.analysis.records import (
+    Ablation,
+    DownstreamResult,
+    Example,
+    Record,
+    TopActivationsResult,
+    result_of,
+)
 from sae_lightning.hooks import capture_activations
 
 ROW_BUDGET = 2**24  # hooked floats gathered at once ([rows, width, d_in])
@@ -30,25 +39,26 @@ class Window(NamedTuple):
     context: int
     start: int
     length: int
-    target: dict[str, Any]
+    target: Example | Ablation
     key: str
 
 
 def _windows(features: dict[int, dict[str, Any]], n_ctx: int) -> list[Window]:
     out = []
     for f, per_feature in features.items():
-        top = per_feature.get("top_activations") or {}
-        examples = list(top.get("top_examples") or [])
-        for q in top.get("quantile_samples") or []:
-            examples += q.get("examples") or []
+        top = result_of(per_feature, TopActivationsResult)
+        examples = [] if top is None else list(top.top_examples)
+        for q in [] if top is None else top.quantile_samples:
+            examples += q.examples
         for e in examples:
-            if {"context", "position", "highlight", "tokens"} <= set(e):
-                start = int(e["position"]) - int(e["highlight"])
-                out.append(Window(f, int(e["context"]), start, len(e["tokens"]), e, "acts"))
-        ablation = (per_feature.get("downstream") or {}).get("ablation")
-        if ablation and ablation.get("contexts") and ablation.get("top_context_tokens"):
-            length = min(len(ablation["top_context_tokens"]), n_ctx)
-            out.append(Window(f, ablation["contexts"][0], 0, length, ablation, "top_context_acts"))
+            if e.context >= 0 and e.tokens:
+                start = e.position - e.highlight
+                out.append(Window(f, e.context, start, len(e.tokens), e, "acts"))
+        down = result_of(per_feature, DownstreamResult)
+        ablation = None if down is None else down.ablation
+        if ablation and ablation.contexts and ablation.top_context_tokens:
+            length = min(len(ablation.top_context_tokens), n_ctx)
+            out.append(Window(f, ablation.contexts[0], 0, length, ablation, "top_context_acts"))
     return [w for w in out if 0 <= w.start and w.start + w.length <= n_ctx and w.length > 0]
 
 
@@ -72,12 +82,12 @@ def _fill(
             values = sae.encode_selected(x.to(sae.W_enc.dtype), index).float()  # [r, len]
             values = values.masked_fill(pos < start, 0.0).cpu()  # not analysed: BOS
             for w, row in zip(chunk, values.tolist(), strict=True):
-                w.target[w.key] = [round(v, digits) for v in row]
+                setattr(w.target, w.key, [round(v, digits) for v in row])
 
 
 @torch.inference_mode()
 def add_window_activations(
-    features: dict[int, dict[str, Any]],
+    features: dict[int, dict[str, Record | dict[str, Any]]],
     sae,
     model,
     hook_name: str,
@@ -89,7 +99,8 @@ def add_window_activations(
     """Store every token's activation in the report's example windows (see module doc).
 
     Args:
-        features: ``Report.features`` (``{feature: {criterion: results}}``), edited in place.
+        features: ``AnalysisResults.features`` (``{feature: {criterion: result}}``): its
+            records are edited in place.
         sae, model, hook_name: As analysed; ``contexts`` the analysed token contexts.
         batch_size: Contexts per frozen forward.
         digits: Decimals kept.

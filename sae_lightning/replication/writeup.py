@@ -1,4 +1,4 @@
-"""The replication report: ``README.md`` (markdown), ``numbers.json``, density SVGs.
+"""The replication's write-up: ``README.md`` (markdown), ``numbers.json``, density SVGs.
 
 The paper's numbers and where this replication differs from it are in
 :mod:`sae_lightning.replication.paper`.
@@ -10,11 +10,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sae_lightning.analysis.records import (
+    NotANeuronResult,
+    SensitivityResult,
+    SpecificityResult,
+    UniversalityResult,
+)
 from sae_lightning.replication.density import density_svg
 from sae_lightning.replication.numbers import UNIVERSAL, collect
 from sae_lightning.replication.paper import DIFFERENCES, PAPER
 
-CRITERIA_SHOWN = ("specificity", "sensitivity", "not_a_neuron", "universality")
+NUMBERS_FILE = "numbers.json"
+"""Every number of the write-up (:func:`~sae_lightning.replication.numbers.collect`)."""
+CRITERIA_SHOWN = tuple(
+    kind.criterion
+    for kind in (SpecificityResult, SensitivityResult, NotANeuronResult, UniversalityResult)
+)
 
 
 def md_token(token: str) -> str:
@@ -265,7 +276,7 @@ def render(n: dict[str, Any], command: str = "") -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_report(
+def write_writeup(
     out: Path,
     runs: list[Path],
     reports: list[dict[str, Any]],
@@ -279,7 +290,7 @@ def write_report(
     """Write ``numbers.json``, ``density_a.svg``, ``density_b.svg`` and ``README.md``."""
     out.mkdir(parents=True, exist_ok=True)
     numbers = collect(runs, reports, picks, concepts, focus, analysis_seconds)
-    (out / "numbers.json").write_text(json.dumps(numbers, indent=1) + "\n")
+    (out / NUMBERS_FILE).write_text(json.dumps(numbers, indent=1) + "\n")
     for label, summary in zip("ab", numbers["density"], strict=True):
         title = f"Feature density, run {label.upper()} ({summary['n_tokens']:,} held-out tokens)"
         (out / f"density_{label}.svg").write_text(density_svg(summary, title))
