@@ -196,8 +196,27 @@ class SAEModule(L.LightningModule):
                 )
             self._validate_activations(batch)
             return
-        tokens, spec = batch[0], self.spec
-        logits_clean, acts = spec.logits_and_capture(tokens)  # acts: [b, pos, d_in]
+        tokens = batch[0]
+        logits_clean, acts = self.spec.logits_and_capture(tokens)  # acts: [b, pos, d_in]
+        ce_zero = self.zero_ablation_ce(tokens, logits_clean, acts)
+        self.validate_spliced(tokens, logits_clean, acts, ce_zero)
+
+    def zero_ablation_ce(
+        self, tokens: Int[Tensor, "b n_ctx"], logits_clean: Tensor, acts: Tensor
+    ) -> Tensor:
+        """Per-token CE with the trained positions zeroed: the baseline of loss recovered
+        (it does not depend on the SAE, so several SAEs share it)."""
+        spec = self.spec
+        zeros = spec.with_trained(acts, torch.zeros_like(spec.trained(acts)))
+        logits_zero = spec.run_with_replacement(tokens, zeros)
+        return per_token_ce_and_kl(logits_clean, logits_zero, tokens)[1]
+
+    def validate_spliced(
+        self, tokens: Int[Tensor, "b n_ctx"], logits_clean: Tensor, acts: Tensor, ce_zero: Tensor
+    ) -> None:
+        """The validation metrics of one batch from its clean forward (``logits_clean``,
+        ``acts`` [b, pos, d_in]): reconstruction, then the model run with the SAE spliced in."""
+        spec = self.spec
         x = self.to_sae_units(spec.trained(acts))  # x_hat goes back to raw units below
         out = self.sae(x)
         lo = self.loss_fn(x, out, self.sae, self.global_step)
@@ -206,10 +225,7 @@ class SAEModule(L.LightningModule):
         self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
         x_hat = out.x_hat / self.act_scale
         logits_sae = spec.run_with_replacement(tokens, spec.with_trained(acts, x_hat))
-        zeros = spec.with_trained(acts, torch.zeros_like(x))
-        logits_zero = spec.run_with_replacement(tokens, zeros)
         ce_clean, ce_sae, kl = per_token_ce_and_kl(logits_clean, logits_sae, tokens)
-        _, ce_zero, _ = per_token_ce_and_kl(logits_clean, logits_zero, tokens)
         self.val_downstream.update(ce_clean, ce_sae, ce_zero, kl)
 
     def _validate_activations(self, x: Float[Tensor, "b d_in"]) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
+import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,9 +18,17 @@ from sae_lightning.disk import DiskCheckedIO, tensor_bytes, writing
 from sae_lightning.formats import save_saelens
 from sae_lightning.guards import end_of_run_warnings
 from sae_lightning.hooks import check_hook_name
+from sae_lightning.multi import MultiSAEModule, member_factory
+from sae_lightning.multi_config import (
+    SAES_DIR,
+    SAELoggers,
+    member_metrics,
+    run_overrides,
+    sae_configs,
+)
 from sae_lightning.preflight import check_checkpoint, check_config, check_run_folder
 from sae_lightning.progress import human
-from sae_lightning.sweep import METRICS_FILE
+from sae_lightning.sweep import METRICS_FILE, summarize
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +54,35 @@ def build_sae(cfg: DictConfig, d_in: int, hook_name: str):
             f"sae.d_in={cfg.sae.d_in} does not match the width {d_in} of hook {hook_name!r}; "
             f"set sae.d_in={d_in} or sae.d_in=null"
         )
-    return instantiate(cfg.sae, d_in=d_in)
+    # seeded here, so that its weights do not depend on what consumed the global RNG before
+    # (the model's loading, other SAEs of the run): a multi-SAE run's SAE equals its solo run
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return instantiate(cfg.sae, d_in=d_in)
 
 
-def _overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+def build_module(cfg: DictConfig, d_in: int, spec, member: bool = False):
+    """The SAEModule of ``cfg.module`` training ``cfg.sae`` with ``cfg.loss``; ``member``:
+    one SAE of a :class:`MultiSAEModule`."""
+    sae = build_sae(cfg, d_in, cfg.hook_name)
+    # objects go in through a partial: instantiate() would turn a dataclass kwarg into a config
+    factory = instantiate(cfg.module, _partial_=True)
+    module = (member_factory(factory) if member else factory)(sae=sae, loss=instantiate(cfg.loss))
+    if spec is not None:
+        module.set_spec(spec)
+    return module
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train an SAE as configured; returns the final validation metrics."""
+    """Train an SAE as configured (or the SAEs of ``cfg.saes`` side by side, see
+    :mod:`sae_lightning.multi_config`); returns the final validation metrics (``<name>/val/*``
+    for several SAEs)."""
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
-    check_hook_name(cfg.hook_name)  # before the model loads, like the three checks below
-    check_config(cfg)
+    check_hook_name(cfg.hook_name)  # before the model loads, like the checks below
+    subs = sae_configs(cfg)  # {} for one SAE
+    for sub in [cfg, *(c for c, _ in subs.values())]:
+        check_config(sub)
     check_checkpoint(cfg.get("ckpt_path"))
     check_run_folder(out, cfg.get("ckpt_path"))
     datamodule = instantiate(cfg.data)
@@ -70,18 +94,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if spec is not None
         else getattr(datamodule, "model_name", SYNTHETIC)
     )
-    sae = build_sae(cfg, datamodule.d_in(), cfg.hook_name)
-    # objects go in through a partial: instantiate() would turn a dataclass kwarg into a config
-    module = instantiate(cfg.module, _partial_=True)(sae=sae, loss=instantiate(cfg.loss))
-    if spec is not None:
-        module.set_spec(spec)
-    elif hasattr(datamodule, "dictionary"):
+    loggers, members, member_loggers = instantiate_dict(cfg.get("logger")), {}, {}
+    if subs:
+        members = {n: build_module(c, datamodule.d_in(), spec, True) for n, (c, _) in subs.items()}
+        module = MultiSAEModule(members)
+        member_loggers = {n: instantiate_dict(c.get("logger")) for n, (c, _) in subs.items()}
+        trainer_loggers = [SAELoggers(loggers, member_loggers)]
+    else:
+        module = build_module(cfg, datamodule.d_in(), spec)
+        trainer_loggers = loggers
+    if spec is None and hasattr(datamodule, "dictionary"):
         datamodule.dictionary.save(out)  # the ground truth beside the SAE it should match
-    loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_callbacks(cfg), logger=loggers or False
+        cfg.trainer, callbacks=_callbacks(cfg, multi=bool(subs)), logger=trainer_loggers or False
     )
-    _announce(cfg, sae, model_name, datamodule)
+    for sae_module in members.values() or [module]:
+        _announce(cfg, sae_module.sae, model_name, datamodule)
     trainer.strategy.checkpoint_io = DiskCheckedIO(trainer.strategy.checkpoint_io)
     with writing(out):  # a full disk under the TensorBoard events says so
         # weights_only: a checkpoint to resume from is read without running pickled code
@@ -91,19 +119,61 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # the last finite, resumable state. Here: the final state, whatever step the last
         # validation fell on (all ranks take part)
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    # val/*, or <name>/val/* for each of several SAEs
+    metrics = {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("val/") or (subs and k.split("/", 1)[0] in subs and "/val/" in k)
+    }
+    positions = _positions(spec, datamodule)
+    if subs:
+        if trainer.is_global_zero:
+            _finish_many(out, subs, members, member_loggers, metrics, (positions, model_name))
+        return metrics
     notes = end_of_run_warnings(metrics, cfg.module.optimizer.get("lr"))
     if trainer.is_global_zero:
         for note in notes:
             log.warning(note)
-        _finish(cfg, out, module, _positions(spec, datamodule), model_name, metrics, loggers, notes)
+        _finish(cfg, out, module, positions, model_name, metrics, loggers, notes)
     return metrics
 
 
-def _callbacks(cfg: DictConfig) -> list[Any]:
+def _finish_many(
+    out: Path,
+    subs: dict[str, tuple[DictConfig, list[str]]],
+    members: dict[str, Any],
+    member_loggers: dict[str, list],
+    metrics: dict[str, float],
+    source: tuple[tuple[int, int], str],
+) -> None:
+    """Each SAE's export, metrics.json, config.yaml and hyper-parameters in
+    ``<run>/saes/<name>`` (``source``: positions and model name, as for :func:`_finish`),
+    then the summary and the frontier of the SAEs there, as after a ``-m`` sweep."""
+    positions, model_name = source
+    for name, (sub, solo) in subs.items():
+        mine = member_metrics(metrics, name)
+        notes = end_of_run_warnings(mine, sub.module.optimizer.get("lr"))
+        for note in notes:
+            log.warning("SAE %s: %s", name, note)
+        folder = Path(sub.paths.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(sub, folder / "config.yaml")
+        member = members[name]
+        _finish(sub, folder, member, positions, model_name, mine, member_loggers[name], notes, solo)
+    summarize(out / SAES_DIR)
+
+
+def _callbacks(cfg: DictConfig, multi: bool = False) -> list[Any]:
     """``cfg.callbacks``, less the progress bar when ``trainer.enable_progress_bar=false``
-    (Lightning refuses a progress bar callback then)."""
+    (Lightning refuses a progress bar callback then) and, with several SAEs (``multi``),
+    less the checkpoints that keep the best by a ``val/`` metric (each SAE has its own)."""
     callbacks = instantiate_dict(cfg.get("callbacks"))
+    if multi:
+        callbacks = [
+            c
+            for c in callbacks
+            if not (isinstance(c, ModelCheckpoint) and str(c.monitor).startswith("val/"))
+        ]
     if cfg.trainer.get("enable_progress_bar", True):
         return callbacks
     return [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -147,9 +217,11 @@ def _finish(
     metrics: dict,
     loggers: list,
     notes: list[str],
+    overrides: list[str] | None = None,
 ) -> None:
-    """Export the SAE, write metrics.json (with ``warnings``: ``notes``), log
-    hyper-parameters with the final metrics."""
+    """Export the SAE, write metrics.json (with ``warnings``: ``notes``; ``overrides``: the
+    command line that trains it, this run's by default), log hyper-parameters with the
+    final metrics."""
     if cfg.get("export", True):
         metadata = {
             "model_name": model_name,
@@ -168,7 +240,7 @@ def _finish(
         )
     record = {
         "metrics": metrics,
-        "overrides": _overrides(),
+        "overrides": run_overrides() if overrides is None else overrides,
         "architecture": module.sae.architecture,
         "warnings": notes,
     }
