@@ -17,7 +17,11 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "toy-1l"
 """The name the embedded model records (``cfg.model_name``) and is loaded by."""
-EMBEDDED_DIR = Path(__file__).parent / "assets" / EMBEDDED_NAME
+ASSETS_DIR = Path(__file__).parent / "assets"
+EMBEDDED_DIR = ASSETS_DIR / EMBEDDED_NAME
+EMBEDDED_MODELS = (EMBEDDED_NAME, "toy-1l-b")
+"""The shipped models, each in ``assets/<name>``: the same recipe, tokenizer and data, with
+seeds 0 and 1 (two independent runs, for universality)."""
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -59,17 +63,35 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def embedded_dir(name: str = EMBEDDED_NAME) -> Path:
+    """The folder of the shipped model ``name`` (one of :data:`EMBEDDED_MODELS`)."""
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(
+            f"unknown embedded model {name!r}; the shipped ones are {list(EMBEDDED_MODELS)}"
+        )
+    return ASSETS_DIR / name
+
+
 def load_embedded(
-    path: str | Path | None = None, device: str = "cpu", dtype: str | torch.dtype = "float32"
+    path: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    name: str | None = None,
 ):
-    """The model shipped with the package (or a folder written by ``pretrain.py``)."""
+    """A model shipped with the package, by ``name`` (default ``toy-1l``; see
+    :data:`EMBEDDED_MODELS`), or a folder written by ``pretrain.py`` (``path``)."""
     import transformer_lens.model_bridge.sources.native  # noqa: F401  (attaches boot_native)
     from safetensors.torch import load_file
     from transformer_lens.model_bridge import TransformerBridge
 
     from sae_lightning.toy.tokenizer import load_tokenizer
 
-    folder = Path(path) if path is not None else EMBEDDED_DIR
+    if path is not None and name is not None:
+        raise ValueError(
+            f"give the embedded model a path or a name, not both (path={str(path)!r}, "
+            f"name={name!r})"
+        )
+    folder = Path(path) if path is not None else embedded_dir(name or EMBEDDED_NAME)
     missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR) if not (folder / f).exists()]
     if missing:
         raise FileNotFoundError(
@@ -163,10 +185,12 @@ def load_hf(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32"
 
 
 def load_model_by_name(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32"):
-    """The frozen model an SAE's metadata names: the embedded one (``toy-1l``), a legacy
-    TransformerLens repo (``gelu-1l``, ``NeelNanda/...``), else a Hugging Face name or folder."""
-    if name == EMBEDDED_NAME:
-        return load_embedded(device=device, dtype=dtype)
+    """The frozen model an SAE's metadata names: a shipped one (``toy-1l``, ``toy-1l-b``), a
+    legacy TransformerLens repo (``gelu-1l``, ``NeelNanda/...``), else a Hugging Face name or
+    folder. A ``toy-...`` name that is neither shipped nor a folder is refused here, naming the
+    shipped ones, rather than looked up on the hub."""
+    if name in EMBEDDED_MODELS or (name.startswith("toy-") and not Path(name).exists()):
+        return load_embedded(device=device, dtype=dtype, name=name)
     from transformer_lens.model_bridge.sources.tl_legacy import TL_LEGACY_PREFIXES
 
     try:

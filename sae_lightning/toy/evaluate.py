@@ -1,7 +1,8 @@
-"""Held-out loss of a model folder: ``python -m sae_lightning.toy.evaluate [MODEL_DIR]``.
+"""Held-out loss of a model: ``python -m sae_lightning.toy.evaluate [NAME_OR_DIR]``.
 
-Prints the mean next-token loss (nats/token) of the embedded model (or the folder given) on
-the validation documents of its corpus, computed through the TransformerLens bridge.
+Prints the mean next-token loss (nats/token) of a shipped model (``toy-1l``, the default, or
+``toy-1l-b``) or of the model folder given, on the validation documents of its corpus,
+computed through the TransformerLens bridge.
 """
 
 from __future__ import annotations
@@ -39,16 +40,25 @@ def heldout_loss(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sae_lightning.models import CONFIG_FILE, EMBEDDED_DIR, load_embedded
+    from sae_lightning.models import (
+        CONFIG_FILE,
+        EMBEDDED_MODELS,
+        EMBEDDED_NAME,
+        embedded_dir,
+        load_embedded,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", nargs="?", default=str(EMBEDDED_DIR))
+    parser.add_argument(
+        "model", nargs="?", default=EMBEDDED_NAME, help=f"one of {EMBEDDED_MODELS} or a folder"
+    )
     args = parser.parse_args(argv)
-    config = json.loads((Path(args.model_dir) / CONFIG_FILE).read_text())
+    folder = embedded_dir(args.model) if args.model in EMBEDDED_MODELS else Path(args.model)
+    config = json.loads((folder / CONFIG_FILE).read_text())
     recipe = config.get("recipe", {})
-    model = load_embedded(args.model_dir)
+    model = load_embedded(folder)
     loss, n = heldout_loss(model, recipe.get("corpus", "stdlib"), recipe.get("val_fraction", 0.05))
-    print(f"held-out loss of {args.model_dir}: {loss:.4f} nats/token over {n} tokens")
+    print(f"held-out loss of {args.model}: {loss:.4f} nats/token over {n} tokens")
 
 
 if __name__ == "__main__":
