@@ -67,7 +67,7 @@ def main() -> None:
         f"data.batch_size={args.batch}",
         f"trainer.max_steps={args.steps}",
         f"trainer.val_check_interval={args.steps}",
-        "trainer.enable_progress_bar=false",
+        "+trainer.enable_progress_bar=false",
         f"sparsity_warmup_steps={min(300, args.steps // 4)}",
     ]
     coeffs = [2**i for i in range(args.n)]

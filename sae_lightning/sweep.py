@@ -1,7 +1,10 @@
 """Multirun summary: one row per job (L0, explained variance, loss recovered, dead fraction),
 and the L0-vs-loss-recovered frontier across the jobs (``frontier.md``, ``frontier.html``).
+A job that trained several SAEs (``saes=``) gives one row per SAE (``<job>/saes/<name>``);
+a multi-SAE run's own ``<run>/saes`` folder is summarized the same way, one row per SAE.
 
-Re-run on a finished sweep: ``python -m sae_lightning.sweep multirun/<date>/<time>``.
+Re-run on a finished sweep: ``python -m sae_lightning.sweep multirun/<date>/<time>``
+(or ``<run>/saes``).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Read every job's metrics.json under ``sweep_dir``; write summary.csv, summary.md and the
     frontier (frontier.md, frontier.html)."""
     sweep_dir = Path(sweep_dir)
+    # a job that trained several SAEs (saes=) has one row per SAE: <job>/saes/<name>
+    found = [*sweep_dir.glob(f"*/{METRICS_FILE}"), *sweep_dir.glob(f"*/saes/*/{METRICS_FILE}")]
     records = [
-        (path.parent.name, json.loads(path.read_text()))
-        for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=lambda p: job_order(p.parent))
+        (path.parent.relative_to(sweep_dir).as_posix(), json.loads(path.read_text()))
+        for path in sorted(found, key=_row_order(sweep_dir))
     ]
     # show only the overrides that vary between jobs: the rest is the same for every row
     shared = (
@@ -62,6 +67,16 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     write_frontier(sweep_dir, rows)
     log.info("frontier: %s", sweep_dir / "frontier.html")
     return rows
+
+
+def _row_order(sweep_dir: Path):
+    """Sort key of metrics.json paths: by job (:func:`job_order`), then SAE name."""
+
+    def key(path: Path) -> tuple[tuple[int, str], str]:
+        job, *sae = path.parent.relative_to(sweep_dir).parts
+        return job_order(Path(job)), "/".join(sae)
+
+    return key
 
 
 def job_order(job_dir: Path) -> tuple[int, str]:

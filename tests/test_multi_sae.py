@@ -116,6 +116,21 @@ def test_each_sae_equals_its_solo_run(multi_run, tmp_path, small_corpus, name, o
     assert metrics[f"{name}/val/loss_recovered"] == pytest.approx(solo["val/loss_recovered"])
 
 
+@pytest.mark.slow
+def test_resumed_multi_run_ends_with_the_same_weights(multi_run, tmp_path, small_corpus):  # noqa: F811
+    out, _ = multi_run
+    half = tmp_path / "half"
+    run(half, small_corpus, "experiment=multi_sae", "trainer.max_steps=10")
+    ckpt = half / "checkpoints" / "last.ckpt"
+    run(tmp_path / "resumed", small_corpus, "experiment=multi_sae", f"ckpt_path={ckpt}")
+    full = _ckpt_state(out / "checkpoints" / "last.ckpt")
+    resumed = _ckpt_state(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert not torch.equal(full["saes.l1_2.sae.W_enc"], _ckpt_state(ckpt)["saes.l1_2.sae.W_enc"])
+    assert set(full) == set(resumed)
+    for key, value in full.items():
+        assert torch.equal(resumed[key], value), key
+
+
 FRONTIER = ("relu_l1_1", "relu_l1_2", "topk_k16", "topk_k64", "jumprelu_t05", "jumprelu_t10")
 
 
@@ -186,3 +201,18 @@ def test_sae_loggers_route_each_saes_metrics_to_its_own_loggers():
     assert a.metrics == [({"train/l0": 3.0}, 7)] and b.metrics == [({"val/kl": 0.5}, 7)]
     assert shared.metrics == [({"lr-Adam": 1e-3, "c/x": 1.0}, 7)]  # c is no SAE of the run
     assert routed.member("a") is a and routed.member("c") is None
+
+
+def test_a_sweep_of_multi_sae_runs_has_one_row_per_sae(tmp_path):
+    """-m over runs with saes=: summary and frontier rows <job>/saes/<name>, jobs in order."""
+    from sae_lightning.sweep import METRICS_FILE, summarize
+
+    rows = {"10": 30.0, "2/saes/b": 20.0, "2/saes/a": 10.0, "9": 40.0}
+    for job, l0 in rows.items():
+        (tmp_path / job).mkdir(parents=True)
+        record = {"metrics": {"val/l0": l0, "val/loss_recovered": l0 / 50}, "overrides": [job]}
+        (tmp_path / job / METRICS_FILE).write_text(json.dumps({**record, "architecture": "x"}))
+    summary = summarize(tmp_path)
+    assert [r["job"] for r in summary] == ["2/saes/a", "2/saes/b", "9", "10"]
+    assert [r["val/l0"] for r in summary] == [10.0, 20.0, 40.0, 30.0]
+    assert (tmp_path / "frontier.md").read_text().count("| x |") == 4
