@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -248,8 +249,13 @@ def _finish(
         (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     params = OmegaConf.to_container(cfg, resolve=False)
     flat = {k: v for k, v in _flatten(params).items() if isinstance(v, (int, float, str, bool))}
+    final = {f"hparams/{k}": v for k, v in metrics.items()}
     for lg in loggers:
-        lg.log_hyperparams(flat, {f"hparams/{k}": v for k, v in metrics.items()})
+        # only TensorBoard's takes metrics (its hparams tab); CSV, W&B and MLflow take params
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(flat, final)
+        else:
+            lg.log_hyperparams(flat)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
