@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from sae_lightning.hooks import capture_activations
-from sae_lightning.saes import SAE
+from sae_lightning.saes import SAE, JumpReLUSAE, ReLUSAE
+from sae_lightning.saes.jumprelu import jumprelu
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,29 @@ def _plain(spec: Any) -> Any:
     if isinstance(spec, (DictConfig, ListConfig)):
         return OmegaConf.to_container(spec, resolve=True)
     return spec
+
+
+def encode_features(
+    sae: SAE, x: Float[Tensor, "*batch d_in"], index: Int[Tensor, " f"] | None
+) -> Float[Tensor, "*batch f"]:
+    """``sae.encode(x)[..., index]`` (every feature when ``index`` is None).
+
+    ReLU and JumpReLU features are each a function of their own encoder column, so only the
+    selected columns are multiplied: an analysis of 256 of 4,096 features pays for 256 in
+    every batch, not for the whole dictionary. Other architectures (TopK, BatchTopK, whose
+    features compete; Gated; any subclass) encode everything and pick.
+    """
+    if index is None:
+        return sae.encode(x)
+    kind = type(sae)
+    if kind is not ReLUSAE and kind is not JumpReLUSAE:
+        return sae.encode(x).index_select(-1, index)
+    sae._check_width(x, "d_in", "input")
+    w = sae.W_enc.index_select(1, index)  # [d_in, f]
+    pre = x @ w + sae.encoder_bias().index_select(0, index)  # [*batch, f]
+    if kind is ReLUSAE:
+        return torch.relu(pre)
+    return jumprelu(pre, sae.threshold.index_select(0, index), sae.bandwidth)
 
 
 def _check_indices(indices: Sequence[Any], d_sae: int) -> list[int]:
