@@ -143,6 +143,14 @@ def test_a_report_without_a_needed_criterion_fails_naming_the_field(tmp_path):
         main([str(tmp_path), str(tmp_path / "out")])
 
 
+def test_ids_that_are_not_folder_names_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match=r"source set name '\.\./up' is not a Neuronpedia id"):
+        main([str(DEFAULT_REPORT), str(tmp_path / "out"), "--set-name=../up"])
+    with pytest.raises(ValueError, match=r"model id 'a/b' is not a Neuronpedia id"):
+        export_neuronpedia(DEFAULT_REPORT, tmp_path / "out", model_id="a/b")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_hook_without_a_layer_needs_layer(tmp_path):
     report = json.loads(DEFAULT_REPORT.read_text())
     report["metadata"]["hook_name"] = "hook_embed"

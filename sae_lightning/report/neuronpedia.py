@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sae_lightning.cli import user_errors
 from sae_lightning.report.data import load_report
 from sae_lightning.report.neuronpedia_rows import (
     Source,
@@ -34,6 +33,7 @@ from sae_lightning.report.neuronpedia_rows import (
 from sae_lightning.report.neuronpedia_schema import validate_row
 
 log = logging.getLogger(__name__)
+PROG = "python -m sae_lightning.report.neuronpedia"
 
 
 def layer_of(hook_name: str | None) -> int:
@@ -85,30 +85,50 @@ def export_neuronpedia(
         raise ValueError(
             "criteria.json's metadata has no model_name for 'modelId': pass --model-id"
         )
+    model_id = _check_name(model_id, "the model id")
     hook = metadata.get("hook_name") or ""
     layer = layer_of(hook) if layer is None else layer
-    set_name = set_name or default_set_name(hook)
+    set_name = _check_name(set_name or default_set_name(hook), "the source set name")
     created = datetime.now(timezone.utc).isoformat()
     src = Source(model_id, f"{layer}-{set_name}", set_name, creator_id, creator_name, created)
     singles = metadata_rows(src, metadata)
     for kind, row in singles.items():
         validate_row(kind, row)
-    batches: list[tuple[list[dict], list[dict]]] = []
     names = list(report["features"])
-    for start in range(0, len(names), features_per_file):
-        features, activations = [], []
-        for name in names[start : start + features_per_file]:
-            per_feature = report["features"][name]
-            features.append(feature_row(src, name, per_feature, hook))
-            validate_row("feature", features[-1], f"feature {name}")
-            for row in activation_rows(src, name, per_feature):
-                validate_row("activation", row, f"feature {name}, example {len(activations)}")
-                activations.append(row)
-        batches.append((features, activations))
+    batches = [  # built, validated and compressed one file at a time: memory stays bounded
+        _batch(src, report["features"], names[start : start + features_per_file], hook)
+        for start in range(0, len(names), features_per_file)
+    ]
     return _write(Path(out) / model_id / src.layer, singles, batches)
 
 
-def _write(folder: Path, singles: dict, batches: list[tuple[list, list]]) -> Path:
+def _batch(src: Source, results: dict[str, Any], names: list[str], hook: str) -> tuple:
+    """(features .jsonl.gz bytes, activations .jsonl.gz bytes, activation rows) of
+    ``names``, every row validated."""
+    features, activations = [], []
+    for name in names:
+        features.append(feature_row(src, name, results[name], hook))
+        validate_row("feature", features[-1], f"feature {name}")
+        for k, row in enumerate(activation_rows(src, name, results[name])):
+            validate_row("activation", row, f"feature {name}, example {k}")
+            activations.append(row)
+    pack = [
+        gzip.compress(_jsonl(rows), compresslevel=5, mtime=0) for rows in (features, activations)
+    ]
+    return pack[0], pack[1], len(activations)
+
+
+def _check_name(value: str, what: str) -> str:
+    """``value`` as a folder name of the export (Neuronpedia ids: letters, digits, ``.-_``)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value or ""):
+        raise ValueError(
+            f"{what} {value!r} is not a Neuronpedia id: use letters, digits, '.', '-' and '_' "
+            "(e.g. gpt2-small, res-jb)"
+        )
+    return value
+
+
+def _write(folder: Path, singles: dict, batches: list[tuple[bytes, bytes, int]]) -> Path:
     """The validated rows to disk; stale ``batch-*.jsonl.gz`` of an earlier export go."""
     for sub in ("features", "activations"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -116,21 +136,17 @@ def _write(folder: Path, singles: dict, batches: list[tuple[list, list]]) -> Pat
             old.unlink()
     for kind, row in singles.items():
         (folder / f"{kind}.jsonl").write_bytes(_jsonl([row]))
-    for n, (features, activations) in enumerate(batches):
-        for sub, rows in (("features", features), ("activations", activations)):
-            data = gzip.compress(_jsonl(rows), compresslevel=5, mtime=0)
-            (folder / sub / f"batch-{n}.jsonl.gz").write_bytes(data)
-    n_features = sum(len(f) for f, _ in batches)
-    n_rows = sum(len(a) for _, a in batches)
-    log.info("wrote %d features and %d activation rows to %s", n_features, n_rows, folder)
+    for n, (features, activations, _) in enumerate(batches):
+        (folder / "features" / f"batch-{n}.jsonl.gz").write_bytes(features)
+        (folder / "activations" / f"batch-{n}.jsonl.gz").write_bytes(activations)
+    n_rows = sum(b[2] for b in batches)
+    log.info("wrote %d batches, %d activation rows, to %s", len(batches), n_rows, folder)
     return folder
 
 
 def main(argv: list[str] | None = None) -> None:
     doc = (__doc__ or "").split("\n\n")[0]
-    parser = argparse.ArgumentParser(
-        prog="python -m sae_lightning.report.neuronpedia", description=doc
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=doc)
     parser.add_argument("report", help="a report/ folder or its criteria.json")
     parser.add_argument("out", help="folder to write <modelId>/<sourceId>/ into")
     parser.add_argument("--model-id", help="Neuronpedia model id (default: metadata.model_name)")
@@ -141,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features-per-file", type=int, default=128)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with user_errors("python -m sae_lightning.report.neuronpedia"):
+    try:  # a user error ends with one line (as sae_lightning.cli does; without its torch import)
         export_neuronpedia(
             args.report,
             args.out,
@@ -152,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
             layer=args.layer,
             features_per_file=args.features_per_file,
         )
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"{PROG}: {type(err).__name__}: {err}") from None
 
 
 if __name__ == "__main__":
