@@ -141,6 +141,15 @@ def test_a_report_without_a_needed_criterion_fails_naming_the_field(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written when a row cannot be made
     with pytest.raises(SystemExit, match=r"neuronpedia: ValueError: .*'pos_str'"):
         main([str(tmp_path), str(tmp_path / "out")])
+    report = json.loads(DEFAULT_REPORT.read_text())
+    del report["features"]["3904"]["specificity"]["histogram"]["other_counts"]
+    (tmp_path / "criteria.json").write_text(json.dumps(report))
+    with pytest.raises(
+        ValueError,
+        match=r"feature 3904: .* specificity.histogram.other_counts.*"
+        r"'freq_hist_data_bar_heights'.*with specificity among",
+    ):
+        export_neuronpedia(tmp_path, tmp_path / "out")
 
 
 def test_ids_that_are_not_folder_names_are_refused(tmp_path):

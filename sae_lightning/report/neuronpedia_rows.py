@@ -48,7 +48,8 @@ def _need(numbers: dict[str, Any], key: str, field: str, feature: str, criterion
     if value is None:
         raise ValueError(
             f"feature {feature}: criteria.json has no {criterion}.{key}, from which the "
-            f"Neuronpedia field {field!r} is derived; run analyze.py with {criterion} among "
+            f"Neuronpedia field {field!r} is derived; run analyze.py with "
+            f"{criterion.split('.')[0]} among "
             f"its criteria (criteria=[top_activations,specificity,downstream,...])"
         )
     return value
@@ -76,11 +77,18 @@ def feature_row(src: Source, feature: str, per_feature: dict[str, Any], hook: st
     top = _criterion(per_feature, "top_activations", "maxActApprox", feature)
     down = _criterion(per_feature, "downstream", "pos_str", feature)
     spec = _criterion(per_feature, "specificity", "freq_hist_data_bar_heights", feature)
-    hist = _need(spec, "histogram", "freq_hist_data_bar_heights", feature, "specificity")
-    freq = [p + o for p, o in zip(hist["proxy_counts"], hist["other_counts"], strict=True)]
-    freq_values, freq_heights = bars(hist["edges"], freq)
-    logit_hist = _need(down, "histogram", "logits_hist_data_bar_heights", feature, "downstream")
-    logit_values, logit_heights = bars(logit_hist["edges"], logit_hist["counts"])
+    field, name = "freq_hist_data_bar_heights", "specificity.histogram"
+    hist = _need(spec, "histogram", field, feature, "specificity")
+    pos, neg = (_need(hist, k, field, feature, name) for k in ("proxy_counts", "other_counts"))
+    freq_values, freq_heights = bars(
+        _need(hist, "edges", field, feature, name), [p + o for p, o in zip(pos, neg, strict=True)]
+    )
+    field, name = "logits_hist_data_bar_heights", "downstream.histogram"
+    logit_hist = _need(down, "histogram", field, feature, "downstream")
+    logit_values, logit_heights = bars(
+        _need(logit_hist, "edges", field, feature, name),
+        _need(logit_hist, "counts", field, feature, name),
+    )
     empty: dict[str, list] = {
         key: []
         for key in (
