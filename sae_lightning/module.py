@@ -188,6 +188,12 @@ class SAEModule(L.LightningModule):
     def validation_step(
         self, batch: list[Int[Tensor, "b n_ctx"]] | Float[Tensor, "b d_in"], batch_idx: int
     ) -> None:
+        # float32 whatever trainer.precision: the frozen model's CE and the SAE's metrics
+        # are measured as the exported (float32) SAE will be used
+        with torch.autocast(self.device.type, enabled=False):
+            self._validate(batch)
+
+    def _validate(self, batch: list[Int[Tensor, "b n_ctx"]] | Float[Tensor, "b d_in"]) -> None:
         if self.frozen is None:
             if not (isinstance(batch, Tensor) and batch.is_floating_point()):
                 raise RuntimeError(

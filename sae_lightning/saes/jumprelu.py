@@ -138,6 +138,7 @@ class JumpReLUSAE(SAE):
             kept = (pre - self.threshold).div_(self.bandwidth) > -0.5  # [batch, d_sae]
         picked = select_sparse(kept, self.sparse_threshold)
         if picked is None:
+            pre = pre.to(bias.dtype)  # autocast: the product is bf16, the codes float32
             f = jumprelu(pre, self.threshold, self.bandwidth)  # [batch, d_sae]
             shape = (*x.shape[:-1], self.d_sae)
             return SAEOutput(self.decode(f).reshape(x.shape), f.reshape(shape), pre.reshape(shape))

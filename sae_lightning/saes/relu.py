@@ -61,7 +61,7 @@ class ReLUSAE(SAE):
         pre = torch.addmm(bias, flat, self.W_enc)  # [batch, d_sae]; unused by autograd if sparse
         picked = select_sparse(pre.detach() > 0, self.sparse_threshold)
         if picked is None:
-            f = torch.relu(pre)  # [batch, d_sae]
+            f = torch.relu(pre.to(bias.dtype))  # [batch, d_sae]; float32 under autocast too
             return SAEOutput(self.decode(f).reshape(x.shape), f.reshape(*x.shape[:-1], -1))
         rows, cols, crow = picked
         values = torch.relu(gather_pre(flat, self.W_enc, bias, pre.detach(), rows, cols))

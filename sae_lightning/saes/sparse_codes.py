@@ -93,7 +93,9 @@ class _GatherPre(torch.autograd.Function):
         cols: Tensor,
     ) -> Tensor:
         ctx.save_for_backward(x, weight, rows, cols)
-        return pre[rows, cols]
+        # in the parameters' dtype: under autocast ``pre`` is the bf16 product, but what
+        # follows (nonlinearity, O(nnz) decoder, losses) is cheap and runs in float32
+        return pre[rows, cols].to(weight.dtype)
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor):  # type: ignore[override]
@@ -133,6 +135,7 @@ class _SparseDecode(torch.autograd.Function):
         cols: Tensor,
         crow: Tensor,
     ) -> Tensor:
+        values = values.to(weight.dtype)  # embedding_bag needs one dtype (autocast: bf16 in)
         ctx.save_for_backward(values, weight, rows, cols, crow)
         return torch.nn.functional.embedding_bag(
             cols, weight, crow[:-1], mode="sum", per_sample_weights=values
