@@ -13,6 +13,7 @@ from torchmetrics import Metric
 
 from sae_lightning.analysis.artefacts import Artefact
 from sae_lightning.analysis.criterion import AnalysisContext
+from sae_lightning.analysis.module import KEPT_ACTIVATIONS, KeptActivations
 from sae_lightning.analysis.selection import encode_features
 from sae_lightning.hooks import capture_activations
 from sae_lightning.metrics.correlation import FiringCounts
@@ -103,11 +104,15 @@ def module_device(module: Any) -> torch.device:
 
 
 def feature_acts(
-    ctx: AnalysisContext, tokens: Int[Tensor, "batch pos"]
+    ctx: AnalysisContext, tokens: Int[Tensor, "batch pos"], keep_from: int | None = None
 ) -> Float[Tensor, "batch pos n_features"]:
-    """The analysed features' activations on ``tokens`` (frozen forward up to the hook)."""
+    """The analysed features' activations on ``tokens`` (frozen forward up to the hook);
+    ``keep_from``: ``tokens`` are the contexts from this one on, whose hook activations the
+    streaming pass may take (:class:`KeptActivations`) instead of recomputing them."""
     tokens = tokens.to(module_device(ctx.model))
     acts = capture_activations(ctx.model, tokens, ctx.hook_name)  # [batch, pos, d_in]
+    if keep_from is not None:
+        ctx.artefacts.cached(KEPT_ACTIVATIONS, KeptActivations).keep(keep_from, acts)
     w_dec = ctx.sae.W_dec
     acts = acts.to(device=w_dec.device, dtype=w_dec.dtype)
     every = ctx.features == list(range(ctx.sae.d_sae))
@@ -163,7 +168,7 @@ def first_pass(ctx: AnalysisContext, n_contexts: int, batch_size: int = 16) -> F
     width = contexts.shape[1] - ctx.start  # analysed positions per context
     parts = []
     for first in range(0, contexts.shape[0], batch_size):
-        acts = feature_acts(ctx, contexts[first : first + batch_size])[:, ctx.start :]
+        acts = feature_acts(ctx, contexts[first : first + batch_size], first)[:, ctx.start :]
         e = firing_entries(acts.flatten(0, 1).float().cpu())  # of [n, F]
         parts.append((e.rows + first * width, e.cols, e.values))
     rows, cols, values = (torch.cat(p) for p in zip(*parts, strict=True))

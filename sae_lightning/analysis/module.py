@@ -15,10 +15,11 @@ import logging
 
 import lightning as L
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from sae_lightning.analysis.artefacts import Artefact
 from sae_lightning.analysis.criterion import (
     AnalysisBatch,
     AnalysisContext,
@@ -33,6 +34,40 @@ from sae_lightning.models import move_model
 from sae_lightning.saes import SAE
 
 log = logging.getLogger(__name__)
+
+KEEP_BYTES = 256 * 2**20
+"""Hook activations a first pass may keep for the streaming pass (bytes per analysis): at
+``d_in`` 1024 and 128 positions, the 256 contexts of the default ``proxy_contexts``."""
+
+
+class KeptActivations:
+    """Hook activations of leading contexts, computed by a criterion's first pass before the
+    streaming pass (:func:`plugins._common.first_pass`), which takes them instead of running
+    the frozen model on those contexts again. What does not fit in ``max_bytes`` is not kept
+    (the pass recomputes it); each row is handed out once.
+    """
+
+    def __init__(self, max_bytes: int = KEEP_BYTES) -> None:
+        self.max_bytes, self.used = max_bytes, 0
+        self.rows: dict[int, Tensor] = {}  # context index -> [n_ctx, d_in]
+
+    def keep(self, first: int, acts: Float[Tensor, "b n_ctx d_in"]) -> None:
+        """Keep ``acts[i]`` as the activations of context ``first + i`` (if it fits)."""
+        size = acts.numel() * acts.element_size()
+        if self.used + size <= self.max_bytes:
+            self.used += size
+            self.rows.update((first + i, row) for i, row in enumerate(acts))
+
+    def take(self, rows: list[int], device: torch.device) -> Tensor | None:
+        """The kept ``[len(rows), n_ctx, d_in]`` activations of ``rows`` (then forgotten),
+        or None unless every row is kept, on ``device``."""
+        if not rows or any(r not in self.rows or self.rows[r].device != device for r in rows):
+            return None
+        return torch.stack([self.rows.pop(r) for r in rows])
+
+
+KEPT_ACTIVATIONS: Artefact[KeptActivations] = Artefact("_kept_activations", KeptActivations)
+"""The first pass's :class:`KeptActivations` (in ``ctx.artefacts``; no criterion reads it)."""
 
 
 class AnalysisModule(L.LightningModule):
@@ -99,7 +134,9 @@ class AnalysisModule(L.LightningModule):
     ) -> AnalysisBatch:
         tokens, context_index = batch
         start = self.ctx.start  # the model reads the whole context; criteria see from start
-        acts = capture_activations(self.frozen, tokens, self.ctx.hook_name)  # [b, n_ctx, d_in]
+        acts = self._kept(context_index.tolist(), tokens.device)  # a first pass's, if kept
+        if acts is None:
+            acts = capture_activations(self.frozen, tokens, self.ctx.hook_name)  # [b, n_ctx, d_in]
         acts = acts[:, start:].to(self.sae.W_enc.dtype).contiguous()  # [b, pos, d_in]
         index = None if self.all_features else self.feature_index
         feats = encode_features(self.sae, acts, index)  # [b, pos, n_features]
@@ -118,7 +155,16 @@ class AnalysisModule(L.LightningModule):
             start=start,
         )
 
+    def _kept(self, rows: list[int], device: torch.device) -> Tensor | None:
+        kept = self.ctx.artefacts.find(KEPT_ACTIVATIONS)
+        if kept is None or torch.is_autocast_enabled(device.type):
+            return None  # (the first pass ran without autocast: recompute under it)
+        return kept.take(rows, device)
+
     def on_validation_epoch_end(self) -> None:
+        kept = self.ctx.artefacts.find(KEPT_ACTIVATIONS)
+        if kept is not None:
+            kept.rows.clear()  # rows another DDP rank streamed
         for criterion in self.criteria():
             results = criterion.collect(self.ctx)
             summary = criterion.summary(results)
