@@ -164,16 +164,33 @@ def test_checkpoint_config_rebuilds_the_sae() -> None:
                       "threshold_momentum": 0.01, "group_sizes": GROUPS}  # fmt: skip
 
 
+def test_frontier_points_compose_to_a_matryoshka_sae_and_loss() -> None:
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfgs = {k: compose("train", overrides=[f"experiment=frontier/matryoshka_k{k}",
+                                               "sae.d_sae=2048"]) for k in (16, 64)}  # fmt: skip
+        bad = compose("train", overrides=["sae=matryoshka", "sae.group_sizes=[8,8]"])
+    for k, cfg in cfgs.items():
+        sae = instantiate(cfg.sae, d_in=D_IN)
+        assert isinstance(sae, MatryoshkaSAE) and sae.k == k
+        assert sae.prefix_widths == (128, 256, 512, 1024, 2048)  # null: the default split
+        assert isinstance(instantiate(cfg.loss), MatryoshkaLoss)
+    with pytest.raises(Exception, match=r"group_sizes \[8, 8\] sum to 16, .*d_sae=4096"):
+        instantiate(bad.sae, d_in=D_IN)
+
+
 @pytest.mark.slow
 def test_debug_fast_run_is_exported_and_analysed(tmp_path, tiny_corpus, criteria_dir):  # noqa: F811
-    """sae=matryoshka brings loss=matryoshka; the default groups fit debug=fast's d_sae=256;
-    the run exports a JumpReLU SAE and analyze reads the run folder and the checkpoint."""
+    """The frontier point (sae=matryoshka, which brings loss=matryoshka): the default groups
+    fit debug=fast's d_sae=256; the run exports a JumpReLU SAE and analyze reads the run
+    folder and the checkpoint."""
     from sae_lightning.analysis.loading import load_sae
     from sae_lightning.analysis.run import analyze
     from sae_lightning.training import train
 
     run = tmp_path / "run"
-    overrides = ["debug=fast", "sae=matryoshka", "sae.k=8", f"paths.output_dir={run}",
+    overrides = ["debug=fast", "experiment=frontier/matryoshka_k16", f"paths.output_dir={run}",
                  f"data.source.corpus={tiny_corpus}", "data.source.val_fraction=0.3"]  # fmt: skip
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
