@@ -134,7 +134,10 @@ class MultiSAEModule(L.LightningModule):
             member.on_after_backward()  # the decoder-gradient projection
             # Lightning counts one global step per LightningOptimizer.step: the last SAE's
             # step is the batch's, the others step their optimizer directly
-            opt.step() if i == len(members) - 1 else opt.optimizer.step()
+            if i == len(members) - 1:
+                opt.step()
+            else:
+                opt.optimizer.step()
             opt.zero_grad()
             if member.unit_norm_decoder:
                 member.sae.set_decoder_norm_to_unit_norm()
