@@ -22,7 +22,8 @@ from sae_lightning.metrics import (
     per_token_ce_and_kl,
 )
 from sae_lightning.models import move_model
-from sae_lightning.saes.base import SAE
+from sae_lightning.saes.base import SAE, SAEOutput
+from sae_lightning.sparse import SparseEntries
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class SAEModule(L.LightningModule):
             ("mse", (lo.mse.detach(),)),
             ("l1", (lo.l1.detach(),)),
             ("ev", (x, out.x_hat.detach())),
-            ("l0", (out.feature_acts.detach(),)),
+            ("l0", (_codes(out),)),
         ):
             metric = getattr(self, f"{split}_{name}")
             metric(*args) if step else metric.update(*args)
@@ -150,7 +151,9 @@ class SAEModule(L.LightningModule):
     def training_step(
         self, batch: Float[Tensor, "batch d_in"], batch_idx: int
     ) -> dict[str, Tensor]:
-        """The loss (``"loss"``) and the detached ``"feature_acts"`` (for callbacks)."""
+        """The loss (``"loss"``) and the detached codes (``"feature_acts"``, for callbacks):
+        the dense ``[batch, d_sae]`` activations, or their entries (a ``SparseEntries``)
+        when the step took the sparse path."""
         x = self.to_sae_units(batch)
         out = self.sae(x)
         lo = self.loss_fn(x, out, self.sae, self.global_step)
@@ -159,12 +162,12 @@ class SAEModule(L.LightningModule):
         self.log("train/sparse_path", float(out.codes is not None))  # 1: gather/scatter step
         if lo.aux is not None:
             self.log("train/aux", lo.aux.detach())
-        self.density.update(out.feature_acts.detach())
+        self.density.update(_codes(out))
         self._window_tokens += x.shape[0]
         if self._window_tokens >= self.dead_window_tokens:
             self._log_density("train", self.density)
             self._window_tokens = 0
-        return {"loss": lo.loss, "feature_acts": out.feature_acts.detach()}
+        return {"loss": lo.loss, "feature_acts": _codes(out)}
 
     def _log_density(self, split: str, metric: FeatureDensity) -> None:
         density = metric.compute()
@@ -275,3 +278,11 @@ class SAEModule(L.LightningModule):
             return {"optimizer": opt}
         sched = self.scheduler_factory(opt, total_steps=self.trainer.max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _codes(out: SAEOutput) -> Tensor | SparseEntries:
+    """The detached codes for the metrics: the sparse path's entries when the step took it
+    (O(nnz) counts), else the dense ``[batch, d_sae]`` activations."""
+    if out.codes is None:
+        return out.feature_acts.detach()
+    return out.codes.with_values(out.codes.values.detach())

@@ -11,6 +11,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from sae_lightning.metrics import FeatureDensity
+from sae_lightning.sparse import SparseEntries
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ class DeadFeatureResampler(L.Callback):
                 f"'feature_acts' (SAEModule does), got {type(outputs).__name__}"
             )
         assert self.density is not None
-        acts = outputs["feature_acts"]
-        self.density.update(acts.reshape(-1, acts.shape[-1]))
+        acts = outputs["feature_acts"]  # dense [..., d_sae], or the sparse path's entries
+        self.density.update(acts if isinstance(acts, SparseEntries) else acts.flatten(0, -2))
         if trainer.global_step in self.resample_steps:
             n = self.resample(trainer, pl_module)
             self.history.append({"step": trainer.global_step, "resampled": n})

@@ -8,11 +8,18 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from sae_lightning.metrics.sparse import counts_as_update
+from sae_lightning.sparse import SparseEntries
 
 
 def _density_update(feature_acts: Float[Tensor, "n d_sae"]) -> tuple[Tensor, int]:
     """Batch sums: (per-feature count of tokens where it fired [d_sae], token count)."""
     return (feature_acts.detach() > 0).sum(dim=0), feature_acts.shape[0]
+
+
+def _density_entries_update(codes: SparseEntries) -> tuple[Tensor, int]:
+    """``_density_update`` from the entries alone: a bincount over ``nnz`` columns."""
+    fired = codes.cols[codes.values.detach() > 0]
+    return torch.bincount(fired, minlength=codes.n_features), codes.n_rows
 
 
 def _density_compute(fire_count: Tensor, n: Tensor) -> Float[Tensor, " d_sae"]:
@@ -49,8 +56,15 @@ class FeatureDensity(Metric):
         self.add_state("fire_count", default=counts, dist_reduce_fx="sum")
         self.add_state("n", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, feature_acts: Float[Tensor, "n d_sae"]) -> None:
-        """Add a batch of SAE feature activations."""
+    def update(self, feature_acts: Float[Tensor, "n d_sae"] | SparseEntries) -> None:
+        """Add a batch of SAE feature activations (dense, or the sparse path's entries)."""
+        if isinstance(feature_acts, SparseEntries):
+            if feature_acts.n_features != self.d_sae:
+                raise ValueError(
+                    f"entries of {feature_acts.n_features} features, expected {self.d_sae}"
+                )
+            self.update_counts(*_density_entries_update(feature_acts))
+            return
         if feature_acts.ndim != 2 or feature_acts.shape[1] != self.d_sae:
             raise ValueError(
                 f"feature_acts must have shape [n, {self.d_sae}], got {list(feature_acts.shape)}"

@@ -11,6 +11,8 @@ from jaxtyping import Float
 from torch import Tensor
 from torchmetrics import Metric
 
+from sae_lightning.sparse import SparseEntries
+
 
 def _check_matrix(name: str, t: Tensor, width: int) -> None:
     """Raise a clear error unless ``t`` is ``[n, width]``."""
@@ -91,9 +93,12 @@ class ExplainedVariance(Metric):
         return _explained_variance_compute(self.sse, self.sum_x, self.sum_sq, self.n)
 
 
-def _l0_update(feature_acts: Float[Tensor, "n d_sae"]) -> tuple[Tensor, int]:
-    """Batch sums: (total number of nonzero codes, token count)."""
-    return (feature_acts.detach() != 0).sum(), feature_acts.shape[0]
+def _l0_update(feature_acts: Float[Tensor, "n d_sae"] | SparseEntries) -> tuple[Tensor, int]:
+    """Batch sums: (total number of nonzero codes, token count), from the dense codes or
+    their entries (the training step's sparse path: no pass over ``[n, d_sae]``)."""
+    if isinstance(feature_acts, SparseEntries):
+        return torch.count_nonzero(feature_acts.values.detach()), feature_acts.n_rows
+    return torch.count_nonzero(feature_acts.detach()), feature_acts.shape[0]  # not a bool sum
 
 
 def _l0_compute(sum_l0: Tensor, n: Tensor) -> Tensor:
@@ -123,9 +128,9 @@ class MeanL0(Metric):
         self.add_state("sum_l0", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("n", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, feature_acts: Float[Tensor, "n d_sae"]) -> None:
-        """Add a batch of SAE feature activations."""
-        if feature_acts.ndim != 2:
+    def update(self, feature_acts: Float[Tensor, "n d_sae"] | SparseEntries) -> None:
+        """Add a batch of SAE feature activations (dense, or the sparse path's entries)."""
+        if isinstance(feature_acts, Tensor) and feature_acts.ndim != 2:
             raise ValueError(
                 f"feature_acts must have shape [n, d_sae], got {list(feature_acts.shape)}"
             )

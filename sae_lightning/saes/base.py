@@ -7,7 +7,7 @@ Parameter names and shapes follow SAELens' format, so export is a plain state di
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -20,22 +20,49 @@ BDecInit = Literal["geometric_median", "mean", "zeros"]
 B_DEC_INITS: tuple[str, ...] = ("geometric_median", "mean", "zeros")
 
 
-class SAEOutput(NamedTuple):
-    """What an SAE's forward pass returns."""
+class SAEOutput:
+    """What an SAE's forward pass returns.
+
+    On the sparse path the dense ``feature_acts`` are built from ``codes`` only when read
+    (a ``[batch, d_sae]`` zero fill and scatter the training step itself does not need:
+    its losses and metrics read the entries).
+    """
+
+    __slots__ = ("x_hat", "_feature_acts", "pre_acts", "codes", "pre_codes")
 
     x_hat: Float[Tensor, "*batch d_in"]
     """The reconstruction of the input."""
-    feature_acts: Float[Tensor, "*batch d_sae"]
-    """The feature (latent) activations."""
-    pre_acts: Float[Tensor, "*batch d_sae"] | None = None
+    pre_acts: Float[Tensor, "*batch d_sae"] | None
     """Pre-activations, for the architectures whose loss needs them (JumpReLU's L0 and
     Gated's gate terms); ``None`` otherwise. Detached when ``codes`` is set."""
-    codes: SparseEntries | None = None
+    codes: SparseEntries | None
     """The codes as entries when the batch took the sparse path (its losses read these:
     gradients flow through ``codes.values``); ``None`` on the dense path."""
-    pre_codes: SparseEntries | None = None
+    pre_codes: SparseEntries | None
     """The pre-activation entries the sparse losses need on ``codes``' pattern (JumpReLU's
     L0, Gated's gate); ``None`` otherwise."""
+
+    def __init__(
+        self,
+        x_hat: Float[Tensor, "*batch d_in"],
+        feature_acts: Float[Tensor, "*batch d_sae"] | None = None,
+        pre_acts: Float[Tensor, "*batch d_sae"] | None = None,
+        codes: SparseEntries | None = None,
+        pre_codes: SparseEntries | None = None,
+    ) -> None:
+        if feature_acts is None and codes is None:
+            raise ValueError("SAEOutput needs feature_acts or codes (to build them from)")
+        self.x_hat, self._feature_acts, self.pre_acts = x_hat, feature_acts, pre_acts
+        self.codes, self.pre_codes = codes, pre_codes
+
+    @property
+    def feature_acts(self) -> Float[Tensor, "*batch d_sae"]:
+        """The feature (latent) activations, dense (differentiable through ``codes``)."""
+        if self._feature_acts is None:
+            assert self.codes is not None
+            lead = self.x_hat.shape[:-1]  # the input's batch dimensions
+            self._feature_acts = self.codes.to_dense().reshape(*lead, self.codes.n_features)
+        return self._feature_acts
 
 
 class SAE(nn.Module, ABC):
@@ -111,6 +138,11 @@ class SAE(nn.Module, ABC):
         if self.apply_b_dec_to_input:
             return self.b_enc - self.b_dec @ self.W_enc  # [d_sae]
         return self.b_enc
+
+    def input_bias(self) -> Float[Tensor, " d_in"] | None:
+        """``b_dec`` if it is subtracted from the input before encoding, else ``None``
+        (the sparse path's ``gather_pre`` takes it apart from the encoder's own bias)."""
+        return self.b_dec if self.apply_b_dec_to_input else None
 
     @abstractmethod
     def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:

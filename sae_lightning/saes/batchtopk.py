@@ -92,7 +92,7 @@ class BatchTopKSAE(TopKSAE):
         with torch.no_grad():
             pre = x @ self.W_enc + bias  # [batch, d_sae]
         rows, cols, crow = self.select(pre)
-        values = gather_pre(x, self.W_enc, bias, pre, rows, cols)
+        values = gather_pre(x, self.W_enc, self.b_enc, pre, rows, cols, self.input_bias())
         return SparseEntries(rows, cols, torch.relu(values), x.shape[0], self.d_sae, "row", crow)
 
     def to_jumprelu(self) -> JumpReLUSAE:

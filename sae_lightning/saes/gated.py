@@ -111,21 +111,15 @@ class GatedSAE(SAE):
             f = (gate > 0).to(mag.dtype) * torch.relu(mag)  # [batch, d_sae]
             return SAEOutput(self.decode(f).reshape(x.shape), f.reshape(shape), gate.reshape(shape))
         rows, cols, crow = picked
-        bias = self._projection_bias()
-        proj_s = gather_pre(flat, self.W_enc, bias, proj.detach(), rows, cols)  # [nnz]
+        b_dec = self.input_bias()
+        proj_s = gather_pre(flat, self.W_enc, None, proj.detach(), rows, cols, b_dec)  # [nnz]
         gate = proj_s + self.b_gate[cols]  # [nnz], all > 0
         mag = proj_s * torch.exp(self.r_mag)[cols] + self.b_mag[cols]  # [nnz]
         values = (gate > 0).to(mag.dtype) * torch.relu(mag)  # [nnz]
         codes = SparseEntries(rows, cols, values, len(flat), self.d_sae, "row", crow)
         x_hat = (sparse_decode(codes, self.W_dec) + self.b_dec).reshape(x.shape)
-        f = codes.to_dense().reshape(shape)
-        return SAEOutput(x_hat, f, gate_seen.reshape(shape), codes, codes.with_values(gate))
-
-    def _projection_bias(self) -> Float[Tensor, " d_sae"]:
-        """``-b_dec @ W_enc`` (or zeros): the bias of ``x @ W_enc`` in the projection."""
-        if self.apply_b_dec_to_input:
-            return -(self.b_dec @ self.W_enc)
-        return self.W_enc.new_zeros(self.d_sae)
+        gate_codes = codes.with_values(gate)
+        return SAEOutput(x_hat, None, gate_seen.reshape(shape), codes, gate_codes)  # lazy codes
 
     def scale_features(
         self, state: dict[str, Tensor], scale: Float[Tensor, " d_sae"]

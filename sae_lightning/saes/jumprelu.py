@@ -143,13 +143,14 @@ class JumpReLUSAE(SAE):
             shape = (*x.shape[:-1], self.d_sae)
             return SAEOutput(self.decode(f).reshape(x.shape), f.reshape(shape), pre.reshape(shape))
         rows, cols, crow = picked
-        pre_s = gather_pre(flat, self.W_enc, bias, pre.detach(), rows, cols)  # [nnz]
+        b_dec = self.input_bias()
+        pre_s = gather_pre(flat, self.W_enc, self.b_enc, pre.detach(), rows, cols, b_dec)  # [nnz]
         values = jumprelu(pre_s, self.threshold[cols], self.bandwidth)  # zero off {pre > θ}
         codes = SparseEntries(rows, cols, values, flat.shape[0], self.d_sae, "row", crow)
         x_hat = (sparse_decode(codes, self.W_dec) + self.b_dec).reshape(x.shape)
-        f = codes.to_dense().reshape(*x.shape[:-1], -1)
         pre_codes = codes.with_values(pre_s)
-        return SAEOutput(x_hat, f, pre.detach().reshape(f.shape), codes, pre_codes)
+        pre_seen = pre.detach().reshape(*x.shape[:-1], self.d_sae)
+        return SAEOutput(x_hat, None, pre_seen, codes, pre_codes)  # dense codes only if read
 
     def encode_selected(
         self, x: Float[Tensor, "rows pos d_in"], index: Int[Tensor, " rows"]

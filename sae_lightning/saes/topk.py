@@ -79,7 +79,7 @@ class TopKSAE(SAE):
             with torch.no_grad():
                 pre = x @ self.W_enc + bias  # [batch, d_sae]
             rows, cols, crow = self.select(pre)
-            values = gather_pre(x, self.W_enc, bias, pre, rows, cols)  # [nnz]
+            values = gather_pre(x, self.W_enc, self.b_enc, pre, rows, cols, self.input_bias())
         else:
             pre = x @ self.W_enc + bias  # [batch, d_sae]
             rows, cols, crow = self.select(pre.detach())
@@ -114,9 +114,10 @@ class TopKSAE(SAE):
         if self.training:
             self.note_firing(codes)
         x_hat = self.decode_codes(codes).reshape(x.shape)
+        if self.sparse_decoder:  # the dense codes only if read
+            return SAEOutput(x_hat=x_hat, codes=codes)
         feature_acts = codes.to_dense().reshape(*x.shape[:-1], self.d_sae)
-        sparse = codes if self.sparse_decoder else None
-        return SAEOutput(x_hat=x_hat, feature_acts=feature_acts, codes=sparse)
+        return SAEOutput(x_hat=x_hat, feature_acts=feature_acts)
 
     @torch.no_grad()
     def note_firing(self, codes: SparseEntries) -> None:
@@ -140,7 +141,8 @@ class TopKSAE(SAE):
         idx = pre.topk(k_aux, dim=-1, sorted=False).indices  # [batch, k_aux]
         rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(k_aux)
         local = idx.flatten()
-        values = torch.relu(gather_pre(x, weight, bias, pre, rows, local))
+        b_enc = self.b_enc[dead_idx]  # [n_dead]
+        values = torch.relu(gather_pre(x, weight, b_enc, pre, rows, local, self.input_bias()))
         flat = rows * self.d_sae + dead_idx[local]
         order = flat.argsort()
         rows, cols, crow = codes_from_flat(flat, x.shape[0], self.d_sae)
