@@ -3,6 +3,8 @@
     python benchmarks/analysis_throughput.py [--tokens 200000 2000000] [--d-sae 4096]
         [--batch-size 16] [--device cpu|cuda] [--precision 32-true] [--sae PATH]
         [--repeats N]    (best of N runs per mode: other load only ever slows a run down)
+        [--features N]   (analyse features 0..N-1 only; the whole analyze.py run, phase by
+                          phase: benchmarks/analysis_phases.py)
 
 For each token count it runs, each in a fresh process (so peak memory is that run's own),
 the bare pass (frozen forward to ``blocks.0.mlp.hook_post`` + SAE encode, through the same
@@ -127,7 +129,7 @@ def worker(args: argparse.Namespace) -> dict:
         check_compatible(sae, meta, model, HOOK)
     else:
         sae = calibrated_sae(model, contexts, args.d_sae[0], args.density)
-    features = list(range(sae.d_sae))
+    features = list(range(min(args.features or sae.d_sae, sae.d_sae)))
     ctx = AnalysisContext(sae, model, HOOK, features, vocab_strings(model), contexts)
     criteria = make_criteria(criteria_names()) if args.mode == "full" else []
     timer = PassTimer()
@@ -172,6 +174,7 @@ def spawn(args: argparse.Namespace, tokens: int, mode: str) -> dict:
     argv += ["--d-sae", str(args.d_sae[0]), "--batch-size", str(args.batch_size)]
     argv += ["--device", args.device, "--precision", args.precision]
     argv += ["--density", str(args.density)] + (["--sae", args.sae] if args.sae else [])
+    argv += ["--features", str(args.features)] if args.features else []
     # the repository on the path: plugins/ (and an uninstalled sae_lightning) import from it
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
@@ -190,6 +193,7 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--density", type=float, default=0.01)
     parser.add_argument("--sae", default=None)
+    parser.add_argument("--features", type=int, default=None, help="analyse 0..N-1 (default all)")
     parser.add_argument("--repeats", type=int, default=1, help="best of this many runs per mode")
     parser.add_argument("--mode", choices=["bare", "full"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-tokens", type=int, help=argparse.SUPPRESS)
@@ -198,7 +202,9 @@ def main() -> None:
     if args.worker_tokens:
         print(json.dumps(worker(args)))
         return
-    print(f"device={args.device} precision={args.precision} d_sae={args.d_sae[0]} hook={HOOK}")
+    shown = f" features=0..{args.features - 1}" if args.features else ""
+    print(f"device={args.device} precision={args.precision} d_sae={args.d_sae[0]}{shown}")
+    print(f"hook={HOOK}")
     print(f"full pass criteria: {', '.join(criteria_names())}")
     head = ("mode", "tokens", "setup s", "stream tok/s", "late/early", "after s", "total tok/s")
     print(
