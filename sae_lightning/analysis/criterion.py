@@ -16,6 +16,7 @@ Example (a complete criterion living outside the package)::
 
     class FiresOften(Criterion):
         name = "fires_often"
+        headline = "density"  # the number the scorecard shows (default: its first float)
 
         def __init__(self, min_density: float = 1e-3) -> None:
             super().__init__()
@@ -28,10 +29,21 @@ Example (a complete criterion living outside the package)::
         def update(self, batch, ctx):
             self.counts.update(batch.feature_acts.flatten(0, 1))  # or sparse: batch.firing()
 
-        def results(self, ctx):  # may also read e.g. ctx.artefacts.get(TOP_EXAMPLES)
+        def results(self, ctx):
             density = self.counts.compute()
             return {f: {"density": float(d), "verdict": bool(d >= self.min_density)}
                     for f, d in zip(ctx.features, density.tolist())}
+
+A criterion that reads another's artefact declares it; ``top_activations`` then finishes
+first whatever the order selected (and without it the analysis refuses to start)::
+
+    class TopCount(Criterion):
+        name = "top_count"
+        needs = (TOP_EXAMPLES,)  # from sae_lightning.analysis.artefacts
+        ...
+        def results(self, ctx):
+            top = ctx.artefacts.get(TOP_EXAMPLES)  # {feature: [(token_index, act), ...]}
+            return {f: {"n_top": len(top[f]), "verdict": None} for f in ctx.features}
 """
 
 from __future__ import annotations

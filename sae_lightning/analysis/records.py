@@ -65,24 +65,32 @@ class Record:
         return out
 
     @classmethod
-    def from_dict(cls: type[R], data: Mapping[str, Any] | R) -> R:
-        """The record of a JSON dict (unknown keys ignored, missing ones left at defaults)."""
+    def from_dict(cls: type[R], data: Mapping[str, Any] | R, nested: bool = True) -> R:
+        """The record of a JSON dict (unknown keys ignored, missing ones left at defaults).
+
+        Args:
+            nested: False leaves nested records (examples, histograms, ablations) at their
+                defaults: a fast read of the scalars alone, for every feature of a report.
+        """
         if isinstance(data, cls):
             return data
-        kwargs: dict[str, Any] = {}
-        for f in _fields(cls):
-            if f.name not in data:
-                continue
-            value = data[f.name]
-            kind = f.metadata.get("record")
-            if kind is not None and value is not None:
-                value = (
-                    [kind.from_dict(v) for v in value]
-                    if f.metadata["many"]
-                    else (kind.from_dict(value))
-                )
-            kwargs[f.name] = value
+        names, inner = _plan(cls)
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for name, kind, many in inner:
+            value = kwargs.pop(name, None)
+            if value is not None and nested:
+                kwargs[name] = [kind.from_dict(v) for v in value] if many else kind.from_dict(value)
         return cls(**kwargs)
+
+
+@cache
+def _plan(kind: type) -> tuple[frozenset[str], tuple[tuple[str, type[Record], bool], ...]]:
+    """A record type's field names, and its nested fields: (name, record type, many)."""
+    fields = _fields(kind)
+    nested = tuple(
+        (f.name, f.metadata["record"], f.metadata["many"]) for f in fields if "record" in f.metadata
+    )
+    return frozenset(f.name for f in fields), nested
 
 
 class Result(Record):
@@ -260,11 +268,12 @@ BUILT_IN: dict[str, type[Result]] = {
 """Criterion name -> its record type."""
 
 
-def result_of(per_feature: Mapping[str, Any], kind: type[R]) -> R | None:
+def result_of(per_feature: Mapping[str, Any], kind: type[R], nested: bool = True) -> R | None:
     """The ``kind`` result of one feature (``{criterion: result}``, from a report in memory
-    or read from ``criteria.json``), or None if that criterion did not run."""
+    or read from ``criteria.json``), or None if that criterion did not run. ``nested=False``
+    reads the scalars alone (see :meth:`Record.from_dict`)."""
     value = per_feature.get(kind.criterion)  # type: ignore[attr-defined]
-    return None if value is None else kind.from_dict(value)
+    return None if value is None else kind.from_dict(value, nested)
 
 
 def items_of(result: Record | Mapping[str, Any]) -> Iterable[tuple[str, Any]]:

@@ -58,8 +58,8 @@ def select_concept(features: dict[str, dict[str, Any]], tokens: list[str]) -> Pi
     wanted = set(tokens)
     ranked = []
     for key, entry in features.items():
-        spec = result_of(entry, SpecificityResult)
-        score = _score(spec, result_of(entry, SensitivityResult))
+        spec = result_of(entry, SpecificityResult, nested=False)
+        score = _score(spec, result_of(entry, SensitivityResult, nested=False))
         if score is not None and spec is not None and wanted.intersection(spec.proxy_tokens):
             ranked.append((-score[0], -score[1], int(key)))
     if not ranked:

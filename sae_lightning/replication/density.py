@@ -25,7 +25,7 @@ def densities(features: dict[str, dict[str, Any]]) -> list[float]:
     """Each feature's density from a report's ``features`` (top_activations must have run)."""
     out = []
     for key, entry in features.items():
-        top = result_of(entry, TopActivationsResult)
+        top = result_of(entry, TopActivationsResult, nested=False)
         value = None if top is None else top.density
         if value is None:
             raise ValueError(f"feature {key} has no top_activations.density: run top_activations")

@@ -81,8 +81,9 @@ def _compared(report: dict[str, Any]) -> list[dict[str, Any]]:
         u = result_of(entry, UniversalityResult)
         if u is None or u.activation_corr is None or u.verdict is None:
             continue
-        top = result_of(entry, TopActivationsResult)
-        spec, sens = result_of(entry, SpecificityResult), result_of(entry, SensitivityResult)
+        top = result_of(entry, TopActivationsResult, nested=False)
+        spec = result_of(entry, SpecificityResult, nested=False)
+        sens = result_of(entry, SensitivityResult)
         rows.append(
             {
                 "best": float(u.activation_corr),
@@ -134,8 +135,8 @@ def _condition(proxy: str | None) -> str:
 def feature_numbers(report: dict[str, Any], feature: int) -> dict[str, Any]:
     """One feature's headline numbers from a report (missing criteria give None)."""
     entry = report["features"][str(feature)]
-    top = result_of(entry, TopActivationsResult)
-    spec = result_of(entry, SpecificityResult)
+    top = result_of(entry, TopActivationsResult, nested=False)
+    spec = result_of(entry, SpecificityResult, nested=False)
     sens = result_of(entry, SensitivityResult)
     down = result_of(entry, DownstreamResult)
     neuron = result_of(entry, NotANeuronResult)

@@ -170,7 +170,7 @@ def analyse_prompts(
         raise ValueError("prompt=[] gives no prompt: pass a text or a list of texts")
     max_activation = {}
     for key, per_feature in report["features"].items():
-        top = result_of(per_feature, TopActivationsResult)
+        top = result_of(per_feature, TopActivationsResult, nested=False)
         max_activation[int(key)] = float((top.max_activation if top else None) or 0.0)
     drop_bos = bool(report["metadata"].get("drop_bos", True))
     return [

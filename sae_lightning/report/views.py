@@ -220,7 +220,7 @@ def index_rows(
     Each cell carries ``sort`` (the raw number, ``""`` if none) for the page's sorting."""
     rows = []
     for key, per_feature in report["features"].items():
-        top = result_of(per_feature, TopActivationsResult)
+        top = result_of(per_feature, TopActivationsResult, nested=False)
         cells = []
         for name in criteria:
             numbers = per_feature.get(name)
