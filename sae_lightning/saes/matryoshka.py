@@ -143,14 +143,18 @@ class MatryoshkaSAE(BatchTopKSAE):
         if not inner:
             return []
         if out.codes is not None:
-            partial = self._inner_groups_sparse(out.codes)  # [groups, batch, d_in]
+            groups = self._inner_groups_sparse(out.codes).unbind(0)  # each [batch, d_in]
         else:
             flat = out.feature_acts.reshape(-1, self.d_sae)  # [batch, d_sae]
             starts = (0, *inner[:-1])
-            partial = torch.stack(
-                [flat[:, a:b] @ self.W_dec[a:b] for a, b in zip(starts, inner, strict=True)]
-            )  # [groups, batch, d_in]
-        return list((partial.cumsum(0) + self.b_dec).unbind(0))
+            groups = tuple(
+                flat[:, a:b] @ self.W_dec[a:b] for a, b in zip(starts, inner, strict=True)
+            )
+        prefixes, running = [], self.b_dec
+        for group in groups:  # running sums (not cumsum: on the CPU its backward is ~10x dearer)
+            running = running + group  # [batch, d_in]
+            prefixes.append(running)
+        return prefixes
 
     def _inner_groups_sparse(self, codes: SparseEntries) -> Float[Tensor, "groups batch d_in"]:
         """Each inner group's decode (no ``b_dec``) from the row-ordered entries ``codes``."""
