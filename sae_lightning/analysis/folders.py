@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".analysis.lock"
 REPORT = "report"
-CRITERIA = CRITERIA_FILE
 EVENTS_SUFFIX = ".analysis"
 """Ending of the analysis's TensorBoard event files (``SummaryWriter(filename_suffix=)``)."""
 _STAGED, _OLD = ".partial", ".old"
@@ -63,9 +62,9 @@ def check_replaceable(out: Path) -> None:
     Raises:
         ReportFolderError: Naming the folder, what it holds, and what to do instead.
     """
-    if (out / CRITERIA).is_file():
+    if (out / CRITERIA_FILE).is_file():
         raise ReportFolderError(
-            f"report_dir {out} is itself a report folder (it holds {CRITERIA}); pass the "
+            f"report_dir {out} is itself a report folder (it holds {CRITERIA_FILE}); pass the "
             f"folder above it (report_dir={out.parent}): the analysis writes report/ there"
         )
     report = out / REPORT
@@ -75,9 +74,9 @@ def check_replaceable(out: Path) -> None:
             f"{report} is {kind}, not an earlier report folder; an analysis replaces "
             "report/ whole, so it refuses: move it away or choose another report_dir"
         )
-    if report.is_dir() and not (report / CRITERIA).is_file() and any(report.iterdir()):
+    if report.is_dir() and not (report / CRITERIA_FILE).is_file() and any(report.iterdir()):
         raise ReportFolderError(
-            f"{report} holds {_listing(report)} but no {CRITERIA}: it is not an earlier "
+            f"{report} holds {_listing(report)} but no {CRITERIA_FILE}: it is not an earlier "
             "analysis report, and an analysis replaces report/ whole, so it refuses; move "
             "that folder away or choose another report_dir"
         )
