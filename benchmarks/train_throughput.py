@@ -1,17 +1,22 @@
-"""Steady-state SAE training throughput, as a fraction of the matmul ceiling on this machine.
+"""Steady-state SAE training throughput, as a fraction of the sparse ceiling on this machine.
 
-    python benchmarks/train_throughput.py [--d-sae 4096 8192] [--batch 4096] [--steps 12]
-                                          [--device cpu|cuda] [--precision 32-true|bf16-mixed]
+    python benchmarks/train_throughput.py [--arch relu topk] [--d-sae 4096 8192 16384]
+                                          [--precision 32-true bf16-mixed] [--batch 4096]
+                                          [--steps 12] [--l0 35] [--k 32] [--device cpu|cuda]
 
 The whole loop runs through the real Lightning Trainer: the frozen embedded model to the
-hook (d_in 1024), the device shuffle buffer, the ReLU SAE step (Adam, decoder
-normalisation). In the same run it times ``torch.mm`` on the same shapes and precision. The
-ceiling is that rate divided by the dense cost of one token, 6 * d_in * d_sae FLOP
-(DESIGN.md). Throughput is reported as a fraction of that ceiling ("fraction"). A dense
-ReLU step executes five matmuls, 10 * d_in * d_sae FLOP per token (encoder and decoder
-forward, the decoder's weight and input gradients, the encoder's weight gradient; no input
-gradient reaches the activations), so that fraction cannot exceed 0.6. The second figure
-("executed") is the FLOP rate actually sustained as a share of the torch.mm rate.
+MLP hook (d_in 1024), the device shuffle buffer, the SAE step (loss, backward, decoder
+gradient projection, fused Adam, renormalisation) and the training metrics. The ReLU SAE
+is set to a trained density first: before the timed steps its encoder biases are shifted
+so that each latent fires on about ``l0 / d_sae`` of real activations (the L0 column is the
+L0 actually measured over the timed steps). TopK keeps ``k`` latents per token.
+
+A trained SAE's codes are sparse, so only the encoder's forward product is dense, 2 * d_in
+* d_sae FLOP per token; the decoder, its gradients and the encoder's weight gradient cost
+O(L0 * d_in) (DESIGN.md). The ceiling is the ``torch.mm`` rate on the same shapes and
+precision, timed in the same run just before and after each training run (the mean of the
+two), divided by that cost; "fraction" is training tokens/s over the ceiling. A dense step
+executes 10 * d_in * d_sae FLOP per token, so a dense step's fraction is at most 0.2.
 """
 
 from __future__ import annotations
@@ -23,22 +28,24 @@ import time
 import lightning as L
 import torch
 
+from sae_lightning.allocator import keep_freed_memory
 from sae_lightning.data.datamodule import ActivationDataModule
 from sae_lightning.data.sources import CorpusSource
-from sae_lightning.losses import L1Loss
+from sae_lightning.losses import L1Loss, TopKLoss
 from sae_lightning.models import load_embedded
 from sae_lightning.module import SAEModule
-from sae_lightning.saes import ReLUSAE
+from sae_lightning.saes import SAE, ReLUSAE, TopKSAE
 
-EXECUTED_FLOP_PER_TOKEN = 10  # x d_in x d_sae, dense ReLU step (see the module docstring)
-DESIGN_FLOP_PER_TOKEN = 6  # x d_in x d_sae, DESIGN.md's cost model
+D_IN = 1024
+SPARSE_FLOP_PER_TOKEN = 2  # x d_in x d_sae: the encoder's forward product (DESIGN.md)
 
 
 class StepTimer(L.Callback):
-    """Wall time of the training steps after ``warmup`` steps (the device is synchronised)."""
+    """Wall time of the training steps after ``warmup`` steps (the device is synchronised),
+    and the mean L0 of their codes."""
 
     def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.tokens = warmup, 0.0, 0
+        self.warmup, self.start, self.tokens, self.active = warmup, 0.0, 0, 0
 
     def _sync(self, device: torch.device) -> None:
         if device.type == "cuda":
@@ -50,10 +57,38 @@ class StepTimer(L.Callback):
             self.start = time.perf_counter()
         elif trainer.global_step > self.warmup:
             self.tokens += batch.shape[0]
+            codes = outputs["feature_acts"]  # dense, or the sparse path's entries
+            dense = codes if isinstance(codes, torch.Tensor) else codes.values
+            self.active += int(torch.count_nonzero(dense))
+
+    @property
+    def l0(self) -> float:
+        return self.active / max(self.tokens, 1)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._sync(pl_module.device)
         self.seconds = time.perf_counter() - self.start
+
+
+class TrainedDensity(L.Callback):
+    """At the start of training, shift a ReLU SAE's encoder biases so that each latent fires
+    on about ``l0 / d_sae`` of ``tokens`` real activations (a trained SAE's density)."""
+
+    def __init__(self, l0: float, tokens: int = 8192) -> None:
+        self.l0, self.tokens = l0, tokens
+
+    def on_train_start(self, trainer, pl_module) -> None:  # after the module's on_fit_start
+        sae = pl_module.sae
+        x = trainer.datamodule.sample_activations(self.tokens).to(pl_module.device)
+        set_density(sae, pl_module.to_sae_units(x), self.l0)
+
+
+@torch.no_grad()
+def set_density(sae: SAE, x: torch.Tensor, l0: float) -> None:
+    """Shift ``sae.b_enc`` so that each latent fires on about ``l0 / d_sae`` of ``x``."""
+    pre = sae.encode_pre(x).float()  # [n, d_sae]
+    cut = pre.quantile(1 - l0 / sae.d_sae, dim=0)  # [d_sae]
+    sae.b_enc.sub_(cut)
 
 
 def matmul_rate(
@@ -75,16 +110,17 @@ def matmul_rate(
     return 2 * batch * d_in * d_sae * reps / (time.perf_counter() - start)
 
 
-def fit_rate(
+def fit_timer(
     module: L.LightningModule,
     datamodule: L.LightningDataModule,
     steps: int,
     device: str,
     warmup: int,
     precision: str = "32-true",
-) -> float:
-    """Training tokens/s of ``trainer.fit`` over ``steps`` timed steps after ``warmup``
-    (no validation, logging, checkpoints or progress bar)."""
+    callbacks: list[L.Callback] | None = None,
+) -> StepTimer:
+    """The timer of ``trainer.fit`` over ``steps`` timed steps after ``warmup`` (no
+    validation, logging, checkpoints or progress bar): ``tokens / seconds`` is the rate."""
     timer = StepTimer(warmup=warmup)
     trainer = L.Trainer(
         accelerator=device,
@@ -96,54 +132,86 @@ def fit_rate(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[*(callbacks or []), timer],
     )
     trainer.fit(module, datamodule=datamodule)
+    return timer
+
+
+def fit_rate(
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    steps: int,
+    device: str,
+    warmup: int,
+    precision: str = "32-true",
+) -> float:
+    """Training tokens/s of ``trainer.fit`` over ``steps`` timed steps after ``warmup``."""
+    timer = fit_timer(module, datamodule, steps, device, warmup, precision)
     return timer.tokens / timer.seconds
 
 
-def train_rate(model, d_sae: int, batch: int, steps: int, device: str, precision: str) -> float:
-    """Training tokens/s of the full loop over ``steps`` steps after 3 warm-up steps."""
+def build(arch: str, d_sae: int, k: int) -> tuple[SAE, object]:
+    """The SAE and its loss as conf/sae/<arch>.yaml trains them (fused Adam below)."""
+    if arch == "topk":
+        return TopKSAE(D_IN, d_sae, k), TopKLoss()
+    return ReLUSAE(D_IN, d_sae), L1Loss(l1_coeff=2.0)
+
+
+def train_rate(model, arch: str, d_sae: int, args: argparse.Namespace, precision: str):
+    """(tokens/s, mean L0) of the full loop over ``args.steps`` steps after 3 warm-up steps."""
     datamodule = ActivationDataModule(
         CorpusSource("stdlib"),
-        batch_size=batch,
-        buffer_tokens=max(65536, 4 * batch),
+        batch_size=args.batch,
+        buffer_tokens=max(65536, 4 * args.batch),
         val_contexts=1,
     )
     spec = datamodule.set_model(model)
+    sae, loss = build(arch, d_sae, args.k)
     module = SAEModule(
-        ReLUSAE(1024, d_sae),
-        L1Loss(2.0),
-        lambda params: torch.optim.Adam(params, lr=1e-4),
+        sae,
+        loss,
+        lambda params: torch.optim.Adam(params, lr=1e-4, fused=True),
         b_dec_init="mean",
     )
     module.set_spec(spec)
-    return fit_rate(module, datamodule, steps, device, warmup=3, precision=precision)
+    callbacks = [TrainedDensity(args.l0)] if arch == "relu" else []
+    timer = fit_timer(module, datamodule, args.steps, args.device, 3, precision, callbacks)
+    return timer.tokens / timer.seconds, timer.l0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--d-sae", type=int, nargs="+", default=[4096, 8192])
+    parser.add_argument("--arch", nargs="+", default=["relu", "topk"], choices=["relu", "topk"])
+    parser.add_argument("--d-sae", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"])
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--l0", type=float, default=35.0, help="ReLU's trained density")
+    parser.add_argument("--k", type=int, default=32, help="TopK's k")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="32-true")
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.WARNING)
+    keep_freed_memory()  # as train.py does
     torch.manual_seed(0)
     model = load_embedded(device=args.device)
-    d_in = 1024
-    print(f"device={args.device} precision={args.precision} batch={args.batch} d_in={d_in}")
+    print(f"device={args.device} batch={args.batch} d_in={D_IN} steps={args.steps}")
     print(
-        f"{'d_sae':>6} {'train tok/s':>12} {'mm TFLOP/s':>11} {'ceiling tok/s':>14} {'fraction':>9}"
+        f"{'arch':<5} {'precision':<10} {'d_sae':>6} {'L0':>6} {'train tok/s':>12} "
+        f"{'mm GFLOP/s':>11} {'ceiling tok/s':>14} {'fraction':>9}"
     )
-    for d_sae in args.d_sae:
-        rate = train_rate(model, d_sae, args.batch, args.steps, args.device, args.precision)
-        mm = matmul_rate(args.batch, d_in, d_sae, args.device, args.precision)
-        ceiling = mm / (6 * d_in * d_sae)
-        print(
-            f"{d_sae:>6} {rate:>12.0f} {mm / 1e12:>11.3f} {ceiling:>14.0f} {rate / ceiling:>9.3f}"
-        )
+    for precision in args.precision:
+        for arch in args.arch:
+            for d_sae in args.d_sae:
+                before = matmul_rate(args.batch, D_IN, d_sae, args.device, precision)
+                rate, l0 = train_rate(model, arch, d_sae, args, precision)
+                mm = (before + matmul_rate(args.batch, D_IN, d_sae, args.device, precision)) / 2
+                ceiling = mm / (SPARSE_FLOP_PER_TOKEN * D_IN * d_sae)
+                print(
+                    f"{arch:<5} {precision:<10} {d_sae:>6} {l0:>6.1f} {rate:>12,.0f} "
+                    f"{mm / 1e9:>11.0f} {ceiling:>14,.0f} {rate / ceiling:>9.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
