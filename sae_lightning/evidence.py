@@ -9,6 +9,8 @@ the training step:
 
 - ``criteria/<name>/<key>``: each criterion's summary (``pass_rate`` by default);
 - ``evidence/dead_fraction`` and the histogram ``evidence/log10_feature_density``;
+- ``evidence/cpu_seconds``: the process CPU time the evaluation took (its cost, to set
+  ``every_n_steps`` by; ``benchmarks/evidence_overhead.py`` measures the whole overhead);
 - for each named concept (:func:`~sae_lightning.replication.concepts.select_concept`, as the
   replication chooses it): ``evidence/<concept>/found`` (1 or 0) and, when found, its best
   feature's ``feature``, ``specificity``, ``sensitivity`` and ``neuron_corr``.
@@ -161,9 +163,10 @@ class FeatureEvidence(L.Callback):
             stack.enter_context(torch.no_grad())
             stack.enter_context(torch.autocast(device.type, enabled=False))
             self.latest = self.evaluate(pl_module, step, trainer.global_rank, trainer.world_size)
+        seconds = time.process_time() - start
+        self.cpu_seconds += seconds
         if trainer.is_global_zero:
-            self._log(trainer, self.latest)
-        self.cpu_seconds += time.process_time() - start
+            self._log(trainer, self.latest, seconds)
 
     def evaluate(
         self, pl_module: Any, step: int = 0, rank: int = 0, world_size: int = 1
@@ -233,9 +236,9 @@ class FeatureEvidence(L.Callback):
                 out[f"evidence/{name}/neuron_corr"] = float(neuron.max_neuron_corr)
         return out
 
-    def _log(self, trainer: L.Trainer, evidence: Evidence) -> None:
+    def _log(self, trainer: L.Trainer, evidence: Evidence, cpu_seconds: float) -> None:
         step = evidence.step
-        scalars = self.scalars(evidence)
+        scalars = {**self.scalars(evidence), "evidence/cpu_seconds": cpu_seconds}
         histogram = log10_density(evidence.density)  # [d_sae]
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
