@@ -95,15 +95,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if spec is not None
         else getattr(datamodule, "model_name", SYNTHETIC)
     )
-    loggers, members, member_loggers = instantiate_dict(cfg.get("logger")), {}, {}
-    if subs:
-        members = {n: build_module(c, datamodule.d_in(), spec, True) for n, (c, _) in subs.items()}
-        module = MultiSAEModule(members)
-        member_loggers = {n: instantiate_dict(c.get("logger")) for n, (c, _) in subs.items()}
-        trainer_loggers = [SAELoggers(loggers, member_loggers)]
-    else:
-        module = build_module(cfg, datamodule.d_in(), spec)
-        trainer_loggers = loggers
+    loggers = instantiate_dict(cfg.get("logger"))
+    module, members, member_loggers = _modules(cfg, subs, datamodule.d_in(), spec)
+    trainer_loggers = [SAELoggers(loggers, member_loggers)] if subs else loggers
     if spec is None and hasattr(datamodule, "dictionary"):
         datamodule.dictionary.save(out)  # the ground truth beside the SAE it should match
     trainer: L.Trainer = instantiate(
@@ -137,6 +131,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning(note)
         _finish(cfg, out, module, positions, model_name, metrics, loggers, notes)
     return metrics
+
+
+def _modules(
+    cfg: DictConfig, subs: dict[str, tuple[DictConfig, list[str]]], d_in: int, spec
+) -> tuple[Any, dict[str, Any], dict[str, list]]:
+    """(the module to fit, the SAEs of ``subs`` by name, their loggers by name): the
+    :class:`MultiSAEModule` of ``subs``, or the one SAEModule of ``cfg`` and two empty dicts."""
+    if not subs:
+        return build_module(cfg, d_in, spec), {}, {}
+    members = {name: build_module(sub, d_in, spec, member=True) for name, (sub, _) in subs.items()}
+    loggers = {name: instantiate_dict(sub.get("logger")) for name, (sub, _) in subs.items()}
+    return MultiSAEModule(members), members, loggers
 
 
 def _finish_many(
