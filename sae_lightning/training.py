@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from sae_lightning.allocator import keep_freed_memory
 from sae_lightning.disk import DiskCheckedIO, tensor_bytes, writing
 from sae_lightning.formats import save_saelens
 from sae_lightning.guards import end_of_run_warnings
@@ -79,6 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     :mod:`sae_lightning.multi_config`); returns the final validation metrics (``<name>/val/*``
     for several SAEs)."""
     L.seed_everything(cfg.seed, workers=True)
+    keep_freed_memory()  # CPU steps reuse their large blocks instead of page-faulting anew
     out = Path(cfg.paths.output_dir)
     check_hook_name(cfg.hook_name)  # before the model loads, like the checks below
     subs = sae_configs(cfg)  # {} for one SAE

@@ -90,7 +90,7 @@ class BatchTopKSAE(TopKSAE):
         self._check_width(x, "d_in", "input")
         bias = self.encoder_bias()
         with torch.no_grad():
-            pre = x @ self.W_enc + bias  # [batch, d_sae]
+            pre = torch.addmm(bias, x, self.W_enc)  # [batch, d_sae]
         rows, cols, crow = self.select(pre)
         values = gather_pre(x, self.W_enc, self.b_enc, pre, rows, cols, self.input_bias())
         return SparseEntries(rows, cols, torch.relu(values), x.shape[0], self.d_sae, "row", crow)

@@ -76,8 +76,8 @@ class TopKSAE(SAE):
         self._check_width(x, "d_in", "input")
         bias = self.encoder_bias()  # [d_sae]
         if self.sparse_decoder:
-            with torch.no_grad():
-                pre = x @ self.W_enc + bias  # [batch, d_sae]
+            with torch.no_grad():  # addmm: the bias in the product's pass, not a second pass
+                pre = torch.addmm(bias, x, self.W_enc)  # [batch, d_sae]
             rows, cols, crow = self.select(pre)
             values = gather_pre(x, self.W_enc, self.b_enc, pre, rows, cols, self.input_bias())
         else:
