@@ -88,7 +88,12 @@ class AnalysisBatch:
     neuron_acts: Float[Tensor, "batch pos d_in"]
     """The hooked activations themselves (the MLP neurons for ``mlp.hook_post``)."""
     other_acts: Float[Tensor, "batch pos d_other"] | None = None
-    """All feature activations of the ``compare_with`` SAE on the same tokens, if any."""
+    """All feature activations of the ``compare_with`` SAE on the same tokens, if any (read
+    from ``AnalysisContext.other_model`` when it reads another model)."""
+    mlp_neurons: Float[Tensor, "batch pos d_mlp"] | None = None
+    """Across models only: the MLP neurons of ``model`` at the hook's layer."""
+    other_mlp_neurons: Float[Tensor, "batch pos d_mlp_other"] | None = None
+    """Across models only: the MLP neurons of ``other_model`` on the same tokens."""
     start: int = 0
     """Position in its context of column 0 (``AnalysisContext.start``: 1 when BOS is dropped)."""
     _firing: SparseEntries | None = field(default=None, init=False, repr=False)
@@ -120,6 +125,11 @@ class AnalysisContext:
     """All analysed contexts, to look up a token's context by ``token_index``."""
     other_sae: Any = None
     """The SAE to compare with (universality), or None."""
+    other_model: Any = None
+    """The frozen model ``other_sae`` reads when it is not ``model`` (cross-model
+    universality; the two share a tokenizer), else None."""
+    other_hook_name: str | None = None
+    """Where ``other_sae`` reads ``other_model`` (None: ``hook_name``)."""
     artefacts: Artefacts = field(default_factory=Artefacts)
     """What criteria hand each other (see :mod:`sae_lightning.analysis.artefacts`)."""
     drop_bos: bool = True

@@ -1,12 +1,13 @@
 """``AnalysisModule``: the one streaming pass over the analysed tokens that every criterion reads.
 
 ``trainer.validate(module)`` runs the frozen model to the hook on each batch of contexts,
-encodes the activations with the SAE (and the ``compare_with`` SAE), and returns an
-:class:`AnalysisBatch`, which Lightning hands to every criterion's
-``on_validation_batch_end``. At the end of the epoch, the criteria (Callbacks, whose epoch-end
-hooks run before the module's) are complete: the module collects their results (providers of
-artefacts first, :func:`order_criteria`) into the :class:`AnalysisResults`, logs their
-summaries and writes the scorecard to TensorBoard.
+encodes the activations with the SAE (and the ``compare_with`` SAE: on the same
+activations, or on ``ctx.other_model``'s when it reads another model, together with both
+models' MLP neurons), and returns an :class:`AnalysisBatch`, which Lightning hands to every
+criterion's ``on_validation_batch_end``. At the end of the epoch, the criteria (Callbacks,
+whose epoch-end hooks run before the module's) are complete: the module collects their
+results (providers of artefacts first, :func:`order_criteria`) into the
+:class:`AnalysisResults`, logs their summaries and writes the scorecard to TensorBoard.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from sae_lightning.analysis.artefacts import Artefact
+from sae_lightning.analysis.comparison import neuron_hook
 from sae_lightning.analysis.criterion import (
     AnalysisBatch,
     AnalysisContext,
@@ -125,6 +127,8 @@ class AnalysisModule(L.LightningModule):
         # in Criterion.setup, while the module was still on the CPU) follow it here
         super().on_validation_model_eval()
         move_model(self.frozen, self.device)
+        if self.ctx.other_model is not None:
+            move_model(self.ctx.other_model, self.device)
         for criterion in self.criteria():
             for metric in criterion.metrics():
                 metric.to(self.device)
@@ -141,19 +145,35 @@ class AnalysisModule(L.LightningModule):
         index = None if self.all_features else self.feature_index
         feats = encode_features(self.sae, acts, index)  # [b, pos, n_features]
         positions = torch.arange(start, self.n_ctx, device=tokens.device)  # [pos]
-        other = (
-            self.other_sae.encode(acts.to(self.other_sae.W_enc.dtype))
-            if self.other_sae is not None
-            else None
-        )
-        return AnalysisBatch(
+        batch = AnalysisBatch(
             tokens=tokens[:, start:],
             token_index=context_index[:, None] * self.n_ctx + positions,  # [b, pos]
             feature_acts=feats,
             neuron_acts=acts,
-            other_acts=other,
             start=start,
         )
+        if self.other_sae is not None:
+            self._compare(batch, tokens)
+        return batch
+
+    def _compare(self, batch: AnalysisBatch, tokens: Int[Tensor, "b n_ctx"]) -> None:
+        """The ``compare_with`` SAE's features into ``batch``: on the same activations, or
+        across models on ``ctx.other_model``'s, with both models' MLP neurons."""
+        dtype, ctx = self.other_sae.W_enc.dtype, self.ctx
+        if ctx.other_model is None:
+            batch.other_acts = self.other_sae.encode(batch.neuron_acts.to(dtype))
+            return
+        hook_b = ctx.other_hook_name or ctx.hook_name
+        theirs = capture_activations(ctx.other_model, tokens, hook_b)[:, ctx.start :]
+        batch.other_acts = self.other_sae.encode(theirs.to(dtype).contiguous())  # [b, pos, d_b]
+        for model, hook, acts, field in (
+            (self.frozen, ctx.hook_name, batch.neuron_acts, "mlp_neurons"),
+            (ctx.other_model, hook_b, theirs, "other_mlp_neurons"),
+        ):
+            neurons = neuron_hook(hook)
+            if neurons != hook:
+                acts = capture_activations(model, tokens, neurons)[:, ctx.start :]
+            setattr(batch, field, acts.float())  # [b, pos, d_mlp]
 
     def _kept(self, rows: list[int], device: torch.device) -> Tensor | None:
         kept = self.ctx.artefacts.find(KEPT_ACTIVATIONS)

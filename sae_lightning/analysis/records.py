@@ -236,7 +236,18 @@ class NotANeuronResult(Result):
 @dataclass(slots=True)
 class UniversalityResult(Result):
     """A best match in the ``compare_with`` SAE; without one, only ``note`` and
-    ``neuron_corr`` (and ``verdict`` None) are set and written."""
+    ``neuron_corr`` (and ``verdict`` None) are set and written.
+
+    The ``compare_with`` SAE may read another model that shares the tokenizer (cross-model
+    universality; ``metadata.compare_model`` names it): the match is then by activation on
+    the same tokens through each model, and the logit weights go through each model's own
+    unembedding. The criterion's summary holds the population numbers:
+    ``median_best_match_corr`` over the live features (``density >= min_density``, also
+    ``n_live_features`` and ``min_density``), ``median_neuron_baseline_corr`` (their best
+    correlation with a neuron of their own model) and, across models, the paper's baseline
+    ``median_neuron_best_match_corr``: each MLP neuron of model A against the neurons of model
+    B (``n_neurons`` of them). Files written before ``density`` read it as None.
+    """
 
     criterion: ClassVar[str] = "universality"
     headline: ClassVar[str | None] = "activation_corr"
@@ -246,6 +257,8 @@ class UniversalityResult(Result):
     activation_corr: float | None = None
     logit_weight_corr: float | None = None
     neuron_corr: float | None = None
+    density: float | None = _optional()
+    """Fraction of the analysed tokens the feature fired on (its liveness)."""
     verdict: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:

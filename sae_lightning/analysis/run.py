@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 from torch import Tensor
 
+from sae_lightning.analysis.comparison import Comparison, load_comparison
 from sae_lightning.analysis.criterion import AnalysisContext, Criterion, order_criteria
 from sae_lightning.analysis.folders import EVENTS_SUFFIX, REPORT, ReportFolder
 from sae_lightning.analysis.loading import check_compatible, latest_run, load_sae
@@ -104,7 +105,8 @@ def _criteria(cfg: DictConfig) -> list[Criterion]:
 
 
 def _load(cfg: DictConfig):
-    """The SAE, its metadata, the model and the hook, checked to fit each other."""
+    """The SAE, its metadata, the model and the hook, checked to fit each other; the
+    ``compare_with`` SAE (with its own model when it reads another one), or None."""
     path = cfg.get("sae_path") or latest_run(cfg.get("runs_root") or "outputs")
     sae, metadata = load_sae(path)
     hook = cfg.get("hook_name") or metadata.get("hook_name")
@@ -117,8 +119,8 @@ def _load(cfg: DictConfig):
     check_compatible(sae, metadata, model, hook)
     other = None
     if cfg.get("compare_with"):
-        other, other_meta = load_sae(cfg.compare_with)
-        check_compatible(other, other_meta, model, hook)
+        compare_model = instantiate(cfg.compare_model) if cfg.get("compare_model") else None
+        other = load_comparison(cfg.compare_with, metadata, model, hook, compare_model)
     return sae, metadata, model, hook, other
 
 
@@ -150,7 +152,9 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         features=features,
         str_tokens=vocab_strings(model),
         contexts=contexts,
-        other_sae=other,
+        other_sae=other.sae if other else None,
+        other_model=other.model if other else None,
+        other_hook_name=other.hook_name if other else None,
         drop_bos=drop_bos,
     )
     info = {
@@ -164,10 +168,11 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         "n_features": len(features),
         "d_sae": sae.d_sae,
         "compare_with": cfg.get("compare_with"),
+        **_cross_model_info(other),
         "criteria": [c.name for c in criteria],
     }
     results = AnalysisResults(features, info)
-    module = AnalysisModule(sae, model, ctx, results, other, cfg.batch_size)
+    module = AnalysisModule(sae, model, ctx, results, ctx.other_sae, cfg.batch_size)
     logger = TensorBoardLogger(
         folder.out,
         name="tensorboard",
@@ -187,6 +192,13 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         if cfg.get("dashboards") or cfg.get("prompt"):
             _write_dashboards(cfg, path, sae, model, hook, logger, folder)
     return results
+
+
+def _cross_model_info(other: Comparison | None) -> dict[str, Any]:
+    """Metadata of a cross-model comparison: the other model and hook (nothing otherwise)."""
+    if other is None or other.model is None:
+        return {}
+    return {"compare_model": other.model_name, "compare_hook_name": other.hook_name}
 
 
 def _write_dashboards(
