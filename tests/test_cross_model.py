@@ -215,6 +215,40 @@ def test_models_with_another_tokenizer_of_the_same_size_are_refused(tmp_path):
         check_same_tokenizer(a, "toy-1l", SimpleNamespace(tokenizer=None), "no-tokenizer")
 
 
+def test_load_comparison_loads_model_b_only_when_another_model_is_named(tmp_path, monkeypatch):
+    import sae_lightning.analysis.comparison as comparison
+    from sae_lightning.formats import save_saelens
+    from sae_lightning.models import embedded_dir
+    from sae_lightning.toy.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(embedded_dir() / "tokenizer")
+    model_a = SimpleNamespace(tokenizer=tokenizer)
+    loaded, checked = {}, []
+    monkeypatch.setattr(comparison, "check_compatible", lambda *a: checked.append(a[2:]))
+    monkeypatch.setattr(
+        comparison, "load_model_by_name", lambda name: loaded.setdefault(name, model_b)
+    )
+    model_b = SimpleNamespace(tokenizer=tokenizer)
+    names = {"a": "gelu-1l", "b": "toy-1l-b"}
+    for key, name in names.items():
+        hook = "blocks.0.mlp.hook_post" if key == "a" else "blocks.0.hook_mlp_out"
+        save_saelens(
+            random_sae(8, 4), tmp_path / key, {**META, "model_name": name, "hook_name": hook}
+        )
+    meta_a = {"model_name": "NeelNanda/GELU_1L512W_C4_Code"}  # an alias of gelu-1l: one model
+    same = comparison.load_comparison(str(tmp_path / "a"), meta_a, model_a, HOOK)
+    assert same.model is None and same.hook_name is None and loaded == {}
+    assert checked == [(model_a, HOOK)]  # read from model A at A's hook, as before
+    cross = comparison.load_comparison(str(tmp_path / "b"), meta_a, model_a, HOOK)
+    assert cross.model is model_b and list(loaded) == ["toy-1l-b"]
+    assert (cross.model_name, cross.hook_name) == ("toy-1l-b", "blocks.0.hook_mlp_out")
+    assert checked[-1] == (model_b, "blocks.0.hook_mlp_out")  # B at its own hook
+    model_b.tokenizer = load_tokenizer(swapped_tokenizer(tmp_path / "t", "Ġimport", "Ġfor"))
+    loaded.clear()
+    with pytest.raises(ValueError, match=r"'toy-1l-b'.*does not share the tokenizer.*GELU"):
+        comparison.load_comparison(str(tmp_path / "b"), meta_a, model_a, HOOK)
+
+
 # ---- end to end on the shipped model (about 20 s of CPU each: the model loads) ----
 
 
@@ -285,3 +319,32 @@ def test_analyze_refuses_a_model_b_with_another_tokenizer(tmp_path, tiny_corpus)
     with pytest.raises(ValueError, match=r"'toy-1l-perm'.*does not share the tokenizer.*'toy-1l'"):
         cross_analysis(tmp_path, tiny_corpus, model_dir, random_sae(1024, 32, seed=1))
     assert not (tmp_path / "out" / "report").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[1] / "sae_lightning/assets/toy-1l-b").is_dir(),
+    reason="the toy-1l-b weights are not shipped yet",
+)
+def test_an_sae_of_toy_1l_b_is_compared_across_the_two_shipped_models(tmp_path, tiny_corpus):  # noqa: F811
+    """SAE B's metadata names toy-1l-b: analyze.py loads it (no compare_model) and matches the
+    neurons of two independently trained models: related, never copies of each other."""
+    from hydra import compose, initialize_config_dir
+
+    from sae_lightning.analysis.run import analyze
+    from sae_lightning.formats import save_saelens
+
+    save_saelens(random_sae(1024, 32, seed=0), tmp_path / "a", META)
+    save_saelens(random_sae(1024, 32, seed=1), tmp_path / "b", {**META, "model_name": "toy-1l-b"})
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("analyze", overrides=[
+            f"sae_path={tmp_path / 'a'}", f"compare_with={tmp_path / 'b'}",
+            "criteria=[universality]", f"data.source.corpus={tiny_corpus}", "data.split=train",
+            "tokens=2048", f"paths.output_dir={tmp_path / 'out'}", "dashboards=false",
+            "+trainer.enable_progress_bar=false",
+        ])  # fmt: skip
+    analyze(cfg)
+    report = json.loads((tmp_path / "out" / "report" / "criteria.json").read_text())
+    summary = report["criteria"]["universality"]
+    assert report["metadata"]["compare_model"] == "toy-1l-b" and summary["n_neurons"] == 1024
+    assert 0.1 < summary["median_neuron_best_match_corr"] < 0.99
