@@ -197,7 +197,8 @@ class FeatureEvidence(L.Callback):
         rows = torch.arange(rank, len(self.contexts), world_size)  # this rank's contexts
         for i, first in enumerate(range(0, len(rows), self.batch_size)):
             index = rows[first : first + self.batch_size]
-            batch = module.validation_step((self.contexts[index].to(device), index), i)
+            tokens = self.contexts[index].to(device)  # [b, n_ctx]
+            batch = module.validation_step((tokens, index.to(device)), i)
             density.update(batch.feature_acts.flatten(0, 1))  # [b * pos, d_sae]
             for criterion in self.criteria:
                 criterion.update(batch, ctx)
