@@ -296,7 +296,8 @@ def test_analyze_matches_toy_1l_against_its_neuron_permutation(tmp_path, tiny_co
     perm = torch.randperm(1024, generator=torch.Generator().manual_seed(0))
     fperm = torch.randperm(32, generator=torch.Generator().manual_seed(1))
     other = permuted_sae(random_sae(1024, 32, seed=0), perm, torch.ones(1024), fperm)
-    report = cross_analysis(tmp_path, tiny_corpus, permuted_toy_folder(tmp_path / "m", perm), other)
+    model_dir = permuted_toy_folder(tmp_path / "m", perm)
+    report = cross_analysis(tmp_path, tiny_corpus, model_dir, other, "dashboards=true")
     meta, summary = report["metadata"], report["criteria"]["universality"]
     assert meta["compare_model"] == "toy-1l-perm" and meta["compare_hook_name"] == HOOK
     assert summary["n_neurons"] == 1024
@@ -310,6 +311,8 @@ def test_analyze_matches_toy_1l_against_its_neuron_permutation(tmp_path, tiny_co
         assert result["best_match"] == int(inverse[int(f)])
         assert result["activation_corr"] == pytest.approx(1.0, abs=1e-5)
         assert result["logit_weight_corr"] == pytest.approx(1.0, abs=1e-5)
+    page = (tmp_path / "out" / "report" / "features" / f"{next(iter(live))}.html").read_text()
+    assert f"feature <b>{int(inverse[int(next(iter(live)))])}</b>" in page  # the best match shown
 
 
 @pytest.mark.slow
