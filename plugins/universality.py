@@ -7,8 +7,9 @@ The ``compare_with`` SAE may read another model with the same tokenizer
 (``ctx.other_model``; :mod:`sae_lightning.analysis.comparison`): both models then run on the
 same tokens, and each SAE's logit weights go through its own model's unembedding.
 
-Population level (``summary``): the median best-match correlation of the live features
-(firing density at least ``min_density``; dead and ultralow-density features left out),
+Population level (``summary``): the median best-match ``|correlation|`` of the live features
+(firing density at least ``min_density``; dead and ultralow-density features left out; the
+match is the largest ``|correlation|``, as for neurons in :mod:`plugins.not_a_neuron`),
 against neuron baselines. Per feature, its best correlation with any MLP neuron of its own
 model (the score of a feature that is merely a neuron): streamed here (``neuron_baseline:
 true``, memory ``8 * n_features * d_in`` bytes) or, when false, the ``NEURON_MAX_CORR``
@@ -178,7 +179,7 @@ class Universality(Criterion):
         live = [
             r for r in results.values() if r.density is None or r.density >= self.min_density
         ]  # (no density: a result without a second SAE, or read from an older file)
-        best = [r.activation_corr for r in live if r.activation_corr is not None]
+        best = [abs(r.activation_corr) for r in live if r.activation_corr is not None]
         neurons = [r.neuron_corr for r in live if r.neuron_corr is not None]
         out["min_density"], out["n_live_features"] = self.min_density, float(len(live))
         if best:
@@ -186,7 +187,7 @@ class Universality(Criterion):
         if neurons:
             out["median_neuron_baseline_corr"] = statistics.median(neurons)
         if self.neuron_matches is not None:
-            corr = self.neuron_matches[0][self.neuron_live]
+            corr = self.neuron_matches[0][self.neuron_live].abs()
             out["n_neurons"] = float(len(corr))
             if len(corr):
                 out["median_neuron_best_match_corr"] = float(corr.median())

@@ -241,12 +241,13 @@ class UniversalityResult(Result):
     The ``compare_with`` SAE may read another model that shares the tokenizer (cross-model
     universality; ``metadata.compare_model`` names it): the match is then by activation on
     the same tokens through each model, and the logit weights go through each model's own
-    unembedding. The criterion's summary holds the population numbers:
-    ``median_best_match_corr`` over the live features (``density >= min_density``, also
-    ``n_live_features`` and ``min_density``), ``median_neuron_baseline_corr`` (their best
-    correlation with a neuron of their own model) and, across models, the paper's baseline
-    ``median_neuron_best_match_corr``: each MLP neuron of model A against the neurons of model
-    B (``n_neurons`` of them). Files written before ``density`` read it as None.
+    unembedding. The criterion's summary holds the population numbers, medians of the best
+    ``|correlation|``: ``median_best_match_corr`` over the live features (``density >=
+    min_density``; also ``n_live_features`` and ``min_density``),
+    ``median_neuron_baseline_corr`` (their best correlation with a neuron of their own
+    model) and, across models, the paper's baseline ``median_neuron_best_match_corr``: each
+    MLP neuron of model A against the neurons of model B (``n_neurons`` of them). Files
+    written before ``density`` read it as None.
     """
 
     criterion: ClassVar[str] = "universality"
