@@ -249,6 +249,18 @@ def test_load_comparison_loads_model_b_only_when_another_model_is_named(tmp_path
         comparison.load_comparison(str(tmp_path / "b"), meta_a, model_a, HOOK)
 
 
+def test_compare_model_without_compare_with_is_refused_before_loading():
+    from hydra import compose, initialize_config_dir
+
+    from sae_lightning.analysis.run import _load
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("analyze", overrides=["sae_path=/no/such/sae", "compare_model={name:x}"])
+    message = r"compare_model=\{'name': 'x'\} is the model of the compare_with SAE, but "
+    with pytest.raises(ValueError, match=message + r"compare_with=None: pass compare_with=PATH"):
+        _load(cfg)
+
+
 # ---- end to end on the shipped model (about 20 s of CPU each: the model loads) ----
 
 

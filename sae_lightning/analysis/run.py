@@ -107,6 +107,12 @@ def _criteria(cfg: DictConfig) -> list[Criterion]:
 def _load(cfg: DictConfig):
     """The SAE, its metadata, the model and the hook, checked to fit each other; the
     ``compare_with`` SAE (with its own model when it reads another one), or None."""
+    if cfg.get("compare_model") and not cfg.get("compare_with"):
+        raise ValueError(
+            f"compare_model={cfg.compare_model} is the model of the compare_with SAE, but "
+            f"compare_with={cfg.get('compare_with')!r}: pass compare_with=PATH too, or drop "
+            "compare_model"
+        )
     path = cfg.get("sae_path") or latest_run(cfg.get("runs_root") or "outputs")
     sae, metadata = load_sae(path)
     hook = cfg.get("hook_name") or metadata.get("hook_name")
