@@ -83,3 +83,33 @@ def test_pretrain_refuses_a_tokenizer_of_another_vocabulary_size(tmp_path, small
     cfg = _pretrain_cfg(tmp_path / "run", small_corpus, f"tokenizer={tmp_path}")
     with pytest.raises(FileNotFoundError, match="no tokenizer.json in tokenizer folder"):
         pretrain(cfg)
+
+
+@pytest.mark.slow  # about 10 s of CPU, like the test above
+def test_a_stopped_pretraining_exports_nothing(
+    tmp_path,
+    monkeypatch,
+    small_corpus,  # noqa: F811
+):
+    import lightning as L
+
+    from sae_lightning.toy import pretrain as pretrain_module
+
+    class StopAtOne(L.Callback):  # what Lightning does on SIGTERM: should_stop, fit returns
+        def on_train_batch_end(self, trainer, *args) -> None:
+            trainer.should_stop = True
+
+    original = pretrain_module.instantiate
+
+    def with_stop(node, **kwargs):
+        obj = original(node, **kwargs)
+        if isinstance(obj, L.Trainer):
+            obj.callbacks.append(StopAtOne())
+        return obj
+
+    monkeypatch.setattr(pretrain_module, "instantiate", with_stop)
+    cfg = _pretrain_cfg(tmp_path / "run", small_corpus, f"export_dir={tmp_path / 'export'}")
+    with pytest.raises(RuntimeError, match="stopped at step 1 of 3: nothing was exported"):
+        pretrain_module.pretrain(cfg)
+    assert not (tmp_path / "export").exists()
+    assert not (tmp_path / "run" / "model").exists()

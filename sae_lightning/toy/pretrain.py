@@ -140,5 +140,11 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.module, model=OmegaConf.to_container(cfg.model, resolve=True))
     trainer = instantiate(cfg.trainer, default_root_dir=str(out))
     trainer.fit(module, datamodule=datamodule)
+    if trainer.global_step < trainer.max_steps:  # SIGTERM or Ctrl-C: fit returns early
+        raise RuntimeError(
+            f"pretraining stopped at step {trainer.global_step} of {trainer.max_steps}: "
+            f"nothing was exported (a half-trained model would have replaced "
+            f"{cfg.get('export_dir') or out / 'model'}); run the command again"
+        )
     train_seconds = time.time() - start
     return export_model(module.model, tokenizer_dir, cfg, out, train_seconds)
