@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from train_throughput import fit_rate
+from train_throughput import fit_timer
 
 from sae_lightning.data.cache import cache_activations
 from sae_lightning.data.cached import CachedDataModule
@@ -44,7 +44,7 @@ def tokens_per_second(datamodule, model, d_sae: int, steps: int) -> float:
     if spec is not None:
         module.set_spec(spec)
     # max_steps = steps, the first WARMUP untimed, as train_throughput's loop
-    return fit_rate(module, datamodule, steps - WARMUP, "cpu", warmup=WARMUP)
+    return fit_timer(module, datamodule, steps - WARMUP, "cpu", warmup=WARMUP).rate
 
 
 def stream_rate(datamodule, batches: int) -> float:

@@ -26,7 +26,7 @@ import statistics
 import time
 
 import torch
-from train_throughput import fit_rate, matmul_rate
+from train_throughput import fit_timer, matmul_rate
 
 from sae_lightning.data.datamodule import ActivationDataModule
 from sae_lightning.data.sources import CorpusSource
@@ -73,7 +73,7 @@ def loop_rate(model, d_sae: int, k: int, sparse: bool, batch: int, steps: int, d
     sae = TopKSAE(D_IN, d_sae, k, sparse_decoder=sparse)
     module = SAEModule(sae, TopKLoss(), lambda p: torch.optim.Adam(p, lr=1e-4), b_dec_init="mean")
     module.set_spec(spec)
-    return fit_rate(module, datamodule, steps, device, warmup=2)
+    return fit_timer(module, datamodule, steps, device, warmup=2).rate
 
 
 def main() -> None:

@@ -65,6 +65,11 @@ class StepTimer(L.Callback):
     def l0(self) -> float:
         return self.active / max(self.tokens, 1)
 
+    @property
+    def rate(self) -> float:
+        """Training tokens/s over the timed steps."""
+        return self.tokens / self.seconds
+
     def on_train_end(self, trainer, pl_module) -> None:
         self._sync(pl_module.device)
         self.seconds = time.perf_counter() - self.start
@@ -120,7 +125,7 @@ def fit_timer(
     callbacks: list[L.Callback] | None = None,
 ) -> StepTimer:
     """The timer of ``trainer.fit`` over ``steps`` timed steps after ``warmup`` (no
-    validation, logging, checkpoints or progress bar): ``tokens / seconds`` is the rate."""
+    validation, logging, checkpoints or progress bar); its ``rate`` is tokens/s."""
     timer = StepTimer(warmup=warmup)
     trainer = L.Trainer(
         accelerator=device,
@@ -136,19 +141,6 @@ def fit_timer(
     )
     trainer.fit(module, datamodule=datamodule)
     return timer
-
-
-def fit_rate(
-    module: L.LightningModule,
-    datamodule: L.LightningDataModule,
-    steps: int,
-    device: str,
-    warmup: int,
-    precision: str = "32-true",
-) -> float:
-    """Training tokens/s of ``trainer.fit`` over ``steps`` timed steps after ``warmup``."""
-    timer = fit_timer(module, datamodule, steps, device, warmup, precision)
-    return timer.tokens / timer.seconds
 
 
 def build(arch: str, d_sae: int, k: int) -> tuple[SAE, object]:
@@ -177,7 +169,7 @@ def train_rate(model, arch: str, d_sae: int, args: argparse.Namespace, precision
     module.set_spec(spec)
     callbacks = [TrainedDensity(args.l0)] if arch == "relu" else []
     timer = fit_timer(module, datamodule, args.steps, args.device, 3, precision, callbacks)
-    return timer.tokens / timer.seconds, timer.l0
+    return timer.rate, timer.l0
 
 
 def main() -> None:
