@@ -5,11 +5,20 @@ import time
 from pathlib import Path
 
 import einops
+import pytest
 import torch
 from hub_cache import run_isolated
 from safetensors.torch import load_file, save_file
 
-from sae_lightning.models import EMBEDDED_DIR, WEIGHTS_FILE, load_embedded
+from sae_lightning.models import (
+    EMBEDDED_DIR,
+    EMBEDDED_MODELS,
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    embedded_dir,
+    load_embedded,
+    load_model_by_name,
+)
 from sae_lightning.toy.lm import LMConfig, TinyLM
 
 REFERENCE = Path(__file__).parent / "data" / "reference_logits.safetensors"
@@ -174,3 +183,89 @@ def test_legacy_loader_reads_a_populated_cache_offline(tmp_path, embedded_model)
     torch.testing.assert_close(
         load_file(tmp_path / "logits.safetensors")["logits"], expected, atol=1e-4, rtol=1e-4
     )
+
+
+@pytest.fixture(scope="module")
+def second_model():
+    return load_embedded(name="toy-1l-b")
+
+
+def test_second_model_shares_the_tokenizer_and_has_its_own_weights(embedded_model, second_model):
+    first_dir, second_dir = embedded_dir("toy-1l"), embedded_dir("toy-1l-b")
+    assert first_dir == EMBEDDED_DIR and EMBEDDED_MODELS == ("toy-1l", "toy-1l-b")
+    files = sorted(p.name for p in (first_dir / TOKENIZER_DIR).iterdir())
+    assert files == sorted(p.name for p in (second_dir / TOKENIZER_DIR).iterdir())
+    for name in files:  # byte for byte: the two models share every token id
+        assert (first_dir / TOKENIZER_DIR / name).read_bytes() == (
+            second_dir / TOKENIZER_DIR / name
+        ).read_bytes(), name
+    assert second_model.tokenizer.get_vocab() == embedded_model.tokenizer.get_vocab()
+    text = "import os\nfor x in range(3):\n    pass\n"
+    assert torch.equal(second_model.to_tokens(text), embedded_model.to_tokens(text))
+    assert (embedded_model.cfg.model_name, second_model.cfg.model_name) == ("toy-1l", "toy-1l-b")
+    assert not any(p.requires_grad for p in second_model.parameters()) and not second_model.training
+    first, second = embedded_model.state_dict(), second_model.state_dict()
+    assert first.keys() == second.keys()
+    for key in first:  # same shapes, independent runs: no weight matrix in common
+        assert first[key].shape == second[key].shape, key
+        if first[key].ndim == 2:  # independent matrices: |a - b| is about sqrt(2) |a|
+            assert (first[key] - second[key]).norm() > 0.5 * first[key].norm(), key
+    tokens = embedded_model.to_tokens(text)
+    with torch.inference_mode():  # two models that both predict the text, differently
+        loss_a = embedded_model(tokens, return_type="loss").item()
+        loss_b = second_model(tokens, return_type="loss").item()
+    assert loss_a < 4.0 and loss_b < 4.0 and loss_a != loss_b
+
+
+def test_models_load_by_name(second_model):
+    by_name = load_model_by_name("toy-1l-b")
+    assert by_name.cfg.model_name == "toy-1l-b"
+    for key, value in second_model.state_dict().items():
+        assert torch.equal(by_name.state_dict()[key], value), key
+    assert load_model_by_name("toy-1l").cfg.model_name == "toy-1l"
+
+
+def test_unknown_embedded_name_names_the_shipped_ones(tmp_path):
+    for load in (lambda: load_embedded(name="toy-1l-c"), lambda: load_model_by_name("toy-2l")):
+        with pytest.raises(ValueError, match=r"unknown embedded model .*\['toy-1l', 'toy-1l-b'\]"):
+            load()
+    with pytest.raises(ValueError, match="a path or a name, not both"):
+        load_embedded(EMBEDDED_DIR, name="toy-1l-b")
+
+
+@pytest.mark.parametrize("name", EMBEDDED_MODELS)
+def test_model_card_matches_the_shipped_config(name):
+    """The card quotes config.json's numbers (written together by pretrain.py's export)."""
+    from sae_lightning.toy.export import CARD_FILE, model_card
+
+    folder = embedded_dir(name)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["name"] == name
+    card = (folder / CARD_FILE).read_text()
+    assert card.startswith(model_card(config))  # toy-1l's adds a Reproduction section
+    assert f"**{config['metrics']['heldout_loss']:.4f} nats/token**" in card
+
+
+def test_both_models_are_scored_on_the_same_heldout_tokens():
+    """Same corpus, split and tokenizer: the two held-out losses are comparable."""
+    configs = [json.loads((embedded_dir(n) / "config.json").read_text()) for n in EMBEDDED_MODELS]
+    first, second = (c["recipe"] for c in configs)
+    same = ("corpus", "val_fraction", "vocab_size", "max_steps", "batch_size", "optimizer")
+    assert {k: first[k] for k in same} == {k: second[k] for k in same}
+    assert (first["seed"], second["seed"]) == (0, 1)
+    assert second["tokenizer"] == "sae_lightning/assets/toy-1l/tokenizer"
+    tokens = [c["metrics"]["heldout_tokens"] for c in configs]
+    assert tokens[0] == tokens[1] > 100_000
+
+
+@pytest.mark.slow  # scores about 100k held-out tokens per model
+@pytest.mark.parametrize("name", EMBEDDED_MODELS)
+def test_evaluate_reproduces_the_heldout_loss_of_the_card(name, capsys):
+    from sae_lightning.toy.evaluate import main
+
+    config = json.loads((embedded_dir(name) / "config.json").read_text())
+    main([name])
+    out = capsys.readouterr().out
+    metrics = config["metrics"]
+    want = f"{metrics['heldout_loss']:.4f} nats/token over {metrics['heldout_tokens']} tokens"
+    assert f"held-out loss of {name}: {want}" in out, out
