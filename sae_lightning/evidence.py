@@ -37,7 +37,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from typing_extensions import override
 
-from sae_lightning.analysis.criterion import AnalysisContext, Criterion, order_criteria
+from sae_lightning.analysis.criterion import AnalysisContext, Criterion, checked_criteria
 from sae_lightning.analysis.module import KEPT_ACTIVATIONS, AnalysisModule
 from sae_lightning.analysis.records import (
     NotANeuronResult,
@@ -252,15 +252,7 @@ def _checked_criteria(criteria: Mapping[str, Criterion]) -> list[Criterion]:
     """The criteria in finishing order (:func:`order_criteria`), checked."""
     if not isinstance(criteria, Mapping):
         raise ValueError(f"criteria must be a mapping of name -> criterion, got {criteria!r}")
-    items = list(criteria.values())
-    wrong = [type(c).__qualname__ for c in items if not isinstance(c, Criterion)]
-    if wrong:
-        raise ValueError(f"criteria must subclass sae_lightning.analysis.Criterion; got {wrong}")
-    names = [c.name for c in items]
-    repeated = sorted({n for n in names if names.count(n) > 1 or not n})
-    if repeated:
-        raise ValueError(f"criteria need distinct non-empty names; repeated or empty: {repeated}")
-    return order_criteria(items)
+    return checked_criteria(list(criteria.values()))
 
 
 def _checked_concepts(concepts: Mapping[str, Any], selected: list[str]) -> dict[str, list[str]]:

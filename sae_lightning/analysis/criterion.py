@@ -226,6 +226,23 @@ class Criterion(L.Callback, metaclass=ABCMeta):
             self.update(outputs, pl_module.ctx)
 
 
+def checked_criteria(criteria: Sequence[Any]) -> list[Criterion]:
+    """``criteria`` in the order they finish (:func:`order_criteria`), after checking that
+    each is a :class:`Criterion` and that their names are distinct and non-empty.
+
+    Raises:
+        ValueError: Naming the objects that are not criteria, or the repeated/empty names.
+    """
+    wrong = [type(c).__qualname__ for c in criteria if not isinstance(c, Criterion)]
+    if wrong:
+        raise ValueError(f"criteria must subclass sae_lightning.analysis.Criterion; got {wrong}")
+    names = [c.name for c in criteria]
+    repeated = sorted({n for n in names if names.count(n) > 1 or not n})
+    if repeated:
+        raise ValueError(f"criteria need distinct non-empty names; repeated or empty: {repeated}")
+    return order_criteria(criteria)
+
+
 def order_criteria(criteria: Sequence[Criterion]) -> list[Criterion]:
     """The criteria in the order they finish: each provider before the criteria that need or
     use its artefacts, otherwise as given (the order selected).

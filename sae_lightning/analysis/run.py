@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from sae_lightning.analysis.comparison import Comparison, load_comparison
-from sae_lightning.analysis.criterion import AnalysisContext, Criterion, order_criteria
+from sae_lightning.analysis.criterion import AnalysisContext, Criterion, checked_criteria
 from sae_lightning.analysis.folders import EVENTS_SUFFIX, REPORT, ReportFolder
 from sae_lightning.analysis.loading import check_compatible, latest_run, load_sae
 from sae_lightning.analysis.module import AnalysisModule
@@ -92,16 +92,9 @@ def resolve_drop_bos(option: bool | None, metadata: dict[str, Any]) -> bool:
 
 def _criteria(cfg: DictConfig) -> list[Criterion]:
     criteria = instantiate_dict(cfg.get("criteria"))
-    wrong = [type(c).__qualname__ for c in criteria if not isinstance(c, Criterion)]
-    if wrong:
-        raise TypeError(f"criteria must subclass sae_lightning.analysis.Criterion; got {wrong}")
-    names = [c.name for c in criteria]
-    repeated = sorted({n for n in names if names.count(n) > 1 or not n})
-    if repeated:
-        raise ValueError(f"criteria need distinct non-empty names; repeated or empty: {repeated}")
     if not criteria:
         log.warning("no criteria selected (criteria=[...]): the report lists features only")
-    return order_criteria(criteria)  # providers of artefacts first; a missing one fails here
+    return checked_criteria(criteria)  # providers of artefacts first; a missing one fails here
 
 
 def _load(cfg: DictConfig):
