@@ -26,7 +26,13 @@ from sae_lightning.saelens_cfg import (  # noqa: F401  (SAELENS_VERSION: re-expo
     export_cfg,
     read_cfg,
 )
-from sae_lightning.saes import SAE, MatryoshkaSAE, get_architecture, load_assigned
+from sae_lightning.saes import (
+    SAE,
+    CrosscoderSAE,
+    MatryoshkaSAE,
+    get_architecture,
+    load_assigned,
+)
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -141,7 +147,7 @@ def save_saelens(
     folder = Path(folder)
     target, state = exported(sae, activation_scale)
     dtype = str(state["W_enc"].dtype).removeprefix("torch.")
-    cfg = export_cfg(target.config(), dtype, {**metadata, **_architecture_metadata(sae)})
+    cfg = export_cfg(target.config(), dtype, {**metadata, **_architecture_metadata(sae, metadata)})
     read_cfg(cfg, folder / CFG_FILE)  # what we write, we read back (e.g. hook_head_index)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -149,9 +155,12 @@ def save_saelens(
     return folder
 
 
-def _architecture_metadata(sae: SAE) -> dict[str, Any]:
+def _architecture_metadata(sae: SAE, metadata: dict[str, Any]) -> dict[str, Any]:
     """What the export's architecture cannot hold (a Matryoshka SAE's prefix widths, which its
-    JumpReLU export drops), for ``cfg.json``'s metadata; SAELens keeps metadata as written."""
+    JumpReLU export drops; a crosscoder's sources), for ``cfg.json``'s metadata; SAELens
+    keeps metadata as written."""
+    if isinstance(sae, CrosscoderSAE):  # n_sources, d_source, sources: [{model_name, hook_name}]
+        return sae.export_metadata(metadata)
     return sae.export_metadata() if isinstance(sae, MatryoshkaSAE) else {}
 
 

@@ -9,6 +9,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sae_lightning.saes.base import SAE, SAEOutput
+from sae_lightning.saes.crosscoder import CrosscoderSAE
 from sae_lightning.saes.jumprelu import step as jump_step
 from sae_lightning.saes.matryoshka import MatryoshkaSAE
 from sae_lightning.saes.sparse_codes import sparse_decode, sparse_l1
@@ -312,3 +313,56 @@ class GatedLoss:
         aux = mse(x, recon + sae.b_dec.detach())
         loss = mse_term + self.coefficient(step) * l1_term + aux
         return LossOutput(loss=loss, mse=mse_term, l1=l1_term, aux=aux)
+
+
+@dataclass
+class CrosscoderLoss:
+    """The crosscoder loss (Lindsey et al. 2024): the squared error summed over every source,
+    plus L1 of each latent weighted by the SUM over sources of its decoder blocks' norms,
+    ``sum_i |f_i| * sum_s ||W_dec[i, block s]||``; the coefficient warms up from 0.
+
+    The squared error of the concatenated ``x`` summed over ``d_in`` is the sum of the
+    sources' errors. Summing the block norms (an L1 over sources, not the L2 norm of the
+    whole row) makes a latent shared by two sources cost as much as two exclusive ones, so
+    the crosscoder has no bias towards calling a feature shared; it is also invariant to
+    rescaling a latent against its decoder row (see ``CrosscoderSAE`` on unit norm).
+
+    Example:
+        >>> CrosscoderLoss(l1_coeff=2.0, l1_warmup_steps=10).coefficient(5)
+        1.0
+    """
+
+    l1_coeff: float = 2.0
+    """Weight of the L1 term after warm-up; must be >= 0."""
+    l1_warmup_steps: int = 0
+    """Steps over which the coefficient ramps linearly from 0 to l1_coeff; 0 disables."""
+
+    def __post_init__(self) -> None:
+        _check_coeff("l1_coeff", self.l1_coeff)
+        _check_steps("l1_warmup_steps", self.l1_warmup_steps)
+
+    def coefficient(self, step: int) -> float:
+        """The L1 coefficient at optimiser step ``step`` (0-based)."""
+        return warmed_up(self.l1_coeff, self.l1_warmup_steps, step)
+
+    def __call__(self, x: Tensor, out: SAEOutput, sae: SAE, step: int) -> LossOutput:
+        """The loss of ``sae``'s output ``out`` on input ``x`` at optimiser step ``step``.
+
+        Raises:
+            TypeError: If ``sae`` is not a crosscoder.
+        """
+        if not isinstance(sae, CrosscoderSAE):
+            raise TypeError(
+                f"CrosscoderLoss needs a CrosscoderSAE, got {type(sae).__name__}; use loss=l1 "
+                "with weight_by_decoder_norm=true for the same penalty on a one-source SAE"
+            )
+        mse_term = mse(x, out.x_hat)
+        if out.codes is not None:  # the sparse path: the active latents' blocks only
+            codes = out.codes
+            active, inverse = codes.cols.unique(return_inverse=True)
+            weights = sae.source_blocks(sae.W_dec[active]).norm(dim=-1).sum(-1)  # [n_active]
+            l1_term = (codes.values.abs() * weights[inverse]).sum() / codes.n_rows
+        else:
+            l1_term = l1(out.feature_acts, sae.source_decoder_norms().sum(-1))
+        loss = mse_term + self.coefficient(step) * l1_term
+        return LossOutput(loss=loss, mse=mse_term, l1=l1_term)

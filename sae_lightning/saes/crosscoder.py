@@ -108,7 +108,9 @@ class CrosscoderSAE(ReLUSAE):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "n_sources": self.n_sources}
 
-    def source_blocks(self, w_dec: Tensor | None = None) -> Float[Tensor, "d_sae n_sources d_source"]:
+    def source_blocks(
+        self, w_dec: Tensor | None = None
+    ) -> Float[Tensor, "d_sae n_sources d_source"]:
         """``W_dec`` (or ``w_dec`` of the same shape) viewed as one block per source."""
         w = self.W_dec if w_dec is None else w_dec
         return w.reshape(w.shape[0], self.n_sources, self.d_source)
