@@ -26,13 +26,8 @@ from sae_lightning.saelens_cfg import (  # noqa: F401  (SAELENS_VERSION: re-expo
     export_cfg,
     read_cfg,
 )
-from sae_lightning.saes import (
-    SAE,
-    CrosscoderSAE,
-    MatryoshkaSAE,
-    get_architecture,
-    load_assigned,
-)
+from sae_lightning.saes import SAE, MatryoshkaSAE, get_architecture, load_assigned
+from sae_lightning.saes.crosscoder import CrosscoderSAE
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
