@@ -1,0 +1,160 @@
+"""The shared / exclusive histogram of a crosscoder: how many latents live in source A only,
+in both, or in source B only, by their relative decoder norm ``||d_B|| / (||d_A|| + ||d_B||)``
+(Lindsey et al. 2024, figure "relative decoder norm"), as counts and a self-contained SVG.
+
+``crosscoder_section(sae)`` is the HTML fragment the dashboards page embeds; every piece of
+text that comes from outside (source names, title) is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sae_lightning.saes.crosscoder import (
+    CLASS_NAMES,
+    SHARED_BAND,
+    CrosscoderSAE,
+    classify_relative_norms,
+)
+
+COLOURS = ("#d9822b", "#3b6fb6", "#2e9e5b")  # A only, shared, B only
+
+
+def relative_norm_summary(
+    r: Float[Tensor, " d_sae"], n_bins: int = 20, band: tuple[float, float] = SHARED_BAND
+) -> dict[str, Any]:
+    """Histogram of relative decoder norms on [0, 1] and the class counts.
+
+    Returns:
+        ``{"n_latents", "band", "counts": {"A only", "shared", "B only", "zero decoder"},
+        "histogram": {"edges": [n_bins + 1], "counts": [n_bins]}}``; latents whose decoder
+        row is zero (NaN ratio) are counted apart, not binned.
+
+    Raises:
+        ValueError: If ``n_bins < 1`` or ``r`` is not a vector.
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    if r.ndim != 1:
+        raise ValueError(f"r must be a vector of relative norms, got shape {tuple(r.shape)}")
+    r = r.detach().double().cpu()
+    labels = classify_relative_norms(r, band)
+    defined = r[~r.isnan()]
+    counts = torch.histc(defined, bins=n_bins, min=0.0, max=1.0).long().tolist()
+    return {
+        "n_latents": int(r.numel()),
+        "band": [float(band[0]), float(band[1])],
+        "counts": {
+            **{name: int((labels == i).sum()) for i, name in enumerate(CLASS_NAMES)},
+            "zero decoder": int((labels == -1).sum()),
+        },
+        "histogram": {"edges": [i / n_bins for i in range(n_bins + 1)], "counts": counts},
+    }
+
+
+def _bin_colour(centre: float, band: list[float]) -> str:
+    label = int(classify_relative_norms(torch.tensor([centre]), (band[0], band[1]))[0])
+    return COLOURS[label]
+
+
+def relative_norm_svg(
+    summary: dict[str, Any],
+    title: str,
+    source_names: tuple[str, str] = ("A", "B"),
+    width: int = 640,
+    height: int = 260,
+) -> str:
+    """A self-contained SVG bar chart of :func:`relative_norm_summary`, bars coloured by the
+    class of their centre (A only, shared, B only)."""
+    edges, counts = summary["histogram"]["edges"], summary["histogram"]["counts"]
+    a, b = (html.escape(str(name)) for name in source_names)
+    left, right, top, bottom = 48, 12, 28, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    step = plot_w / len(counts)
+    peak = max(1, *counts)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">'
+        f"{html.escape(title)}</text>",
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
+        'stroke="#333"/>',
+    ]
+    for i, count in enumerate(counts):
+        x, h = left + i * step, plot_h * count / peak
+        colour = _bin_colour((edges[i] + edges[i + 1]) / 2, summary["band"])
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{step - 2:.1f}" '
+            f'height="{h:.1f}" fill="{colour}"><title>{edges[i]:.2f}-{edges[i + 1]:.2f}: '
+            f"{count}</title></rect>"
+        )
+    for value, label in ((0.0, f"0 ({a} only)"), (0.5, "0.5"), (1.0, f"1 ({b} only)")):
+        anchor = {0.0: "start", 0.5: "middle", 1.0: "end"}[value]
+        parts.append(
+            f'<text x="{left + value * plot_w:.1f}" y="{top + plot_h + 14}" '
+            f'text-anchor="{anchor}">{label}</text>'
+        )
+    parts += [
+        f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">'
+        f"relative decoder norm ||d_{b}|| / (||d_{a}|| + ||d_{b}||)</text>",
+        f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 12 {top + plot_h / 2})">latents</text>',
+        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{peak}</text>',
+        "</svg>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def crosscoder_section(
+    sae: CrosscoderSAE,
+    source_names: tuple[str, str] | None = None,
+    sources: tuple[int, int] = (0, 1),
+    n_bins: int = 20,
+    band: tuple[float, float] = SHARED_BAND,
+) -> str:
+    """An HTML fragment: the class counts of ``sae``'s latents and their histogram.
+
+    Args:
+        sae: The crosscoder.
+        source_names: Display names of the two sources compared (e.g. the export's
+            ``metadata.sources`` model names); default ``source 0`` / ``source 1``.
+        sources: The indices ``(a, b)`` of the sources compared (``n_sources > 2``).
+        n_bins: Histogram bins on [0, 1].
+        band: Relative norms inside it count as shared.
+
+    Raises:
+        TypeError: If ``sae`` is not a crosscoder.
+        ValueError: For a bad source index, bin count or band (the message names it).
+    """
+    if not isinstance(sae, CrosscoderSAE):
+        raise TypeError(f"crosscoder_section needs a CrosscoderSAE, got {type(sae).__name__}")
+    a, b = sources
+    names = source_names or (f"source {a}", f"source {b}")
+    summary = relative_norm_summary(sae.relative_decoder_norm(a, b), n_bins, band)
+    na, nb = (html.escape(str(n)) for n in names)
+    counts = summary["counts"]
+    low, high = summary["band"]
+    rows = [
+        (f"{na} only", f"r &le; {low:g}", counts["A only"]),
+        ("shared", f"{low:g} &lt; r &lt; {high:g}", counts["shared"]),
+        (f"{nb} only", f"r &ge; {high:g}", counts["B only"]),
+    ]
+    if counts["zero decoder"]:
+        rows.append(("zero decoder row", "r undefined", counts["zero decoder"]))
+    table = "".join(
+        f"<tr><td>{label}</td><td>{rule}</td><td>{count}</td></tr>" for label, rule, count in rows
+    )
+    title = f"Relative decoder norm of {summary['n_latents']} latents: {names[0]} vs {names[1]}"
+    svg = relative_norm_svg(summary, title, (str(names[0]), str(names[1])))
+    return (
+        '<section class="crosscoder">\n<h2>Shared and exclusive latents</h2>\n'
+        f"<p>r = ||d<sub>{nb}</sub>|| / (||d<sub>{na}</sub>|| + ||d<sub>{nb}</sub>||) per "
+        "latent, from its decoder blocks: about 0.5 when both sources use it.</p>\n"
+        f'<table class="crosscoder-counts"><tr><th>latents</th><th>rule</th><th>count</th></tr>'
+        f"{table}</table>\n{svg}</section>\n"
+    )
