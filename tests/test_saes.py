@@ -12,6 +12,7 @@ EXTRA = {
     "topk": {"k": 3},
     "batchtopk": {"k": 3},
     "matryoshka_batchtopk": {"k": 3, "group_sizes": [2, 3, 5]},
+    "crosscoder": {"n_sources": 2},  # not required, but written in its config
 }
 """Constructor arguments an architecture requires beyond d_in and d_sae."""
 
