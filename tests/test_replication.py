@@ -1,4 +1,5 @@
-"""The replication experiment: concept selection, density counts, the report, end to end."""
+"""The replication experiment: concept selection, density counts, the report, end to end
+(the three-SAE sweep's own pieces: tests/test_replication_cross.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import statistics
 
 import pytest
+from omegaconf import OmegaConf
 from test_train import small_corpus, small_run  # noqa: F401
 from test_train_cli import _run
 
@@ -130,11 +132,12 @@ def test_publishing_never_replaces_a_folder_that_is_not_a_report(tmp_path):
 
 def test_find_runs_names_the_missing_multirun(tmp_path):
     (tmp_path / "0").mkdir()
-    with pytest.raises(ValueError, match=r"needs two finished runs.*-m"):
+    with pytest.raises(ValueError, match=r"needs three finished runs.*role a, b, a_prime.*-m"):
         find_runs(tmp_path)
 
 
-def test_one_command_trains_two_seeds_and_writes_the_report(tmp_path, small_corpus):  # noqa: F811
+@pytest.mark.slow
+def test_one_command_trains_three_saes_and_writes_the_report(tmp_path, small_corpus):  # noqa: F811
     sweep = tmp_path / "sweep"
     result = _run(
         [
@@ -148,18 +151,47 @@ def test_one_command_trains_two_seeds_and_writes_the_report(tmp_path, small_corp
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    seeds = [json.loads((sweep / j / "metrics.json").read_text())["overrides"] for j in "01"]
-    assert "seed=0" in seeds[0] and "seed=1" in seeds[1]
+    jobs = {}  # role -> (job, model, seed)
+    for job in "012":
+        overrides = json.loads((sweep / job / "metrics.json").read_text())["overrides"]
+        role = next(o.split("=")[1] for o in overrides if o.startswith("replication_sae="))
+        model = json.loads((sweep / job / "sae" / "cfg.json").read_text())["metadata"]
+        jobs[role] = (
+            job,
+            model["model_name"],
+            OmegaConf.load(sweep / job / ".hydra" / "config.yaml").seed,
+        )
+    assert jobs == {
+        "a": ("0", "toy-1l", 0),
+        "a_prime": ("1", "toy-1l", 1),
+        "b": ("2", "toy-1l-b", 0),
+    }
     out = tmp_path / "docs"
     numbers = json.loads((out / "numbers.json").read_text())
-    full_a = json.loads((sweep / "analysis" / "a" / "report" / "criteria.json").read_text())
-    assert full_a["metadata"]["compare_with"] == str(sweep / "1" / "sae")
-    assert "universality" in full_a["metadata"]["criteria"]
-    # the report's numbers are the analysis's
-    assert numbers["population"][0] == population(full_a)
-    assert numbers["density"][0]["n_features"] == 256 == len(full_a["features"])
-    histogram = numbers["density"][0]["histogram"]["counts"]
-    assert sum(histogram) + numbers["density"][0]["dead"] == 256
+    full = {
+        name: json.loads((sweep / "analysis" / name / "report" / "criteria.json").read_text())
+        for name in ("a_vs_b", "b_vs_a", "a_vs_a_prime")
+    }
+    full_a = full["a_vs_b"]
+    assert full_a["metadata"]["compare_with"] == str(sweep / "2" / "sae")
+    assert full_a["metadata"]["compare_model"] == "toy-1l-b"  # across transformers
+    assert full["b_vs_a"]["metadata"]["compare_with"] == str(sweep / "0" / "sae")
+    same = full["a_vs_a_prime"]["metadata"]
+    assert same["compare_with"] == str(sweep / "1" / "sae") and "compare_model" not in same
+    # the report's numbers are the analysis's: the universality criterion's summaries
+    uni = numbers["universality"]
+    for name, report in full.items():
+        summary = report["criteria"]["universality"]
+        assert uni[name]["features"] == summary["median_best_match_corr"]
+        assert uni[name]["min_density"] == summary["min_density"] == 1e-5
+        assert uni[name]["neurons"] == summary.get("median_neuron_best_match_corr")
+        assert numbers["population"][name] == population(report)
+    d_mlp = 1024  # toy-1l and toy-1l-b
+    assert 0 < uni["a_vs_b"]["n_neurons"] <= d_mlp and 0 < uni["b_vs_a"]["n_neurons"] <= d_mlp
+    assert 0 < uni["a_vs_b"]["neurons"] < 1 and uni["a_vs_a_prime"]["neurons"] is None
+    assert numbers["density"]["a"]["n_features"] == 256 == len(full_a["features"])
+    histogram = numbers["density"]["a"]["histogram"]["counts"]
+    assert sum(histogram) + numbers["density"]["a"]["dead"] == 256
     for name, concept in numbers["concepts"].items():
         pick = select_concept(full_a["features"], concept["tokens"])
         if pick is None:
@@ -173,15 +205,28 @@ def test_one_command_trains_two_seeds_and_writes_the_report(tmp_path, small_corp
             == (full_a["features"][str(pick.feature)]["universality"]["best_match"])
         )
     readme = (out / "README.md").read_text()
-    assert "0.72" in readme and "0.46" in readme and "density_a.svg" in readme
-    assert f"{numbers['population'][0]['median_best_match_corr']:.3f}" in readme
+    rows = [line for line in readme.splitlines() if line.startswith("| ")]
+
+    def row(start: str) -> str:
+        return next(r for r in rows if r.startswith(start))
+
+    ab = uni["a_vs_b"]
+    assert f"| 0.72 | {ab['features']:.3f} (" in row("| features across transformers: A (`toy-1l`)")
+    assert f"| 0.46 | {ab['neurons']:.3f} (" in row("| neurons across transformers: `toy-1l` vs")
+    assert f"| {uni['b_vs_a']['features']:.3f} (" in row("| features across transformers: B vs A")
+    contrast = row("| features on the same transformer: A vs A'")
+    assert f"| {uni['a_vs_a_prime']['features']:.3f} (" in contrast
+    verdict = "**Target met**" if uni["target"]["met"] else "**Target missed**"
+    assert verdict in readme and "at least 1e-05 of the held-out tokens" in readme
+    assert "density_a.svg" in readme
+    assert f"{numbers['population']['a_vs_b']['median_best_match_corr']:.3f}" in readme
     assert (out / "density_a.svg").is_file() and (out / "dashboards" / "prompts.html").is_file()
     # re-made from the finished sweep by the module's command line: the same numbers
     from sae_lightning.replication.__main__ import main
 
     main([str(sweep), "--publish", str(tmp_path / "again")])
     again = json.loads((tmp_path / "again" / "numbers.json").read_text())
-    for key in ("runs", "density", "population", "concepts"):
+    for key in ("runs", "density", "universality", "population", "concepts"):
         assert again[key] == numbers[key], key
 
 
@@ -191,9 +236,9 @@ def test_a_single_run_says_the_replication_needs_multirun(caplog):
     from sae_lightning.replication import Replication
 
     with caplog.at_level("WARNING"):
-        Replication().on_run_end(OmegaConf.create({"seed": 3}))
+        Replication().on_run_end(OmegaConf.create({"seed": 3, "replication": {"role": "b"}}))
     assert "needs multirun: python train.py -m experiment=replicate_monosemanticity" in caplog.text
-    assert "seed 3 only" in caplog.text
+    assert "SAE b, seed 3 only" in caplog.text
 
 
 def test_the_committed_report_links_resolve_and_shows_its_numbers():
@@ -208,7 +253,14 @@ def test_the_committed_report_links_resolve_and_shows_its_numbers():
     assert len(links) >= 6  # the density histogram, four feature pages, two overview pages
     for link in links:
         assert (docs / link).is_file(), link
-    for run, pop in zip(numbers["runs"], numbers["population"], strict=True):
+    runs, pops = numbers["runs"], numbers["population"]
+    if isinstance(runs, dict):  # three runs by role, passes by name (the two-seed report: lists)
+        runs, pops = list(runs.values()), list(pops.values())
+        uni = numbers["universality"]["a_vs_b"]
+        assert (
+            f"| 0.72 | {uni['features']:.3f}" in text and f"| 0.46 | {uni['neurons']:.3f}" in text
+        )
+    for run, pop in zip(runs, pops, strict=True):
         assert f"{run['metrics']['val/loss_recovered']:.3f}" in text
         assert f"{pop['median_best_match_corr']:.3f}" in text
     for concept in numbers["concepts"].values():

@@ -16,11 +16,11 @@ from sae_lightning.replication.run import find_runs, replicate
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m sae_lightning.replication")
-    parser.add_argument("sweep_dir", type=Path, help="the multirun folder of the two runs")
+    parser.add_argument("sweep_dir", type=Path, help="the multirun folder of the runs A, B and A'")
     parser.add_argument("--publish", type=Path, default=None, help="also copy the report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    first = find_runs(args.sweep_dir)[0]
+    first = find_runs(args.sweep_dir)["a"]
     cfg = OmegaConf.load(first / ".hydra" / "config.yaml")
     if "replication" not in cfg:
         raise SystemExit(

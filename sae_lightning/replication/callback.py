@@ -1,4 +1,4 @@
-"""The Hydra callback that turns a two-seed training sweep into the replication report."""
+"""The Hydra callback that turns the three-SAE training sweep into the replication report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 class Replication(Callback):
     """At the end of ``python train.py -m experiment=replicate_monosemanticity``: analyse the
-    two runs and write ``<sweep>/replication/`` (see :func:`sae_lightning.replication.replicate`).
+    runs A, A' (toy-1l) and B (toy-1l-b) and write ``<sweep>/replication/`` (see
+    :func:`sae_lightning.replication.replicate`).
 
     Its settings are the config's ``replication`` node, so they can be overridden on the
     command line (``replication.publish_dir=docs/replication``).
@@ -22,9 +23,10 @@ class Replication(Callback):
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         log.warning(
-            "experiment=replicate_monosemanticity trains two seeds and needs multirun: "
-            "python train.py -m experiment=replicate_monosemanticity (this single run trained "
-            "seed %s only; no replication report was written)",
+            "experiment=replicate_monosemanticity trains three SAEs (A, A', B) and needs "
+            "multirun: python train.py -m experiment=replicate_monosemanticity (this single run "
+            "trained SAE %s, seed %s only; no replication report was written)",
+            config.get("replication", {}).get("role"),
             config.get("seed"),
         )
 

@@ -25,6 +25,7 @@ from sae_lightning.analysis.records import (
 )
 from sae_lightning.replication.concepts import Pick
 from sae_lightning.replication.density import densities, density_summary
+from sae_lightning.replication.universality import universality_numbers
 from sae_lightning.sweep import METRICS_FILE
 
 TRAIN_METRICS = (
@@ -40,8 +41,10 @@ UNIVERSAL = 0.7  # a best-match activation correlation at or above this counts a
 
 
 def run_numbers(run: Path) -> dict[str, Any]:
-    """A training run's settings, final validation metrics and wall time."""
+    """A training run's model, settings, final validation metrics and wall time."""
     record = json.loads((run / METRICS_FILE).read_text())
+    sae_cfg = run / "sae" / "cfg.json"
+    meta = json.loads(sae_cfg.read_text()).get("metadata", {}) if sae_cfg.is_file() else {}
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra").is_dir() else None
 
     def setting(key: str) -> Any:
@@ -53,6 +56,7 @@ def run_numbers(run: Path) -> dict[str, Any]:
     seconds = (run / METRICS_FILE).stat().st_mtime - started.stat().st_mtime
     return {
         "job": run.name,
+        "model": meta.get("model_name"),
         "seed": setting("seed"),
         "d_sae": setting("sae.d_sae"),
         "l1_coeff": setting("loss.l1_coeff"),
@@ -188,34 +192,41 @@ def concept_numbers(
 
 
 def collect(
-    runs: list[Path],
-    reports: list[dict[str, Any]],
-    picks: list[dict[str, Pick | None]],
+    runs: dict[str, Path],
+    reports: dict[str, dict[str, Any]],
+    picks: dict[str, dict[str, Pick | None]],
     concepts: dict[str, list[str]],
     focus: dict[str, Any] | None = None,
-    analysis_seconds: list[float] | None = None,
+    analysis_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, for runs A and B (in that order).
+    """Everything the report shows.
 
-    ``concepts`` maps each concept to its token strings; ``focus`` is the report of the pass
-    over A's concept features (its numbers include their ablations), if it ran."""
-    meta = reports[0]["metadata"]
+    ``runs`` maps the roles ``a``, ``b``, ``a_prime`` to their job folders; ``reports`` the
+    passes ``a_vs_b``, ``b_vs_a``, ``a_vs_a_prime`` to their ``criteria.json``; ``picks``
+    runs ``a`` and ``b`` to their concept features (from ``a_vs_b`` and ``b_vs_a``);
+    ``concepts`` each concept to its token strings; ``focus`` is the report of the pass over
+    A's concept features (its numbers include their ablations), if it ran."""
+    meta = reports["a_vs_b"]["metadata"]
+    own = {"a": reports["a_vs_b"], "b": reports["b_vs_a"]}  # each SAE's pass (density, picks)
     return {
         "model": meta.get("model_name"),
         "hook": meta.get("hook_name"),
         "analysis": {
             "n_tokens": meta.get("n_tokens"),
             "split": "val",
-            "seconds": [round(s, 1) for s in analysis_seconds or []],
+            "seconds": {k: round(s, 1) for k, s in (analysis_seconds or {}).items()},
         },
-        "runs": [run_numbers(r) for r in runs],
-        "density": [
-            density_summary(densities(r["features"]), int(r["metadata"]["n_tokens"]))
-            for r in reports
-        ],
-        "population": [population(r) for r in reports],
+        "runs": {role: {"role": role, **run_numbers(run)} for role, run in runs.items()},
+        "density": {
+            role: density_summary(densities(r["features"]), int(r["metadata"]["n_tokens"]))
+            for role, r in own.items()
+        },
+        "universality": universality_numbers(reports),
+        "population": {name: population(r) for name, r in reports.items()},
         "concepts": {
             name: {"tokens": list(concepts[name]), **numbers}
-            for name, numbers in concept_numbers(picks, reports, focus).items()
+            for name, numbers in concept_numbers(
+                [picks["a"], picks["b"]], [own["a"], own["b"]], focus
+            ).items()
         },
     }

@@ -1,13 +1,17 @@
 """``replicate(sweep_dir, settings)``: the analysis half of the replication.
 
-Given a finished sweep of two SAE runs (seeds) on the same model and data, it runs
-``analyze(cfg)`` three times, in process, on the held-out split of the training corpus:
+Given a finished sweep of three SAE runs of one recipe (``conf/replication_sae/``: A on
+toy-1l seed 0, A' on toy-1l seed 1, B on toy-1l-b seed 0; each job's ``replication.role``
+says which), it runs ``analyze(cfg)`` four times, in process, on the held-out split of the
+training corpus:
 
-1. every feature of run A with every criterion and universality against run B
-   (population statistics, the density histogram, the concept features of A);
+1. every feature of A with every criterion and universality against B, across transformers
+   (both models run on the same tokens; neurons of A's model matched against B's: the paper's
+   baseline), the density histogram and the concept features of A;
 2. the same for B against A (B's own concept features, and the symmetric statistics);
-3. only A's concept features, with dashboards and a prompt-centric page (these pages are
-   the ones the published report links to; every number on them equals pass 1's).
+3. every feature of A against A', on the same transformer (the contrast row);
+4. only A's concept features against B, with dashboards and a prompt-centric page (these
+   pages are the ones the published report links to; every number on them equals pass 1's).
 
 Then :mod:`sae_lightning.replication.writeup` writes ``<sweep>/replication/``.
 """
@@ -32,21 +36,42 @@ log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 RUN_FILES = (METRICS_FILE, "sae/cfg.json")
+ROLES = ("a", "b", "a_prime")
+"""The runs' ``replication.role`` values (conf/replication_sae/): A and B on two transformers,
+A' on A's transformer with another seed."""
+COMPARISONS = {"a_vs_b": ("a", "b"), "b_vs_a": ("b", "a"), "a_vs_a_prime": ("a", "a_prime")}
+"""Each full analysis pass: (the SAE analysed, the ``compare_with`` SAE)."""
 
 
-def find_runs(sweep_dir: str | Path) -> list[Path]:
-    """The sweep's finished job folders (those with ``METRICS_FILE`` and an exported SAE), in
-    job order; at least two are required."""
+def run_role(run: Path) -> str | None:
+    """A job folder's ``replication.role`` (from its ``.hydra/config.yaml``), or None."""
+    config = run / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    return OmegaConf.select(OmegaConf.load(config), "replication.role", default=None)
+
+
+def find_runs(sweep_dir: str | Path) -> dict[str, Path]:
+    """The sweep's finished job folders (with ``METRICS_FILE`` and an exported SAE) by role;
+    one of each of :data:`ROLES` is required (the first in job order when repeated)."""
     sweep = Path(sweep_dir)
     jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()] if sweep.is_dir() else []
     done = sorted((p for p in jobs if all((p / f).is_file() for f in RUN_FILES)), key=job_order)
-    if len(done) < 2:
+    runs: dict[str, Path] = {}
+    for run in done:
+        role = run_role(run)
+        if role in ROLES:
+            runs.setdefault(role, run)
+    missing = [r for r in ROLES if r not in runs]
+    if missing:
+        found = {p.name: run_role(p) for p in done}
         raise ValueError(
-            f"the replication needs two finished runs (job folders with {' and '.join(RUN_FILES)})"
-            f" under {sweep}, found {[p.name for p in done]}: run "
-            "'python train.py -m experiment=replicate_monosemanticity' (note the -m)"
+            f"the replication needs three finished runs with replication.role {', '.join(ROLES)}"
+            f" (job folders with {' and '.join(RUN_FILES)}) under {sweep}; missing {missing}, "
+            f"found jobs {found}: run 'python train.py -m experiment=replicate_monosemanticity' "
+            "(note the -m)"
         )
-    return done
+    return {role: runs[role] for role in ROLES}
 
 
 def publish(report: Path, target: Path) -> None:
@@ -98,7 +123,7 @@ def _analyse(settings, source, out: Path, **values: Any) -> tuple[dict[str, Any]
 
 
 def replicate(sweep_dir: str | Path, settings: DictConfig, source: DictConfig | None) -> Path:
-    """Analyse the sweep's first two runs and write ``<sweep>/replication/``; returns it.
+    """Analyse the sweep's runs A, B and A' and write ``<sweep>/replication/``; returns it.
 
     Args:
         sweep_dir: The multirun folder of ``python train.py -m experiment=...``.
@@ -106,28 +131,25 @@ def replicate(sweep_dir: str | Path, settings: DictConfig, source: DictConfig | 
         source: The training runs' ``data.source`` (the analysis reads its val split).
     """
     sweep = Path(sweep_dir)
-    run_a, run_b = find_runs(sweep)[:2]
+    runs = find_runs(sweep)
     concepts = {name: concept_tokens(spec) for name, spec in settings.concepts.items()}
     base = {"features": "all", "tokens": settings.tokens, "dashboards": False}
-    log.info("replication: analysing every feature of %s against %s", run_a, run_b)
-    full_a, secs_a = _analyse(
-        settings, source, sweep / "analysis" / "a", sae_path=str(run_a / "sae"),
-        compare_with=str(run_b / "sae"), **base,
-    )  # fmt: skip
-    log.info("replication: analysing every feature of %s against %s", run_b, run_a)
-    full_b, secs_b = _analyse(
-        settings, source, sweep / "analysis" / "b", sae_path=str(run_b / "sae"),
-        compare_with=str(run_a / "sae"), **base,
-    )  # fmt: skip
-    picks_a = {name: select_concept(full_a["features"], t) for name, t in concepts.items()}
-    picks_b = {name: select_concept(full_b["features"], t) for name, t in concepts.items()}
-    chosen = sorted({p.feature for p in picks_a.values() if p is not None})
+    reports, seconds = {}, {}
+    for name, (mine, other) in COMPARISONS.items():
+        log.info("replication: every feature of %s against %s", runs[mine], runs[other])
+        reports[name], seconds[name] = _analyse(
+            settings, source, sweep / "analysis" / name, sae_path=str(runs[mine] / "sae"),
+            compare_with=str(runs[other] / "sae"), **base,
+        )  # fmt: skip
+    own = {"a": reports["a_vs_b"]["features"], "b": reports["b_vs_a"]["features"]}
+    picks = {run: {c: select_concept(f, t) for c, t in concepts.items()} for run, f in own.items()}
+    chosen = sorted({p.feature for p in picks["a"].values() if p is not None})
     focus_dir, focus = sweep / "analysis" / "focus", None
     if chosen:
         log.info("replication: dashboards of run A's concept features %s", chosen)
         focus, _ = _analyse(
-            settings, source, focus_dir, sae_path=str(run_a / "sae"),
-            compare_with=str(run_b / "sae"), features=chosen, tokens=settings.tokens,
+            settings, source, focus_dir, sae_path=str(runs["a"] / "sae"),
+            compare_with=str(runs["b"] / "sae"), features=chosen, tokens=settings.tokens,
             dashboards=True, prompt=settings.get("prompt"),
         )  # fmt: skip
     out = sweep / "replication"
@@ -136,15 +158,9 @@ def replicate(sweep_dir: str | Path, settings: DictConfig, source: DictConfig | 
     if chosen:
         shutil.copytree(focus_dir / "report", out / "dashboards")
     write_writeup(
-        out,
-        runs=[run_a, run_b],
-        reports=[full_a, full_b],
-        picks=[picks_a, picks_b],
-        concepts=concepts,
-        focus=focus,
-        analysis_seconds=[secs_a, secs_b],
-        command=settings.get("command") or "",
-    )
+        out, runs=runs, reports=reports, picks=picks, concepts=concepts, focus=focus,
+        analysis_seconds=seconds, command=settings.get("command") or "",
+    )  # fmt: skip
     if settings.get("publish_dir"):
         publish(out, Path(settings.publish_dir))
     log.info("replication report: %s", out / "README.md")

@@ -19,9 +19,11 @@ from sae_lightning.analysis.records import (
 from sae_lightning.replication.density import density_svg
 from sae_lightning.replication.numbers import UNIVERSAL, collect
 from sae_lightning.replication.paper import DIFFERENCES, PAPER
+from sae_lightning.replication.universality import LABELS, universality_table
 
 NUMBERS_FILE = "numbers.json"
 """Every number of the write-up (:func:`~sae_lightning.replication.numbers.collect`)."""
+RUN_LABELS = {"a": "A", "b": "B", "a_prime": "A'"}
 CRITERIA_SHOWN = tuple(
     kind.criterion
     for kind in (SpecificityResult, SensitivityResult, NotANeuronResult, UniversalityResult)
@@ -58,10 +60,13 @@ def _universality(p: dict[str, Any]) -> str:
 
 
 def _glance(n: dict[str, Any]) -> list[str]:
-    a, b = n["runs"]
-    pa, pb = n["population"]
-    da, db = n["density"]
+    a, b = n["runs"]["a"], n["runs"]["b"]
+    da, db = n["density"]["a"], n["density"]["b"]
     found = [name for name, c in n["concepts"].items() if c["a"] is not None]
+
+    def both(key: str, digits: int = 3) -> tuple[str, str]:
+        return _num(a["metrics"][key], digits), _num(b["metrics"][key], digits)
+
     rows = [
         ("SAE features", "4,096 (8 × 512 neurons)", _num(a["d_sae"]), _num(b["d_sae"])),
         (
@@ -70,14 +75,9 @@ def _glance(n: dict[str, Any]) -> list[str]:
             _num((a["steps"] or 0) * (a["batch_size"] or 0)),
             _num((b["steps"] or 0) * (b["batch_size"] or 0)),
         ),
-        (
-            "loss recovered (vs zero-ablating the MLP)",
-            _num(PAPER["loss_recovered"], 2),
-            _num(a["metrics"]["val/loss_recovered"]),
-            _num(b["metrics"]["val/loss_recovered"]),
-        ),
-        ("L0 (features per token)", "not stated (target < 10–20)", _num(a["metrics"]["val/l0"], 1),
-         _num(b["metrics"]["val/l0"], 1)),
+        ("loss recovered (vs zero-ablating the MLP)", _num(PAPER["loss_recovered"], 2),
+         *both("val/loss_recovered")),
+        ("L0 (features per token)", "not stated (target < 10–20)", *both("val/l0", 1)),
         (
             "dead features",
             f"{PAPER['dead']} (no firing on 100M tokens)",
@@ -86,43 +86,34 @@ def _glance(n: dict[str, Any]) -> list[str]:
         ),
         (
             "ultralow density",
-            f"{PAPER['ultralow']} (density < 1e-6)",
+            f"{PAPER['ultralow']} (density < {PAPER['ultralow_threshold']})",
             f"{da['below_1e-4'] - da['dead']} below 1e-4 (1e-6 is below what "
             f"{da['n_tokens']:,} tokens resolve)",
             f"{db['below_1e-4'] - db['dead']}",
         ),
-        (
-            "feature universality: median best-match activation corr",
-            f"{PAPER['feature_universality']} (SAEs on two transformers; dead and ultralow left "
-            "out)",
-            _universality(pa),
-            _universality(pb),
-        ),
-        (
-            "neuron baseline",
-            f"{PAPER['neuron_universality']} (neurons of transformer A vs B)",
-            f"{_num(pa['median_neuron_corr'])} (each feature's best neuron, same model)",
-            _num(pb["median_neuron_corr"]),
-        ),
         ("full stop / import / for / else", "found (gelu-1l replication)",
          f"{len(found)} of {len(n['concepts'])} found", ""),
     ]  # fmt: skip
-    head = ["| | paper (A/1) | ours, run A | ours, run B |", "|---|---|---|---|"]
+    head = [
+        f"| | paper (A/1) | ours, A (`{a['model']}`) | ours, B (`{b['model']}`) |",
+        "|---|---|---|---|",
+    ]
     return head + [f"| {' | '.join(r)} |" for r in rows]
 
 
 def _training(n: dict[str, Any]) -> list[str]:
     lines = [
-        "| run | seed | steps × batch | L1 coeff | minutes | loss recovered | L0 | explained "
-        "variance | silent on the validation tokens | CE clean / SAE / zero-ablated |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | model | seed | steps × batch | L1 coeff | minutes | loss recovered | L0 | "
+        "explained variance | silent on the validation tokens | CE clean / SAE / zero-ablated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, r in zip("AB", n["runs"], strict=True):
+    for role, r in n["runs"].items():
         m = r["metrics"]
         ce = " / ".join(_num(m[f"val/ce_loss_{k}"]) for k in ("clean", "sae", "zero_ablation"))
         dead = m["val/dead_fraction"]
         lines.append(
-            f"| {label} (job {r['job']}) | {r['seed']} | {r['steps']} × {r['batch_size']} | "
+            f"| {RUN_LABELS[role]} (job {r['job']}) | `{r['model']}` | {r['seed']} | "
+            f"{r['steps']} × {r['batch_size']} | "
             f"{r['l1_coeff']} | {_num(r['train_minutes'], 1)} | "
             f"{_num(m['val/loss_recovered'])} | {_num(m['val/l0'], 1)} | "
             f"{_num(m['val/explained_variance'])} | "
@@ -136,7 +127,8 @@ def _density(n: dict[str, Any]) -> list[str]:
         "| run | features | never fired | density < 1e-5 | < 1e-4 | > 1e-2 | median live density |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, d in zip("AB", n["density"], strict=True):
+    for role, d in n["density"].items():
+        label = RUN_LABELS[role]
         med = d["median_live_log10"]
         lines.append(
             f"| {label} | {d['n_features']:,} | {d['dead']} | {d['below_1e-5']} | "
@@ -200,47 +192,56 @@ def _concepts(n: dict[str, Any]) -> list[str]:
 
 
 def _population(n: dict[str, Any]) -> list[str]:
-    pa, pb = n["population"]
-    keys = [
-        k for k in pa if k not in {"n_compared", "groups"} and not k.startswith(("median", "share"))
-    ]
-    lines = ["| criterion | pass rate, run A | pass rate, run B |", "|---|---|---|"]
-    lines += [f"| {k} | {_num(pa[k])} | {_num(pb.get(k))} |" for k in keys]
+    pops = n["population"]
+    names = [LABELS[k] for k in pops]
+    first = next(iter(pops.values()))
+    skip = ("n_compared", "groups", "median", "share")
+    keys = [k for k in first if not k.startswith(skip)]
+    lines = ["| criterion | pass rate, " + " | ".join(names) + " |", "|---|" + "---|" * len(pops)]
+    lines += [f"| {k} | " + " | ".join(_num(p.get(k)) for p in pops.values()) + " |" for k in keys]
     lines += [
         "",
-        "Universality by group of features (each run against the other): the median over the "
-        "group of each feature's best-match activation correlation, the share of the group with "
-        f"a best match ≥ {UNIVERSAL}, and the neuron baseline (the median of each feature's "
-        "best-neuron correlation).",
+        "Universality by group of features (each SAE against the other of its pair, "
+        f"{' / '.join(names)}): the median over the group of each feature's best-match activation "
+        f"correlation, the share of the group with a best match ≥ {UNIVERSAL}, and the median "
+        "of each feature's best-neuron correlation (its own model's neurons). Here every feature "
+        "that fired counts.",
         "",
-        "| features | count A / B | median best match A / B | share ≥ "
-        f"{UNIVERSAL} A / B | median best neuron A / B |",
+        f"| features | count | median best match | share ≥ {UNIVERSAL} | median best neuron |",
         "|---|---|---|---|---|",
     ]
-    for group, ga in pa["groups"].items():
-        gb = pb["groups"][group]
+    for group in first["groups"]:
+        gs = [p["groups"][group] for p in pops.values()]
+
+        def cell(key: str, gs: list[dict[str, Any]] = gs) -> str:
+            return " / ".join(_num(g[key]) for g in gs)
+
+        count = " / ".join(f"{g['n']:,}" for g in gs)
         lines.append(
-            f"| {group} | {ga['n']:,} / {gb['n']:,} | {_num(ga['median_best_match_corr'])} / "
-            f"{_num(gb['median_best_match_corr'])} | {_num(ga['share_best_match_universal'])} / "
-            f"{_num(gb['share_best_match_universal'])} | {_num(ga['median_neuron_corr'])} / "
-            f"{_num(gb['median_neuron_corr'])} |"
+            f"| {group} | {count} | {cell('median_best_match_corr')} | "
+            f"{cell('share_best_match_universal')} | {cell('median_neuron_corr')} |"
         )
     return lines
 
 
 def render(n: dict[str, Any], command: str = "") -> str:
     """The markdown report of :func:`~sae_lightning.replication.numbers.collect`'s numbers."""
-    secs = n["analysis"]["seconds"]
+    secs, runs = n["analysis"]["seconds"], n["runs"]
     parts = [
-        "# *Towards Monosemanticity* on the embedded model: replication report",
+        "# *Towards Monosemanticity* on the embedded models: replication report",
         "",
-        f"Model `{n['model']}`, hook `{n['hook']}`. Two SAEs trained with the same recipe and "
-        "different seeds (run A, run B), then every criterion of the detailed investigation "
-        f"on all {_num(n['analysis']['n_tokens'])} held-out tokens (the val split), with "
-        "universality between the two runs"
-        + (f" ({secs[0]:.0f} s and {secs[1]:.0f} s of analysis)." if len(secs) == 2 else "."),
+        f"Hook `{n['hook']}`. Three SAEs trained with one recipe: A on `{runs['a']['model']}`, "
+        f"B on the second transformer `{runs['b']['model']}` (as the paper's A/1 and B/1), and "
+        f"A' on `{runs['a_prime']['model']}` with another seed; then every criterion of the "
+        f"detailed investigation on all {_num(n['analysis']['n_tokens'])} held-out tokens (the "
+        "val split), with universality A vs B and B vs A across transformers and A vs A' on one"
+        + (f" ({sum(secs.values()):.0f} s of analysis)." if secs else "."),
         "",
         f"Command: `{command}`" if command else "",
+        "",
+        "## Universality across transformers, beside the paper's",
+        "",
+        *universality_table(n["universality"]),
         "",
         "## Our numbers beside the paper's",
         "",
@@ -278,22 +279,23 @@ def render(n: dict[str, Any], command: str = "") -> str:
 
 def write_writeup(
     out: Path,
-    runs: list[Path],
-    reports: list[dict[str, Any]],
-    picks: list[dict[str, Any]],
+    runs: dict[str, Path],
+    reports: dict[str, dict[str, Any]],
+    picks: dict[str, dict[str, Any]],
     concepts: dict[str, list[str]],
     focus: dict[str, Any] | None = None,
-    analysis_seconds: list[float] | None = None,
+    analysis_seconds: dict[str, float] | None = None,
     command: str = "",
     notes: str = "",
 ) -> Path:
-    """Write ``numbers.json``, ``density_a.svg``, ``density_b.svg`` and ``README.md``."""
+    """Write ``numbers.json``, ``density_a.svg``, ``density_b.svg`` and ``README.md`` (the
+    arguments are :func:`~sae_lightning.replication.numbers.collect`'s)."""
     out.mkdir(parents=True, exist_ok=True)
     numbers = collect(runs, reports, picks, concepts, focus, analysis_seconds)
     (out / NUMBERS_FILE).write_text(json.dumps(numbers, indent=1) + "\n")
-    for label, summary in zip("ab", numbers["density"], strict=True):
-        title = f"Feature density, run {label.upper()} ({summary['n_tokens']:,} held-out tokens)"
-        (out / f"density_{label}.svg").write_text(density_svg(summary, title))
+    for role, summary in numbers["density"].items():
+        title = f"Feature density, run {RUN_LABELS[role]} ({summary['n_tokens']:,} held-out tokens)"
+        (out / f"density_{role}.svg").write_text(density_svg(summary, title))
     path = out / "README.md"
     path.write_text(render(numbers, command) + notes)
     return path
