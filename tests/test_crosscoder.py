@@ -89,6 +89,41 @@ def test_forward_is_decode_of_encode(threshold: float) -> None:
     assert (out.feature_acts > 0).any() and (out.feature_acts == 0).any()
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_batchtopk_forward_is_decode_of_encode(train: bool) -> None:
+    sae = make(d_sae=16, k=3).train()
+    x = torch.randn(4, 8, 8)
+    sae(x)  # one training batch sets the threshold
+    sae.train(train)
+    out = sae(x)
+    torch.testing.assert_close(out.x_hat, sae.decode(sae.encode(x)), rtol=1e-6, atol=1e-6)
+    active = (out.feature_acts > 0).sum().item() / 32  # per token
+    assert active == 3 if train else 1 <= active <= 6
+    assert sae.config() == {"architecture": "crosscoder", "d_in": 8, "d_sae": 16,
+                            "apply_b_dec_to_input": True, "n_sources": 2, "k": 3,
+                            "threshold_momentum": 0.01}  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"k must be null \(ReLU\) or an integer in \[1, d_sae=16\]"
+    ):
+        CrosscoderSAE(8, 16, k=17)
+
+
+def test_batchtopk_selects_by_decoder_norm_weighted_activation() -> None:
+    """Two latents with the same pre-activation: the one with more decoder norm summed over
+    sources is kept (k=1, batch of 1), and rescaling latents against their rows changes
+    nothing."""
+    sae = with_blocks(make(d_sae=2, k=1), [(1.0, 0.0), (0.6, 0.6)])  # sums 1.0 and 1.2
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        sae.W_enc.zero_()
+        sae.b_enc.fill_(1.0)
+    x = torch.randn(1, 8)
+    assert sae(x).feature_acts.tolist() == [[0.0, 1.0]]
+    with torch.no_grad():
+        sae.b_enc[0] = 1.5  # 1.5 * 1.0 > 1.0 * 1.2
+    assert sae(x).feature_acts.tolist() == [[1.5, 0.0]]
+
+
 def test_loss_is_summed_mse_plus_sum_of_block_norms_weighted_l1() -> None:
     sae = with_blocks(make(d_sae=5), [(1.0, 0.0), (0.5, 0.5), (2.0, 1.0), (0.1, 3.0), (1, 1)])
     x = torch.randn(16, 8)
@@ -128,6 +163,39 @@ def test_sparse_path_equals_dense_values_and_gradients() -> None:
     for (name, p_d), (_, p_s) in pairs:
         assert p_d.grad is not None and p_d.grad.abs().sum() > 0, name
         torch.testing.assert_close(p_s.grad, p_d.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_batchtopk_values_and_gradients_equal_the_dense_formula() -> None:
+    sae = with_blocks(make(d_sae=32, k=4), [(1.0, 0.3), (0.2, 0.9)] * 16)
+    x = torch.randn(64, 8)
+    out = sae(x)
+    lo = CrosscoderLoss(l1_coeff=0.7)(x, out, sae, step=0)
+    lo.loss.backward()
+    sparse_grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    mask = out.feature_acts.detach() > 0  # the selection, reused for the dense reference
+    assert int(mask.sum()) == 4 * 64
+    sae.zero_grad()
+    f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc) * mask  # [64, d_sae]
+    x_hat = f @ sae.W_dec + sae.b_dec
+    weights = sae.source_decoder_norms().sum(-1)
+    dense_loss = (x_hat - x).pow(2).sum(-1).mean() + 0.7 * (f * weights).sum(-1).mean()
+    dense_loss.backward()
+    torch.testing.assert_close(out.x_hat, x_hat, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lo.loss, dense_loss, rtol=1e-6, atol=1e-6)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(sparse_grads[name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_batchtopk_export_round_trip_is_bit_exact(tmp_path: Path) -> None:
+    sae = make(d_sae=16, k=3)
+    x = torch.randn(64, 8)
+    sae.train()(x)  # sets the threshold
+    sae.eval()
+    loaded, cfg = load_saelens(save_saelens(sae, tmp_path, META))
+    assert (cfg["k"], loaded.k, cfg["threshold_momentum"]) == (3, 3, 0.01)
+    for name, value in sae.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    assert "threshold" in sae.state_dict() and torch.equal(loaded(x).x_hat, sae(x).x_hat)
 
 
 def test_export_round_trip_is_bit_exact(tmp_path: Path) -> None:
@@ -196,13 +264,15 @@ def test_sharing_recovery_scores_a_planted_decoder() -> None:
     assert sharing_recovery(d, sae)["accuracy"] == 1.0  # within the default band (0.3, 0.7)
 
 
-def train_planted(d_source: int, n_features: int, d_sae: int, steps: int, seed: int = 0) -> dict:
+def train_planted(
+    d_source: int, n_features: int, d_sae: int, steps: int, seed: int = 0, k: int | None = None
+) -> dict:
     """A crosscoder trained by hand (as SAEModule does: unit-norm rows, parallel gradient
     removed) on two sources sharing half their features."""
     d = SharedSourcesDictionary(d_source=d_source, n_features=n_features, seed=seed)
     torch.manual_seed(seed)
-    sae = CrosscoderSAE(2 * d_source, d_sae)
-    loss_fn = CrosscoderLoss(l1_coeff=0.1, l1_warmup_steps=steps // 5)
+    sae = CrosscoderSAE(2 * d_source, d_sae, k=k)
+    loss_fn = CrosscoderLoss(l1_coeff=0.1 if k is None else 0.0, l1_warmup_steps=steps // 5)
     opt = torch.optim.Adam(sae.parameters(), lr=0.005)
     gen = torch.Generator().manual_seed(seed + 1)
     sae.init_b_dec(d.sample(1024, gen), "mean")
@@ -233,18 +303,20 @@ def _fit(
         sae.set_decoder_norm_to_unit_norm()
 
 
-def test_planted_crosscoder_finds_which_features_are_shared() -> None:
+@pytest.mark.parametrize("k", [None, 2])  # ReLU + crosscoder L1, BatchTopK
+def test_planted_crosscoder_finds_which_features_are_shared(k: int | None) -> None:
     """Two synthetic models, 32 shared features, 16 A-only, 16 B-only: the recovered ones are
     classified by relative decoder norm (shared if 0.3 < r < 0.7, A if r <= 0.3, B if >= 0.7)."""
-    scores = train_planted(d_source=16, n_features=64, d_sae=96, steps=300)
+    scores = train_planted(d_source=16, n_features=64, d_sae=96, steps=300, k=k)
     assert scores["recovered"] >= 0.8, scores
     assert scores["accuracy"] >= 0.9, scores
     assert scores["confusion"][1][1] >= 28, scores  # the shared ones found as shared
 
 
 @pytest.mark.slow
-def test_planted_crosscoder_at_a_larger_size() -> None:
-    scores = train_planted(d_source=48, n_features=256, d_sae=512, steps=1500)
+@pytest.mark.parametrize("k", [None, 4])
+def test_planted_crosscoder_at_a_larger_size(k: int | None) -> None:
+    scores = train_planted(d_source=48, n_features=256, d_sae=512, steps=1500, k=k)
     assert scores["recovered"] >= 0.9 and scores["accuracy"] >= 0.95, scores
 
 
@@ -317,9 +389,12 @@ def test_experiment_crosscoder_planted_runs_and_exports(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_experiment_crosscoder_planted_classifies_the_shared_features(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["sae.k=2", "loss.l1_coeff=0"]], ids=["relu", "batchtopk"])
+def test_experiment_crosscoder_planted_classifies_the_shared_features(
+    tmp_path: Path, extra: list[str]
+) -> None:
     from sae_lightning.training import train
 
-    metrics = train(compose_planted(tmp_path, 400, "sparsity_warmup_steps=80"))
+    metrics = train(compose_planted(tmp_path, 400, "sparsity_warmup_steps=80", *extra))
     assert metrics["val/sharing_accuracy"] >= 0.9, metrics
     assert metrics["val/sharing_recovered_and_correct"] >= 0.65, metrics

@@ -32,7 +32,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sae_lightning.saes.base import SAE, SAEOutput
+from sae_lightning.saes.batchtopk import BatchTopKSAE
 from sae_lightning.saes.relu import ReLUSAE
+from sae_lightning.saes.sparse_codes import gather_pre, sparse_decode
+from sae_lightning.sparse import SparseEntries
 
 SHARED_BAND: tuple[float, float] = (0.3, 0.7)
 """Relative decoder norms strictly inside this band count as shared, at or below its low end
@@ -61,22 +65,37 @@ def classify_relative_norms(
 
 
 class CrosscoderSAE(ReLUSAE):
-    """A ReLU crosscoder over ``n_sources`` concatenated sources of equal width.
+    """A crosscoder over ``n_sources`` concatenated sources of equal width: ReLU, or
+    BatchTopK when ``k`` is set.
 
-    Encoding and decoding are the ReLU SAE's on the concatenated vector (the encoder sums
-    every source's contribution, ``x @ W_enc = sum_s x_s @ W_enc,s``; the decoder writes
-    every source's reconstruction), including its sparse training path. Train it with
-    ``loss=crosscoder`` (``conf/sae/crosscoder.yaml`` selects it).
+    With ``k=None`` encoding and decoding are the ReLU SAE's on the concatenated vector (the
+    encoder sums every source's contribution, ``x @ W_enc = sum_s x_s @ W_enc,s``; the
+    decoder writes every source's reconstruction), including its sparse training path.
+    Train it with ``loss=crosscoder`` (``conf/sae/crosscoder.yaml`` selects it).
+
+    With ``k`` set, training keeps the ``k * batch`` largest *scores*
+    ``relu(pre_i) * sum_s ||d_i,s||`` of the batch (the activation weighted as the crosscoder
+    L1 weights it, so selection has no bias towards shared latents and is invariant to
+    rescaling a latent against its decoder row), and tracks a running threshold on the
+    score (BatchTopK's, ``BatchTopKSAE.select``); in eval mode a latent fires when its score
+    exceeds that threshold, so inference does not depend on the batch. The codes are
+    ``relu(pre)`` on the kept latents, always on the sparse path. Use ``loss.l1_coeff=0``
+    (the sparsity comes from k). The export stays a ``crosscoder`` with ``k`` and the
+    ``threshold`` tensor.
 
     Args:
         d_in: Total input width, ``n_sources * d_source``.
         d_sae: Number of latents.
         n_sources: Number of sources concatenated in the input (>= 2).
         apply_b_dec_to_input: Subtract ``b_dec`` from the input before encoding.
-        sparse_threshold: Largest code density at which ``forward`` takes the sparse path.
+        sparse_threshold: Largest code density at which ``forward`` takes the sparse path
+            (ReLU only).
+        k: Mean active latents per token (BatchTopK), ``1 <= k <= d_sae``; ``None``: ReLU.
+        threshold_momentum: Weight of each batch's threshold in the running average (BatchTopK).
 
     Raises:
-        ValueError: If ``n_sources`` is not an integer >= 2 or does not divide ``d_in``.
+        ValueError: If ``n_sources`` is not an integer >= 2 or does not divide ``d_in``, or
+            ``k`` / ``threshold_momentum`` is out of range.
 
     Example:
         >>> cc = CrosscoderSAE(d_in=8, d_sae=16, n_sources=2)
@@ -93,6 +112,8 @@ class CrosscoderSAE(ReLUSAE):
         n_sources: int = 2,
         apply_b_dec_to_input: bool = True,
         sparse_threshold: float = 0.05,
+        k: int | None = None,
+        threshold_momentum: float = 0.01,
     ) -> None:
         if isinstance(n_sources, bool) or not isinstance(n_sources, int) or n_sources < 2:
             raise ValueError(f"n_sources must be an integer >= 2, got {n_sources!r}")
@@ -104,9 +125,71 @@ class CrosscoderSAE(ReLUSAE):
         super().__init__(d_in, d_sae, apply_b_dec_to_input, sparse_threshold)
         self.n_sources = n_sources
         self.d_source = d_in // n_sources
+        self.k = k
+        if k is None:
+            return
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+            raise ValueError(
+                f"k must be null (ReLU) or an integer in [1, d_sae={d_sae}], got {k!r}"
+            )
+        if not 0 < threshold_momentum <= 1:
+            raise ValueError(f"threshold_momentum must be in (0, 1], got {threshold_momentum!r}")
+        self.threshold_momentum = float(threshold_momentum)
+        self.register_buffer("threshold", torch.tensor(0.0))  # on the score; exported
+        batches = torch.tensor(0, dtype=torch.long)  # training state (checkpointed, not exported)
+        self.register_buffer("threshold_batches", batches, persistent=False)
+
+    # BatchTopK's batch selection and running threshold (they read k, training, threshold,
+    # threshold_batches, threshold_momentum, which a crosscoder with k has too)
+    _select_batch = BatchTopKSAE.select
+    _update_threshold = BatchTopKSAE._update_threshold
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "n_sources": self.n_sources}
+        config = {**super().config(), "n_sources": self.n_sources}
+        if self.k is None:
+            return config
+        return {**config, "k": self.k, "threshold_momentum": self.threshold_momentum}
+
+    def encode_codes(self, x: Float[Tensor, "batch d_in"]) -> SparseEntries:
+        """BatchTopK codes of a ``[batch, d_in]`` input (values differentiable); ``k`` only."""
+        self._check_width(x, "d_in", "input")
+        bias = self.encoder_bias()  # [d_sae]
+        with torch.no_grad():
+            pre = torch.addmm(bias, x, self.W_enc)  # [batch, d_sae]
+            weight = self.source_decoder_norms().sum(-1)  # [d_sae]
+            rows, cols, crow = self._select_batch(torch.relu(pre) * weight)
+        values = gather_pre(x, self.W_enc, self.b_enc, pre, rows, cols, self.input_bias())
+        return SparseEntries(rows, cols, torch.relu(values), x.shape[0], self.d_sae, "row", crow)
+
+    def forward(self, x: Float[Tensor, "*batch d_in"]) -> SAEOutput:
+        """Encode and decode (ReLU: sparse when the batch's density allows; k: sparse)."""
+        if self.k is None:
+            return super().forward(x)
+        self._check_width(x, "d_in", "input")
+        codes = self.encode_codes(x.reshape(-1, self.d_in))
+        x_hat = sparse_decode(codes, self.W_dec) + self.b_dec  # [batch, d_in]
+        return SAEOutput(x_hat.reshape(x.shape), codes=codes)
+
+    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        """Feature activations (with ``k``: of the batch in training, thresholded in eval).
+
+        Raises:
+            ValueError: If ``x``'s last dimension is not ``d_in``.
+        """
+        if self.k is None:
+            return super().encode(x)
+        self._check_width(x, "d_in", "input")
+        codes = self.encode_codes(x.reshape(-1, self.d_in))
+        return codes.to_dense().reshape(*x.shape[:-1], self.d_sae)
+
+    def encode_selected(
+        self, x: Float[Tensor, "rows pos d_in"], index: Int[Tensor, " rows"]
+    ) -> Float[Tensor, "rows pos"]:
+        """One feature per row: ReLU's dot product, or (``k``: latents compete) the whole
+        dictionary's codes."""
+        if self.k is None:
+            return super().encode_selected(x, index)
+        return SAE.encode_selected(self, x, index)
 
     def source_blocks(
         self, w_dec: Tensor | None = None
