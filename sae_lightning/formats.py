@@ -5,6 +5,8 @@ A folder holds ``cfg.json`` and ``sae_weights.safetensors`` (``W_enc [d_in, d_sa
 the weights on export, so every exported decoder row has unit norm. ``cfg.json`` follows
 SAELens 6.x (``sae_lightning.saelens_cfg``); on import every key that changes the numbers is
 honoured exactly or refused. Loading reads safetensors only: nothing pickled is executed.
+A crosscoder, which SAELens does not have, is written in the same layout with its own fields
+(``n_sources``; per-source names in ``metadata.sources``): see ``sae_lightning.saes.crosscoder``.
 """
 
 from __future__ import annotations

@@ -22,6 +22,17 @@ row down, so the constraint only fixes that gauge: training with
 ``module.unit_norm_decoder=true`` or ``false`` optimises the same objective. Exports fold
 the row norms into the encoder (``scale_features``) as for any ReLU SAE, which leaves the
 relative norms unchanged.
+
+**Export format** (``formats.save_saelens`` / ``load_saelens``; not a SAELens architecture,
+so SAELens itself cannot load it). A folder with ``sae_weights.safetensors``: ``W_enc
+[d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` (blocks in
+source order, decoder rows of unit concatenated norm), plus a scalar ``threshold`` (on the
+score, see below) when ``k`` is set; and ``cfg.json`` in the SAELens 6.x layout with
+``"architecture": "crosscoder"``, ``d_in`` (the total width), ``d_sae``, ``n_sources``,
+``k`` and ``threshold_momentum`` (when ``k`` is set), and in ``metadata``: ``n_sources``,
+``d_source`` and ``sources``, a list of ``{"model_name", "hook_name"}`` in input order
+(from the exporter's ``metadata["sources"]``, else the top-level names once per source).
+Loading rebuilds the class from those fields and reads the tensors back bit for bit.
 """
 
 from __future__ import annotations
