@@ -12,6 +12,7 @@ tokens; :mod:`plugins.universality`), for A vs B and B vs A across transformers 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sae_lightning.analysis.records import UniversalityResult
@@ -37,6 +38,7 @@ def comparison_numbers(report: dict[str, Any]) -> dict[str, Any]:
         "compare_model": meta.get("compare_model") or meta.get("model_name"),
         "across_transformers": bool(meta.get("compare_model")),
         "min_density": summary.get("min_density"),
+        "n_tokens": meta.get("n_analysed_tokens") or meta.get("n_tokens"),  # density's divisor
         "n_features": len(report["features"]),
         "n_live_features": count("n_live_features"),
         "features": summary.get("median_best_match_corr"),
@@ -77,6 +79,16 @@ def _num(value: Any) -> str:
 
 def _over(c: dict[str, Any]) -> str:
     return f"{_num(c['features'])} ({c['n_live_features'] or 0:,} of {c['n_features']:,} features)"
+
+
+def _threshold(c: dict[str, Any]) -> str:
+    """``min_density`` in words: the fraction, and the fewest tokens it means here."""
+    density, n = c.get("min_density"), c.get("n_tokens")
+    if density is None:
+        return "– of the held-out tokens"
+    if not n:
+        return f"{density} of the held-out tokens"
+    return f"{density} of the held-out tokens, {math.ceil(density * n):,} of {n:,} here"
 
 
 def _verdict(u: dict[str, Any]) -> str:
@@ -129,13 +141,12 @@ def universality_table(u: dict[str, Any]) -> list[str]:
             f"| features on the same transformer: A vs A' (`{same['model']}`, two SAE seeds; "
             f"contrast) | not reported | {_over(same)} |"
         )
-    density = (ab or same or {}).get("min_density")
     return [
         *rows,
         "",
-        f"Dead and ultralow-density features are left out as the paper did: a feature counts "
-        f"when it fires on at least {density if density is not None else '–'} of the "
-        f"held-out tokens (`criteria.universality.min_density`; the paper's ultralow threshold "
+        "Dead and ultralow-density features are left out as the paper did: a feature counts "
+        f"when it fires on at least {_threshold(ab or same or {})} "
+        "(`criteria.universality.min_density`; the paper's ultralow threshold "
         f"was {paper['min_density']} on 100M tokens, below what the held-out split resolves). "
         "Neurons that never fire are left out of the neuron median. A match maximises "
         "`|correlation|`, for features and neurons alike.",
