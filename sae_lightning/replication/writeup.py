@@ -205,7 +205,8 @@ def _population(n: dict[str, Any]) -> list[str]:
         f"{' / '.join(names)}): the median over the group of each feature's best-match activation "
         f"correlation, the share of the group with a best match ≥ {UNIVERSAL}, and the median "
         "of each feature's best-neuron correlation (its own model's neurons). Here every feature "
-        "that fired counts.",
+        "that fired counts, and correlations keep their sign (the first table takes "
+        "`|correlation|` over the live features).",
         "",
         f"| features | count | median best match | share ≥ {UNIVERSAL} | median best neuron |",
         "|---|---|---|---|---|",
