@@ -92,6 +92,8 @@ def exported(sae: SAE, activation_scale: float = 1.0) -> tuple[SAE, dict[str, Te
     state = {k: v.detach().clone().cpu() for k, v in target.state_dict().items()}
     if activation_scale != 1.0:
         state = fold_activation_scale(state, activation_scale)
+        if isinstance(target, CrosscoderSAE) and "threshold" in state:  # BatchTopK crosscoder:
+            state["threshold"] = state["threshold"] / activation_scale  # on f * |W_dec|: x units
     return target, fold_decoder_norms(target, state)
 
 

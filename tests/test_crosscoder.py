@@ -196,6 +196,13 @@ def test_batchtopk_export_round_trip_is_bit_exact(tmp_path: Path) -> None:
     for name, value in sae.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
     assert "threshold" in sae.state_dict() and torch.equal(loaded(x).x_hat, sae(x).x_hat)
+    scale = 3.0  # trained on 3 * x: the export reads raw x (the threshold is in x's units)
+    scaled, _ = load_saelens(save_saelens(sae, tmp_path / "scaled", META, activation_scale=scale))
+    with torch.no_grad():
+        expected = sae(x * scale)
+        got = scaled(x)
+    assert torch.equal(got.feature_acts > 0, expected.feature_acts > 0)
+    torch.testing.assert_close(got.x_hat * scale, expected.x_hat, rtol=1e-5, atol=1e-5)
 
 
 def test_export_round_trip_is_bit_exact(tmp_path: Path) -> None:
