@@ -11,6 +11,7 @@
 #   throughput  benchmarks/train_throughput.py on CUDA, fp32 and bf16-mixed (with torch.mm)
 #   topk        benchmarks/topk_decoder.py on CUDA (sparse against dense decoder)
 #   analyze     python analyze.py on the trained SAE, 100k tokens, with the HTML dashboards
+#               (feature-centric) and one prompt's page (prompt-centric)
 #   ddp         python train.py trainer=ddp on 2 GPUs, 100 steps (skipped with fewer GPUs)
 # A failed step does not stop the independent ones; the exit status is 1 if any failed.
 #
@@ -133,7 +134,7 @@ for precision in 32-true bf16-mixed; do
     if run_step "$name" "$PY" benchmarks/train_throughput.py --device "$DEVICE" \
         --precision "$precision" "${THROUGHPUT_SIZE[@]}"; then
         while IFS= read -r line; do note "$line"; done \
-            < <(grep -E '^(device=| *d_sae| *[0-9]+ +[0-9])' "$OUT_DIR/$name.log")
+            < <(grep -E '^(device=|arch  |relu  |topk  )' "$OUT_DIR/$name.log")
     fi
 done
 if run_step topk "$PY" benchmarks/topk_decoder.py --device "$DEVICE" "${TOPK_SIZE[@]}"; then
@@ -144,11 +145,13 @@ fi
 # --- analyze -----------------------------------------------------------------------------
 if ((TRAINED)); then
     if run_step analyze "$PY" analyze.py sae_path="$OUT_DIR/train" trainer=$TRAINER \
-        tokens=$ANALYZE_TOKENS dashboards=true report_dir="$OUT_DIR/analysis"; then
-        if [[ -f "$OUT_DIR/analysis/report/index.html" ]]; then
-            note "report: $OUT_DIR/analysis/report/index.html"
+        tokens=$ANALYZE_TOKENS dashboards=true "prompt='import numpy as np'" \
+        report_dir="$OUT_DIR/analysis"; then
+        if [[ -f "$OUT_DIR/analysis/report/index.html" && \
+            -f "$OUT_DIR/analysis/report/prompts.html" ]]; then
+            note "report: $OUT_DIR/analysis/report/index.html (and prompts.html)"
         else
-            note "analysis/report/index.html missing"
+            note "analysis/report/index.html or prompts.html missing"
             FAILED+=(analyze)
         fi
     fi
@@ -158,7 +161,7 @@ fi
 
 # --- ddp ---------------------------------------------------------------------------------
 DDP_CMD=("$PY" train.py trainer=ddp trainer.accelerator=gpu trainer.devices=2
-    +trainer.precision=bf16-mixed trainer.max_steps=100 trainer.val_check_interval=50
+    trainer.precision=bf16-mixed trainer.max_steps=100 trainer.val_check_interval=50
     paths.output_dir="$OUT_DIR/ddp")
 if [[ "$DEVICE" == cpu ]]; then
     # compose only (prints the trainer node): checks the overrides without a GPU

@@ -24,7 +24,7 @@ from plugins._logits import LOGIT_CHUNK, logit_summaries, logit_weights
 from sae_lightning.analysis.artefacts import TOP_EXAMPLES
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.records import Ablation, DownstreamResult, LogitHistogram
-from sae_lightning.hooks import edit_hook
+from sae_lightning.hooks import ablation_hooks
 
 
 def _next_logprobs(
@@ -90,19 +90,12 @@ def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
 def _ablated_logprobs(
     ctx: AnalysisContext, tokens: Int[Tensor, "r pos"], index: Int[Tensor, " r"]
 ) -> tuple[Float[Tensor, "r pos_1"], Float[Tensor, "r pos"]]:
-    """Next-token log-probs with feature ``index[r]`` subtracted from row ``r`` at the hook
-    at the analysed positions (``ctx.start`` onwards: BOS is left alone when dropped, as
-    training splices the SAE back), and the removed activations (0 before ``ctx.start``)."""
-    w_dec = ctx.sae.W_dec[index]  # [r, d_in]
-    box: list[Tensor] = []
-
-    def remove(x: Tensor) -> Tensor:  # x: [r, pos, d_in], heads flattened
-        act = ctx.sae.encode_selected(x.to(w_dec.dtype), index)  # [r, pos]
-        act[:, : ctx.start] = 0.0  # positions the SAE was not trained on
-        box.append(act)
-        return x - (act.unsqueeze(-1) * w_dec.unsqueeze(1)).to(x.dtype)
-
-    logits = ctx.model.run_with_hooks(tokens, fwd_hooks=[(ctx.hook_name, edit_hook(remove))])
+    """Next-token log-probs with feature ``index[r]``'s output ``act * W_dec[f]`` subtracted
+    from row ``r`` at the decoder's hook (a transcoder's output hook) at the analysed
+    positions (``ctx.start`` onwards: BOS is left alone when dropped, as training splices the
+    SAE back), and the removed activations (0 before ``ctx.start``)."""
+    hooks, box = ablation_hooks(ctx.sae, index, ctx.hook_name, ctx.write_hook, ctx.start)
+    logits = ctx.model.run_with_hooks(tokens, fwd_hooks=hooks)
     return _next_logprobs(logits, tokens), box[0]
 
 
@@ -203,8 +196,8 @@ class Downstream(Criterion):
         out: dict[int, DownstreamResult] = {}
         for start in range(0, len(ctx.features), LOGIT_CHUNK):  # [F, vocab] can be gigabytes
             chunk = ctx.features[start : start + LOGIT_CHUNK]
-            weights = logit_weights(ctx.model, ctx.hook_name, ctx.sae.W_dec[chunk])
-            logits = self._logit_records(weights, names, len(chunk), ctx.hook_name)
+            weights = logit_weights(ctx.model, ctx.write_hook, ctx.sae.W_dec[chunk])
+            logits = self._logit_records(weights, names, len(chunk), ctx.write_hook)
             for f, record in zip(chunk, logits, strict=True):
                 record.ablation = ablations.get(f)
                 if record.ablation is not None:

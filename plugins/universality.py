@@ -135,7 +135,7 @@ class Universality(Criterion):
         out = []
         for start in range(0, len(ctx.features), LOGIT_CHUNK):
             rows = ctx.features[start : start + LOGIT_CHUNK]
-            mine = logit_weights(ctx.model, ctx.hook_name, ctx.sae.W_dec[rows])
+            mine = logit_weights(ctx.model, ctx.write_hook, ctx.sae.W_dec[rows])
             other = ctx.other_sae.W_dec[match[start : start + LOGIT_CHUNK]]
             theirs = logit_weights(model_b, hook_b, other)
             if mine is None or theirs is None:
@@ -147,7 +147,7 @@ class Universality(Criterion):
     @override
     def results(self, ctx: AnalysisContext) -> dict[int, UniversalityResult]:
         neuron = self._neuron_corr(ctx)
-        density = self.density.compute().tolist()  # [F]
+        density = self.density.compute().reshape(-1).tolist()  # [F] (torchmetrics squeezes F=1)
         if not self.enabled:
             note = "no compare_with SAE: universality needs a second SAE on the same tokens"
             return {

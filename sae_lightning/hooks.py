@@ -102,22 +102,35 @@ def flatten_heads(
 
 
 def capture_activations(
-    model, tokens: Int[Tensor, "batch pos"], hook_name: str
+    model, tokens: Int[Tensor, "batch pos"], hook_name: str | tuple[str, ...]
 ) -> Float[Tensor, "batch pos d_in"]:
-    """Activations at ``hook_name`` (per-head hooks flattened); the forward stops there."""
-    box: list[Tensor] = []
+    """Activations at ``hook_name`` (per-head hooks flattened); the forward stops there.
 
-    def hook(act: Tensor, hook) -> None:
-        box.append(act)
-        raise _StopForward
+    Several hooks (a tuple, e.g. a transcoder's input and output hooks) are read in one
+    forward, which stops once all have fired; their activations are concatenated along the
+    last dimension in the order given.
+    """
+    names = (hook_name,) if isinstance(hook_name, str) else tuple(hook_name)
+    box: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Callable[[Tensor, Any], None]:
+        # keyed by the name asked for: a bridge calls an alias's hook with its own name
+        def hook(act: Tensor, hook: Any) -> None:
+            box[name] = act
+            if len(box) == len(names):
+                raise _StopForward
+
+        return hook
 
     try:
-        model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+        model.run_with_hooks(tokens, fwd_hooks=[(name, keep(name)) for name in names])
     except _StopForward:
         pass
-    if not box:
-        raise RuntimeError(f"hook {hook_name!r} did not fire during the forward pass")
-    return flatten_heads(box[0], hook_name, tokens.shape)
+    silent = [name for name in names if name not in box]
+    if silent:
+        raise RuntimeError(f"hook {silent[0]!r} did not fire during the forward pass")
+    parts = [flatten_heads(box[name], name, tokens.shape) for name in names]
+    return parts[0] if len(parts) == 1 else torch.cat([p.float() for p in parts], dim=-1)
 
 
 def edit_hook(
@@ -131,6 +144,38 @@ def edit_hook(
         return edit(flat).to(act.dtype).reshape(act.shape)
 
     return hook
+
+
+def ablation_hooks(
+    sae: Any, index: Tensor, read_hook: str, write_hook: str, start: int
+) -> tuple[list[tuple[str, Callable]], list[Tensor]]:
+    """Forward hooks that remove feature ``index[r]``'s output ``act * W_dec[f]`` from batch
+    row ``r`` at ``write_hook``, its activation read at ``read_hook`` in the same forward (the
+    same hook for an SAE; a transcoder's input and output hooks), at positions ``start``
+    onwards (1 leaves BOS alone, as training does).
+
+    Returns:
+        The hooks for ``run_with_hooks`` and a list that receives the removed activations
+        ``[r, pos]`` (0 before ``start``) during the forward.
+    """
+    w_dec = sae.W_dec[index]  # [r, d_out]
+    box: list[Tensor] = []
+
+    def encode(x: Tensor) -> Tensor:  # [r, pos, d_in], heads flattened
+        act = sae.encode_selected(x.to(w_dec.dtype), index)  # [r, pos]
+        act[:, :start] = 0.0  # not analysed (BOS when dropped): left as it is
+        box.append(act)
+        return x
+
+    def remove(x: Tensor) -> Tensor:  # [r, pos, d_out]
+        if read_hook == write_hook:
+            encode(x)
+        return x - (box[-1].unsqueeze(-1) * w_dec.unsqueeze(1)).to(x.dtype)
+
+    hooks = [(write_hook, edit_hook(remove))]
+    if read_hook != write_hook:
+        hooks.insert(0, (read_hook, edit_hook(encode)))  # a transcoder's input fires first
+    return hooks, box
 
 
 def residual_directions(
@@ -179,39 +224,80 @@ class ActivationSpec:
         hook_name: The hook the SAE reads.
         drop_bos: The BOS position of each context is not trained on (nor analysed).
         n_ctx: Context length (at most the model's).
+        hook_name_out: A transcoder's target: the hook it reconstructs (None: ``hook_name``,
+            an SAE). Then every captured activation is ``[x_in | x_out]`` (``d_in + d_out``
+            wide) from one forward, and validation splices the reconstruction in here.
     """
 
     model: Any = field(repr=False)
     hook_name: str
     drop_bos: bool = True
     n_ctx: int = 0
+    hook_name_out: str | None = None
     d_in: int = field(init=False)
+    d_out: int | None = field(init=False)
     kind: HookKind = field(init=False)
     layer: int | None = field(init=False)
 
     def __post_init__(self) -> None:
         validate_hook(self.model, self.hook_name)
+        if self.hook_name_out is not None:
+            validate_hook(self.model, self.hook_name_out)
+            if self.hook_name_out == self.hook_name:
+                raise ValueError(
+                    f"hook_name_out={self.hook_name_out!r} is hook_name: a transcoder maps one "
+                    "hook to another (e.g. blocks.0.ln2.hook_normalized -> "
+                    "blocks.0.hook_mlp_out); for an SAE leave hook_name_out null"
+                )
         self.n_ctx = context_length(self.model, self.n_ctx or None)
         self.kind, self.layer = hook_kind(self.hook_name)
-        probe = torch.zeros(1, 2, dtype=torch.long, device=_device(self.model))
+        probe = torch.zeros(1, 2, dtype=torch.long, device=model_device(self.model))
         with torch.inference_mode():
-            self.d_in = int(capture_activations(self.model, probe, self.hook_name).shape[-1])
+            widths = [
+                int(capture_activations(self.model, probe, name).shape[-1])
+                for name in self.hook_names
+            ]
+        self.d_in, self.d_out = widths[0], (widths[1] if len(widths) > 1 else None)
+
+    @property
+    def hook_names(self) -> tuple[str, ...]:
+        """The hooks captured, in the order of the captured vector's parts."""
+        return (self.hook_name,) if self.hook_name_out is None else (
+            self.hook_name, self.hook_name_out
+        )
+
+    @property
+    def splice_hook(self) -> str:
+        """Where a reconstruction goes back into the model (the transcoder's output hook)."""
+        return self.hook_name_out or self.hook_name
+
+    @property
+    def width(self) -> int:
+        """Width of a captured vector: ``d_in`` (+ ``d_out`` for a transcoder)."""
+        return self.d_in + (self.d_out or 0)
 
     @property
     def start(self) -> int:
         """The first position trained on (1 when BOS is dropped)."""
         return int(self.drop_bos)
 
-    def capture(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_in"]:
-        """Float32 activations at the hook of every position (BOS included)."""
-        return capture_activations(self.model, tokens, self.hook_name).float()
+    def capture(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos width"]:
+        """Float32 activations at the hook(s) of every position (BOS included)."""
+        return capture_activations(self.model, tokens, self.hook_names).float()
 
     def logits_and_capture(
         self, tokens: Int[Tensor, "batch pos"]
-    ) -> tuple[Float[Tensor, "batch pos vocab"], Float[Tensor, "batch pos d_in"]]:
-        """The clean logits and the float32 activations at the hook, in one forward."""
-        logits, cache = self.model.run_with_cache(tokens, names_filter=self.hook_name)
-        return logits, flatten_heads(cache[self.hook_name], self.hook_name, tokens.shape).float()
+    ) -> tuple[Float[Tensor, "batch pos vocab"], Float[Tensor, "batch pos width"]]:
+        """The clean logits and the float32 activations at the hook(s), in one forward."""
+        names = self.hook_names
+        logits, cache = self.model.run_with_cache(tokens, names_filter=list(names))
+        parts = [flatten_heads(cache[n], n, tokens.shape).float() for n in names]
+        return logits, parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def spliced_part(self, acts: Float[Tensor, "batch pos width"]) -> Tensor:
+        """The part of captured activations that lives at ``splice_hook`` (all of it for an
+        SAE; ``x_out`` for a transcoder)."""
+        return acts if self.d_out is None else acts[..., self.d_in :]
 
     def trained(self, acts: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "n d_in"]:
         """The positions the SAE trains on, flattened to rows."""
@@ -226,12 +312,13 @@ class ActivationSpec:
         return out
 
     def run_with_replacement(
-        self, tokens: Int[Tensor, "batch pos"], acts: Float[Tensor, "batch pos d_in"]
+        self, tokens: Int[Tensor, "batch pos"], acts: Float[Tensor, "batch pos d"]
     ) -> Float[Tensor, "batch pos vocab"]:
-        """Logits with the hooked activation replaced by ``acts`` (flat layout)."""
+        """Logits with the activation at ``splice_hook`` replaced by ``acts`` (flat layout)."""
         hook = edit_hook(lambda _: acts)
-        return self.model.run_with_hooks(tokens, fwd_hooks=[(self.hook_name, hook)])
+        return self.model.run_with_hooks(tokens, fwd_hooks=[(self.splice_hook, hook)])
 
 
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """Where ``model``'s weights are (its first parameter's device)."""
     return next(model.parameters()).device

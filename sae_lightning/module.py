@@ -73,11 +73,11 @@ class SAEModule(L.LightningModule):
         # x_train = act_scale * x; 1 without normalisation. In the checkpoint, for resuming.
         self.register_buffer("act_scale", torch.tensor(1.0))
         self.dead_window_tokens, self.unit_norm_decoder = dead_window_tokens, unit_norm_decoder
-        d_in, d_sae = sae.d_in, sae.d_sae
+        d_out, d_sae = sae.d_out, sae.d_sae  # d_out: the reconstruction's width
         for split in ("train", "val"):
             setattr(self, f"{split}_mse", MeanMetric())
             setattr(self, f"{split}_l1", MeanMetric())
-            setattr(self, f"{split}_ev", ExplainedVariance(d_in))
+            setattr(self, f"{split}_ev", ExplainedVariance(d_out))
             setattr(self, f"{split}_l0", MeanL0())
         self.density = FeatureDensity(d_sae)
         self.val_density = FeatureDensity(d_sae)
@@ -114,8 +114,8 @@ class SAEModule(L.LightningModule):
                 float(self.act_scale),
                 self.activation_mean_sq_norm,
             )
-        if self.b_dec_init != "zeros":
-            self.sae.init_b_dec(self.to_sae_units(x), self.b_dec_init)
+        if self.b_dec_init != "zeros":  # b_dec lives where the reconstruction does
+            self.sae.init_b_dec(self.sae.split_target(self.to_sae_units(x))[1], self.b_dec_init)
         if self.unit_norm_decoder:
             self.sae.set_decoder_norm_to_unit_norm()
 
@@ -154,16 +154,16 @@ class SAEModule(L.LightningModule):
         """The loss (``"loss"``) and the detached codes (``"feature_acts"``, for callbacks):
         the dense ``[batch, d_sae]`` activations, or their entries (a ``SparseEntries``)
         when the step took the sparse path."""
-        x = self.to_sae_units(batch)
+        x, target = self.sae.split_target(self.to_sae_units(batch))
         out = self.sae(x)
-        lo = self.loss_fn(x, out, self.sae, self.global_step)
-        self._update_recon("train", x, out, lo)
+        lo = self.loss_fn(target, out, self.sae, self.global_step)
+        self._update_recon("train", target, out, lo)
         self.log("train/loss", lo.loss.detach())
         self.log("train/sparse_path", float(out.codes is not None))  # 1: gather/scatter step
         if lo.aux is not None:
             self.log("train/aux", lo.aux.detach())
         self.density.update(_codes(out))
-        self._window_tokens += x.shape[0]
+        self._window_tokens += batch.shape[0]
         if self._window_tokens >= self.dead_window_tokens:
             self._log_density("train", self.density)
             self._window_tokens = 0
@@ -213,10 +213,12 @@ class SAEModule(L.LightningModule):
     def zero_ablation_ce(
         self, tokens: Int[Tensor, "b n_ctx"], logits_clean: Tensor, acts: Tensor
     ) -> Tensor:
-        """Per-token CE with the trained positions zeroed: the baseline of loss recovered
-        (it does not depend on the SAE, so several SAEs share it)."""
+        """Per-token CE with the trained positions zeroed (at the splice hook: a
+        transcoder's output hook): the baseline of loss recovered (it does not depend on the
+        SAE, so several SAEs share it)."""
         spec = self.spec
-        zeros = spec.with_trained(acts, torch.zeros_like(spec.trained(acts)))
+        spliced = spec.spliced_part(acts)
+        zeros = spec.with_trained(spliced, torch.zeros_like(spec.trained(spliced)))
         logits_zero = spec.run_with_replacement(tokens, zeros)
         return per_token_ce_and_kl(logits_clean, logits_zero, tokens)[1]
 
@@ -226,23 +228,25 @@ class SAEModule(L.LightningModule):
         """The validation metrics of one batch from its clean forward (``logits_clean``,
         ``acts`` [b, pos, d_in]): reconstruction, then the model run with the SAE spliced in."""
         spec = self.spec
-        x = self.to_sae_units(spec.trained(acts))  # x_hat goes back to raw units below
+        # x_hat goes back to raw units below; a transcoder's target is its output hook's part
+        x, target = self.sae.split_target(self.to_sae_units(spec.trained(acts)))
         out = self.sae(x)
-        lo = self.loss_fn(x, out, self.sae, self.global_step)
-        self._update_recon("val", x, out, lo)
+        lo = self.loss_fn(target, out, self.sae, self.global_step)
+        self._update_recon("val", target, out, lo)
         self.val_density.update(out.feature_acts)
         self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
         x_hat = out.x_hat / self.act_scale
-        logits_sae = spec.run_with_replacement(tokens, spec.with_trained(acts, x_hat))
+        spliced = spec.with_trained(spec.spliced_part(acts), x_hat)
+        logits_sae = spec.run_with_replacement(tokens, spliced)
         ce_clean, ce_sae, kl = per_token_ce_and_kl(logits_clean, logits_sae, tokens)
         self.val_downstream.update(ce_clean, ce_sae, ce_zero, kl)
 
     def _validate_activations(self, x: Float[Tensor, "b d_in"]) -> None:
         """Reconstruction metrics only: model-free data (synthetic) has no logits to splice."""
-        x = self.to_sae_units(x)
+        x, target = self.sae.split_target(self.to_sae_units(x))
         out = self.sae(x)
-        lo = self.loss_fn(x, out, self.sae, self.global_step)
-        self._update_recon("val", x, out, lo)
+        lo = self.loss_fn(target, out, self.sae, self.global_step)
+        self._update_recon("val", target, out, lo)
         self.val_density.update(out.feature_acts)
         self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(x))
 

@@ -40,6 +40,11 @@ ARCH_FIELDS: dict[str, dict[str, Any]] = {  # the extra fields of each architect
     "topk": {"k": 100, "rescale_acts_by_decoder_norm": False},
     "batchtopk": {"k": None, "threshold_momentum": None},  # ours only: SAELens writes jumprelu
     "matryoshka_batchtopk": {"k": None, "group_sizes": None, "threshold_momentum": None},  # same
+    "crosscoder": {"n_sources": None, "k": None, "threshold_momentum": None},  # ours only
+    **{  # TranscoderConfig: the output hook's fields (its metadata holds hook_name_out too)
+        name: {"d_out": None, "hook_name_out": "", "hook_layer_out": 0, "hook_head_index_out": None}
+        for name in ("transcoder", "skip_transcoder")
+    },
 }
 HOOK_Z = re.compile(r"blocks\.\d+\.attn\.hook_z")
 DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")
@@ -124,6 +129,7 @@ def export_cfg(config: dict[str, Any], dtype: str, metadata: dict[str, Any]) -> 
         "reshape_activations": "hook_z" if is_hook_z(metadata["hook_name"]) else "none",
         **ARCH_FIELDS.get(architecture, {}),
         **config,  # architecture-specific constructor arguments (k for TopK)
+        **_output_hook(architecture, metadata),
         "metadata": {
             **{k: metadata[k] for k in REQUIRED_METADATA},
             "hook_head_index": None,
@@ -210,9 +216,28 @@ def read_cfg(raw: dict[str, Any], where: Path) -> dict[str, Any]:
     return cfg
 
 
+def _output_hook(architecture: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    """A transcoder's output-hook fields from ``metadata["hook_name_out"]`` ({} for SAEs)."""
+    if "d_out" not in ARCH_FIELDS.get(architecture, {}):
+        return {}
+    name = metadata.get("hook_name_out")
+    if not name:
+        raise ValueError(
+            f"a {architecture} export needs metadata['hook_name_out'] (the hook it "
+            f"reconstructs), got {name!r}"
+        )
+    layer = re.match(r"blocks\.(\d+)\.", name)
+    return {"hook_name_out": name, "hook_layer_out": int(layer.group(1)) if layer else 0}
+
+
 def _check_values(cfg: dict[str, Any], where: Path) -> None:
     """Refuse values of the SAELens fields that we do not reproduce."""
-    for key in ("d_in", "d_sae"):
+    if cfg.get("hook_head_index_out") is not None:
+        raise ValueError(
+            f"{where}: hook_head_index_out={cfg['hook_head_index_out']!r} (a transcoder "
+            "writing one attention head) is not supported; valid: null"
+        )
+    for key in ("d_in", "d_sae", *(["d_out"] if "d_out" in cfg else [])):
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{where}: {key} must be a positive integer, got {value!r}")

@@ -49,24 +49,41 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     ]
 
 
-def build_sae(cfg: DictConfig, d_in: int, hook_name: str):
-    """The SAE of ``cfg.sae`` with ``d_in`` filled from the model (or checked against it)."""
+def build_sae(cfg: DictConfig, d_in: int, hook_name: str, d_out: int | None = None):
+    """The SAE of ``cfg.sae`` with ``d_in`` filled from the model (or checked against it),
+    and a transcoder's ``d_out`` from its output hook (``hook_name_out``)."""
     if cfg.sae.get("d_in") is not None and cfg.sae.d_in != d_in:
         raise ValueError(
             f"sae.d_in={cfg.sae.d_in} does not match the width {d_in} of hook {hook_name!r}; "
             f"set sae.d_in={d_in} or sae.d_in=null"
         )
+    widths = {"d_in": d_in}
+    if "d_out" in cfg.sae:  # a transcoder
+        if d_out is None:
+            raise ValueError(
+                f"sae={cfg.sae._target_.rsplit('.', 1)[-1]} reconstructs another hook: set "
+                "hook_name_out (e.g. hook_name=blocks.0.ln2.hook_normalized "
+                "hook_name_out=blocks.0.hook_mlp_out, or experiment=transcoder); data=cached "
+                "and data=synthetic hold one hook only"
+            )
+        widths["d_out"] = d_out
+    elif d_out is not None:
+        raise ValueError(
+            f"hook_name_out={cfg.get('hook_name_out')!r} is set, but sae="
+            f"{cfg.sae._target_.rsplit('.', 1)[-1]} reconstructs its own input: use "
+            "sae=transcoder, or hook_name_out=null"
+        )
     # seeded here, so that its weights do not depend on what consumed the global RNG before
     # (the model's loading, other SAEs of the run): a multi-SAE run's SAE equals its solo run
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return instantiate(cfg.sae, d_in=d_in)
+        return instantiate(cfg.sae, **widths)
 
 
 def build_module(cfg: DictConfig, d_in: int, spec, member: bool = False):
     """The SAEModule of ``cfg.module`` training ``cfg.sae`` with ``cfg.loss``; ``member``:
     one SAE of a :class:`MultiSAEModule`."""
-    sae = build_sae(cfg, d_in, cfg.hook_name)
+    sae = build_sae(cfg, d_in, cfg.hook_name, spec.d_out if spec is not None else None)
     # objects go in through a partial: instantiate() would turn a dataclass kwarg into a config
     factory = instantiate(cfg.module, _partial_=True)
     module = (member_factory(factory) if member else factory)(sae=sae, loss=instantiate(cfg.loss))
@@ -235,6 +252,7 @@ def _finish(
         metadata = {
             "model_name": model_name,
             "hook_name": cfg.hook_name,
+            **({"hook_name_out": cfg.hook_name_out} if cfg.get("hook_name_out") else {}),
             "context_size": positions[0],
             "prepend_bos": True,
             # SAELens' name for the positions trained on: [1, None] skips BOS (drop_bos)

@@ -40,6 +40,12 @@ REGISTRY = {  # register_sae_class in sae_lens/__init__.py (the architectures we
     "gated": {},
     "jumprelu": {},
     "topk": {"k": 100, "rescale_acts_by_decoder_norm": False},
+    # sae_lens/saes/transcoder.py: TranscoderConfig's output-hook fields (SkipTranscoderConfig
+    # adds none; its W_skip is a tensor)
+    **{
+        name: {"d_out": 768, "hook_name_out": "", "hook_layer_out": 0, "hook_head_index_out": None}
+        for name in ("transcoder", "skip_transcoder")
+    },
 }
 SAVED_AS = {"batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}
 """Training-only architectures -> the inference architecture SAELens saves them as."""

@@ -25,6 +25,8 @@ EXTRA = {
     "topk": {"k": 4},
     "batchtopk": {"k": 4},
     "matryoshka_batchtopk": {"k": 4, "group_sizes": [4, 8, 12]},
+    "transcoder": {"d_out": 5},
+    "skip_transcoder": {"d_out": 5},
 }
 
 
@@ -39,7 +41,16 @@ def make(architecture: str, d_in: int = 8, d_sae: int = 24, seed: int = 0) -> SA
         sae.b_dec.normal_(0, 0.5)
         if isinstance(sae, JumpReLUSAE):
             sae.threshold.uniform_(0.05, 0.3)
+        if hasattr(sae, "W_skip"):
+            sae.W_skip.normal_(0, 0.2)
     return sae
+
+
+def meta_for(architecture: str) -> dict:
+    """META, with the output hook a transcoder's export needs."""
+    if architecture.endswith("transcoder"):
+        return {**META, "hook_name_out": "blocks.0.hook_mlp_out"}
+    return META
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
@@ -48,7 +59,7 @@ def test_export_round_trip_is_exact(architecture: str, tmp_path: Path) -> None:
     x = torch.randn(64, 8)
     sae.train()(x)  # BatchTopK: one training batch sets its threshold
     sae.eval()
-    folder = save_saelens(sae, tmp_path, META)
+    folder = save_saelens(sae, tmp_path, meta_for(architecture))
     loaded, cfg = load_saelens(folder)
     exported = sae.for_export()
     assert cfg["architecture"] == exported.architecture == type(loaded).architecture
@@ -72,7 +83,8 @@ def test_activation_scale_and_decoder_norms_fold_into_the_export(
     x = torch.randn(64, 8)
     with torch.no_grad():
         trained = sae(x * scale)
-    loaded, cfg = load_saelens(save_saelens(sae, tmp_path, META, activation_scale=scale))
+    folder = save_saelens(sae, tmp_path, meta_for(architecture), activation_scale=scale)
+    loaded, cfg = load_saelens(folder)
     assert cfg["normalize_activations"] == "none"
     torch.testing.assert_close(loaded.W_dec.norm(dim=-1), torch.ones(24))
     with torch.no_grad():

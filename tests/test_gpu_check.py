@@ -68,6 +68,7 @@ def test_cpu_dry_run_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "train" / "sae" / "cfg.json").is_file()
     index = tmp_path / "analysis" / "report" / "index.html"
     assert index.is_file() and index.stat().st_size > 1000
+    assert (index.parent / "prompts.html").is_file()  # the prompt-centric page too
 
     summary = summary_file.read_text()
     assert summary in result.stdout  # printed at the end, and kept
@@ -78,7 +79,10 @@ def test_cpu_dry_run_end_to_end(tmp_path: Path) -> None:
     assert ok == set(STEPS)
     assert f"torch {torch.__version__} device: cpu" in summary
     assert f"val/loss_recovered={metrics['val/loss_recovered']:.4g}" in summary
-    assert summary.count("device=cpu precision=") == 2  # both throughput tables
+    assert summary.count("device=cpu batch=") == 2  # both throughput tables, with their rows
+    for precision in ("32-true", "bf16-mixed"):
+        rows = [line.split() for line in lines if line.split()[1:2] == [precision]]
+        assert {row[0] for row in rows} == {"relu", "topk"}, summary
     assert "SAE step" in summary and "full loop" in summary  # the TopK table
     assert f"report: {index}" in summary
     assert "ddp not run on cpu" in summary

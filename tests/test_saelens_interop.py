@@ -30,9 +30,17 @@ SAELENS_ARCHITECTURES = sorted(set(ARCHITECTURES) - {"crosscoder"})
 """Ours that SAELens reads (a crosscoder is ours only: test_crosscoder.py checks its format)."""
 
 
+def meta_for(architecture: str) -> dict[str, Any]:
+    """META, with the output hook a transcoder's export needs."""
+    if architecture.endswith("transcoder"):
+        return {**META, "hook_name_out": "blocks.0.hook_mlp_out"}
+    return META
+
+
 def make(architecture: str, d_in: int = 8, d_sae: int = 24) -> SAE:
     torch.manual_seed(0)
     extra = {"k": 4} if "topk" in architecture else {}
+    extra = {"d_out": 5} if architecture.endswith("transcoder") else extra
     sae = build_sae(architecture, d_in=d_in, d_sae=d_sae, **extra)
     with torch.no_grad():
         sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc))
@@ -80,11 +88,12 @@ def topk_by_hand(state: dict, x: torch.Tensor, k: int, rescale: bool) -> tuple:
 
 @pytest.mark.parametrize("architecture", SAELENS_ARCHITECTURES)
 def test_saelens_reads_every_field_of_our_export(architecture: str, tmp_path: Path) -> None:
-    folder = save_saelens(make(architecture), tmp_path, META)
+    meta = meta_for(architecture)
+    folder = save_saelens(make(architecture), tmp_path, meta)
     raw = json.loads((folder / CFG_FILE).read_text())
     view = saelens_reads(raw)
     assert not is_pre_6(raw) and raw["metadata"]["sae_lens_version"] == SAELENS_VERSION
-    assert {k: view["metadata"][k] for k in META} == META  # prepend_bos False survives
+    assert {k: view["metadata"][k] for k in meta} == meta  # prepend_bos False survives
     assert view["metadata"]["hook_head_index"] is None
     inference = SAVED_AS.get(architecture, architecture)
     assert view["architecture"] == inference
@@ -236,9 +245,11 @@ def test_a_non_unit_scaling_factor_and_a_head_index_are_refused(tmp_path: Path) 
 def test_real_saelens_loads_our_export(architecture: str, tmp_path: Path) -> None:
     from sae_lens import SAE as LensSAE
 
-    folder = save_saelens(make(architecture), tmp_path, META)
+    folder = save_saelens(make(architecture), tmp_path, meta_for(architecture))
     lens = LensSAE.load_from_disk(folder)
     assert {k: lens.cfg.metadata[k] for k in META} == META
+    if architecture.endswith("transcoder"):  # SAELens' Transcoder reads the output hook
+        assert (lens.cfg.d_out, lens.cfg.hook_name_out) == (5, "blocks.0.hook_mlp_out")
     raw = json.loads((folder / CFG_FILE).read_text())
     assert lens.cfg.to_dict() == saelens_reads(raw)  # the re-implementation is faithful
     ours, _ = load_saelens(folder)

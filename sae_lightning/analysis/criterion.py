@@ -136,6 +136,15 @@ class AnalysisContext:
     """Position 0 (BOS) of every context is not analysed, as training does not train on it:
     no criterion, first pass, ablation or dashboard activation sees it (it may still be
     shown as context in a window)."""
+    hook_name_out: str | None = None
+    """Where a transcoder's decoder writes (its ``hook_name_out``); None: an SAE, whose
+    decoder writes where it reads (``hook_name``)."""
+
+    @property
+    def write_hook(self) -> str:
+        """The hook the decoder's directions live at: ablations edit it, logit weights
+        start from it (a transcoder's output hook, else ``hook_name``)."""
+        return self.hook_name_out or self.hook_name
 
     @property
     def start(self) -> int:

@@ -31,7 +31,7 @@ from sae_lightning.analysis.options import check_options
 from sae_lightning.analysis.records import CRITERIA_FILE
 from sae_lightning.analysis.results import AnalysisResults
 from sae_lightning.analysis.selection import select_features
-from sae_lightning.hooks import context_length
+from sae_lightning.hooks import context_length, model_device
 from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
 from sae_lightning.report.windows import add_window_activations
 from sae_lightning.training import instantiate_dict
@@ -155,6 +155,7 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         other_model=other.model if other else None,
         other_hook_name=other.hook_name if other else None,
         drop_bos=drop_bos,
+        hook_name_out=metadata.get("hook_name_out"),
     )
     info = {
         **metadata,
@@ -183,6 +184,9 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         cfg.trainer, callbacks=criteria, logger=logger, use_distributed_sampler=False
     )
     trainer.validate(module)
+    # Lightning returns the validated module (with the SAE) to the CPU, while the frozen
+    # model stays where it ran: the windows and prompts below encode next to the model
+    sae.to(model_device(model))
     if trainer.is_global_zero:
         if cfg.get("dashboards"):
             add_window_activations(results.features, sae, model, hook, contexts, start=ctx.start)

@@ -55,7 +55,8 @@ class ActivationStream(IterableDataset):
         contexts: token contexts ``[n_contexts, n_ctx]`` (all shards; this one takes its part):
             a tensor or :class:`ArrayContexts`, whose shard is permuted every epoch, or
             :class:`StreamedContexts`, read forward in stream order (the buffer shuffles).
-        hook_name: TransformerLens hook name.
+        hook_name: TransformerLens hook name, or several (a transcoder's input and output
+            hooks: each activation is their concatenation, from one forward).
         batch_size: activations per batch.
         buffer_tokens: capacity of the shuffle buffer, in activations.
         refill_fraction: share of the buffer emitted before it is refilled (1.0: full refresh).
@@ -70,7 +71,7 @@ class ActivationStream(IterableDataset):
         self,
         model,
         contexts: Int[Tensor, "n_contexts n_ctx"] | ArrayContexts | StreamedContexts,
-        hook_name: str,
+        hook_name: str | tuple[str, ...],
         batch_size: int,
         buffer_tokens: int,
         refill_fraction: float = 0.5,

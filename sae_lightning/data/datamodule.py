@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sae_lightning.data.activations import ActivationStream
 from sae_lightning.data.readers import ArrayContexts, StreamedContexts
-from sae_lightning.hooks import ActivationSpec
+from sae_lightning.hooks import ActivationSpec, model_device
 from sae_lightning.models import move_model
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class ActivationDataModule(L.LightningDataModule):
         val_contexts: held-out contexts scored at each validation.
         val_batch_size: contexts per validation batch.
         seed: seeds context order and buffer shuffles.
+        hook_name_out: a transcoder's target hook: batches are then ``[x_in | x_out]``
+            (``d_in + d_out`` wide), both hooks read in one forward. None: an SAE.
     """
 
     model_free = False
@@ -56,8 +58,10 @@ class ActivationDataModule(L.LightningDataModule):
         val_contexts: int = 64,
         val_batch_size: int = 16,
         seed: int = 0,
+        hook_name_out: str | None = None,
     ) -> None:
         super().__init__()
+        self.hook_name_out = hook_name_out
         self.source, self.hook_name, self.batch_size = source, hook_name, batch_size
         self.buffer_tokens, self.refill_fraction = buffer_tokens, refill_fraction
         self.contexts_per_forward, self.drop_bos, self.n_ctx = contexts_per_forward, drop_bos, n_ctx
@@ -72,7 +76,9 @@ class ActivationDataModule(L.LightningDataModule):
     def set_model(self, model) -> ActivationSpec:
         """Attach the frozen model; returns the :class:`ActivationSpec` (hook checked, width
         probed) that the module must read the same way."""
-        self.spec = ActivationSpec(model, self.hook_name, self.drop_bos, self.n_ctx or 0)
+        self.spec = ActivationSpec(
+            model, self.hook_name, self.drop_bos, self.n_ctx or 0, self.hook_name_out
+        )
         self.model, self.n_ctx = model, self.spec.n_ctx
         return self.spec
 
@@ -112,11 +118,17 @@ class ActivationDataModule(L.LightningDataModule):
         self._require_model()
         return self.spec.d_in
 
+    def d_out(self) -> int | None:
+        """Width of a transcoder's target hook (None: an SAE reconstructs its input)."""
+        self._require_model()
+        return self.spec.d_out
+
     def sample_activations(self, n: int) -> Float[Tensor, "n d_in"]:
-        """``n`` activations from the first training contexts (for data-dependent init)."""
+        """``n`` activations from the first training contexts (for data-dependent init), on
+        the model's device (before ``setup`` that need not be the trainer's)."""
         self.prepare_contexts()
         per_ctx = self.n_ctx - int(self.drop_bos)
-        rows = self.train_ctx[: max(1, -(-n // per_ctx))].to(self.device)
+        rows = self.train_ctx[: max(1, -(-n // per_ctx))].to(model_device(self._require_model()))
         with torch.inference_mode():
             acts = self.spec.trained(self.spec.capture(rows))[:n]
         return acts.clone()  # outside inference mode: a normal tensor, usable in autograd
@@ -128,7 +140,7 @@ class ActivationDataModule(L.LightningDataModule):
         return ActivationStream(
             self._require_model(),
             self.train_ctx,
-            self.hook_name,
+            self.spec.hook_names,
             self.batch_size,
             self.buffer_tokens,
             self.refill_fraction,

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sae_lightning.analysis.records import TopActivationsResult, result_of
-from sae_lightning.hooks import capture_activations, edit_hook
+from sae_lightning.hooks import ablation_hooks, capture_activations
 from sae_lightning.report.data import fmt, tokens_view
 
 
@@ -49,11 +49,13 @@ def loss_effects(
     features: list[int],
     batch: int = 32,
     start: int = 0,
+    write_hook: str | None = None,
 ) -> tuple[float, list[float]]:
     """Clean loss, and per feature (ablated loss − clean loss) on ``tokens``.
 
-    Each row of a forward removes one feature's contribution ``act * W_dec[f]`` at the hook,
-    at positions ``start`` onwards (1 leaves BOS alone, as training does).
+    Each row of a forward removes one feature's contribution ``act * W_dec[f]`` at the hook
+    (``write_hook``, a transcoder's output hook, when given), at positions ``start`` onwards
+    (1 leaves BOS alone, as training does).
     """
     device = next(model.parameters()).device
     row = tokens.to(device)[None]  # [1, pos]
@@ -62,15 +64,9 @@ def loss_effects(
     for first in range(0, len(features), batch):
         chunk = features[first : first + batch]
         index = torch.tensor(chunk, device=sae.W_dec.device)
-        w_dec = sae.W_dec[index]  # [r, d_in]
-
-        def remove(x: Tensor, index=index, w_dec=w_dec) -> Tensor:  # [r, pos, d_in]
-            act = sae.encode_selected(x.to(w_dec.dtype), index)  # [r, pos]
-            act[:, :start] = 0.0  # not analysed (BOS when dropped): left as it is
-            return x - (act.unsqueeze(-1) * w_dec.unsqueeze(1)).to(x.dtype)
-
+        hooks, _ = ablation_hooks(sae, index, hook_name, write_hook or hook_name, start)
         rows = row.expand(len(chunk), -1)  # [r, pos]
-        logits = model.run_with_hooks(rows, fwd_hooks=[(hook_name, edit_hook(remove))])
+        logits = model.run_with_hooks(rows, fwd_hooks=hooks)
         effects += (_next_token_loss(logits, rows) - clean).tolist()
     return clean, effects
 
@@ -110,6 +106,7 @@ def analyse_prompt(
     n_ranked: int = 20,
     n_ablate: int = 64,
     drop_bos: bool = True,
+    write_hook: str | None = None,
 ) -> dict[str, Any]:
     """Everything ``prompts.html`` shows about one prompt (plain Python values).
 
@@ -120,6 +117,7 @@ def analyse_prompt(
         n_ranked: Rows of each ranking.
         n_ablate: Strongest features (by activation on the prompt) whose loss effect is measured.
         drop_bos: Leave the BOS position out (activation 0, not ablated), as the analysis does.
+        write_hook: Where the decoder writes, if not ``hook_name`` (a transcoder's output).
     """
     tokens = prompt_tokens(model, text)
     device = next(model.parameters()).device
@@ -143,7 +141,9 @@ def analyse_prompt(
         _entry(f, acts, known, strs, max_activation[f]) | {"quantile": q} for q, f in quantiles
     ]
     candidates = firing[:n_ablate]
-    clean, effects = loss_effects(sae, model, hook_name, tokens, candidates, start=start)
+    clean, effects = loss_effects(
+        sae, model, hook_name, tokens, candidates, start=start, write_hook=write_hook
+    )
     ranked = sorted(zip(effects, candidates, strict=True), key=lambda e: -abs(e[0]))[:n_ranked]
     by_loss = [_entry(f, acts, known, strs, float(peak[f])) | {"loss_effect": e} for e, f in ranked]
     strongest = acts.amax(dim=1).tolist()  # [pos]
@@ -173,6 +173,8 @@ def analyse_prompts(
         top = result_of(per_feature, TopActivationsResult, nested=False)
         max_activation[int(key)] = float((top.max_activation if top else None) or 0.0)
     drop_bos = bool(report["metadata"].get("drop_bos", True))
+    out = report["metadata"].get("hook_name_out")  # a transcoder's decoder writes there
     return [
-        analyse_prompt(t, sae, model, hook_name, max_activation, drop_bos=drop_bos) for t in texts
+        analyse_prompt(t, sae, model, hook_name, max_activation, drop_bos=drop_bos, write_hook=out)
+        for t in texts
     ]

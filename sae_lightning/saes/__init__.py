@@ -6,16 +6,21 @@ from typing import Any
 
 from sae_lightning.saes.base import SAE, SAEOutput, load_assigned
 from sae_lightning.saes.batchtopk import BatchTopKSAE
+from sae_lightning.saes.crosscoder import CrosscoderSAE
 from sae_lightning.saes.gated import GatedSAE
 from sae_lightning.saes.geometric_median import geometric_median
 from sae_lightning.saes.jumprelu import JumpReLUSAE
 from sae_lightning.saes.matryoshka import MatryoshkaSAE
 from sae_lightning.saes.relu import ReLUSAE
 from sae_lightning.saes.topk import TopKSAE
+from sae_lightning.saes.transcoder import SkipTranscoderSAE, TranscoderSAE
 
 ARCHITECTURES: dict[str, type[SAE]] = {
     cls.architecture: cls
-    for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, MatryoshkaSAE, JumpReLUSAE, GatedSAE)
+    for cls in (
+        ReLUSAE, TopKSAE, BatchTopKSAE, MatryoshkaSAE, JumpReLUSAE, GatedSAE,
+        TranscoderSAE, SkipTranscoderSAE, CrosscoderSAE,
+    )  # fmt: skip
 }
 """Architecture name (as written in SAELens' ``cfg.json``) -> SAE class."""
 
@@ -53,13 +58,16 @@ def build_sae(architecture: str, **kwargs: Any) -> SAE:
 __all__ = [
     "ARCHITECTURES",
     "BatchTopKSAE",
+    "CrosscoderSAE",
     "GatedSAE",
     "JumpReLUSAE",
     "MatryoshkaSAE",
     "ReLUSAE",
     "SAE",
     "SAEOutput",
+    "SkipTranscoderSAE",
     "TopKSAE",
+    "TranscoderSAE",
     "build_sae",
     "geometric_median",
     "get_architecture",

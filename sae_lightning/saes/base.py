@@ -100,6 +100,18 @@ class SAE(nn.Module, ABC):
         self.W_dec = nn.Parameter(w_dec)  # [d_sae, d_in]
         self.b_dec = nn.Parameter(torch.zeros(d_in))  # [d_in]
 
+    @property
+    def d_out(self) -> int:
+        """Width of the reconstruction: ``d_in`` for an SAE (a transcoder's differs)."""
+        return int(self.W_dec.shape[1])
+
+    def split_target(
+        self, x: Float[Tensor, "*batch width"]
+    ) -> tuple[Float[Tensor, "*batch d_in"], Float[Tensor, "*batch d_out"]]:
+        """``(input, target)`` of a training row: an SAE reconstructs its input; a
+        transcoder's rows are ``[x_in | x_out]`` (see ``TranscoderSAE``)."""
+        return x, x
+
     def config(self) -> dict[str, Any]:
         """The constructor arguments plus the architecture name (JSON-serialisable)."""
         return {

@@ -62,14 +62,15 @@ class ReLUSAE(SAE):
         picked = select_sparse(pre.detach() > 0, self.sparse_threshold)
         if picked is None:
             f = torch.relu(pre.to(bias.dtype))  # [batch, d_sae]; float32 under autocast too
-            return SAEOutput(self.decode(f).reshape(x.shape), f.reshape(*x.shape[:-1], -1))
+            x_hat = self.decode(f).reshape(*x.shape[:-1], -1)  # [*batch, d_out]
+            return SAEOutput(x_hat, f.reshape(*x.shape[:-1], -1))
         rows, cols, crow = picked
         b_dec = self.input_bias()
         pre_s = gather_pre(flat, self.W_enc, self.b_enc, pre.detach(), rows, cols, b_dec)  # [nnz]
         values = torch.relu(pre_s)  # [nnz]
         codes = SparseEntries(rows, cols, values, flat.shape[0], self.d_sae, "row", crow)
-        x_hat = sparse_decode(codes, self.W_dec) + self.b_dec  # [batch, d_in]
-        return SAEOutput(x_hat.reshape(x.shape), codes=codes)  # dense codes only if read
+        x_hat = sparse_decode(codes, self.W_dec) + self.b_dec  # [batch, d_out]
+        return SAEOutput(x_hat.reshape(*x.shape[:-1], -1), codes=codes)  # dense codes if read
 
     def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         """Feature activations ``relu(encode_pre(x))``.
