@@ -341,6 +341,15 @@ def test_relative_norm_histogram_and_section() -> None:
     assert "<td>toy-1l only</td><td>r &le; 0.3</td><td>2</td>" in page
     assert "<td>shared</td><td>0.3 &lt; r &lt; 0.7</td><td>4</td>" in page
     assert page.count("<rect ") == 20 and page.count("<svg") == 1
+    keep = torch.tensor([True, False, True, True, True, False, True, True])
+    kept = relative_norm_summary(sae.relative_decoder_norm(), n_bins=10, keep=keep)
+    assert kept["counts"] == {"A only": 1, "shared": 4, "B only": 1, "zero decoder": 0}
+    assert (kept["n_latents"], kept["n_left_out"]) == (6, 2)
+    assert "<td>left out (not kept, e.g. dead)</td><td></td><td>2</td>" in crosscoder_section(
+        sae, keep=keep
+    )
+    with pytest.raises(ValueError, match=r"keep must be a boolean mask of shape \(8,\)"):
+        relative_norm_summary(sae.relative_decoder_norm(), keep=torch.ones(7, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"needs a CrosscoderSAE, got ReLUSAE"):
         crosscoder_section(ReLUSAE(8, 4))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"n_bins must be a positive integer, got 0"):

@@ -12,7 +12,7 @@ import html
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sae_lightning.saes.crosscoder import (
@@ -26,28 +26,46 @@ COLOURS = ("#d9822b", "#3b6fb6", "#2e9e5b")  # A only, shared, B only
 
 
 def relative_norm_summary(
-    r: Float[Tensor, " d_sae"], n_bins: int = 20, band: tuple[float, float] = SHARED_BAND
+    r: Float[Tensor, " d_sae"],
+    n_bins: int = 20,
+    band: tuple[float, float] = SHARED_BAND,
+    keep: Bool[Tensor, " d_sae"] | None = None,
 ) -> dict[str, Any]:
     """Histogram of relative decoder norms on [0, 1] and the class counts.
 
+    Args:
+        r: Relative decoder norm per latent (``CrosscoderSAE.relative_decoder_norm``).
+        n_bins: Bins on [0, 1].
+        band: Relative norms inside it count as shared.
+        keep: The latents to count (e.g. those that fired: a dead latent keeps its random
+            initial split, about 0.5, and would inflate "shared"); default all.
+
     Returns:
-        ``{"n_latents", "band", "counts": {"A only", "shared", "B only", "zero decoder"},
-        "histogram": {"edges": [n_bins + 1], "counts": [n_bins]}}``; latents whose decoder
-        row is zero (NaN ratio) are counted apart, not binned.
+        ``{"n_latents", "n_left_out", "band", "counts": {"A only", "shared", "B only",
+        "zero decoder"}, "histogram": {"edges": [n_bins + 1], "counts": [n_bins]}}``;
+        latents whose decoder row is zero (NaN ratio) are counted apart, not binned.
 
     Raises:
-        ValueError: If ``n_bins < 1`` or ``r`` is not a vector.
+        ValueError: If ``n_bins < 1``, ``r`` is not a vector or ``keep`` not a mask like it.
     """
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     if r.ndim != 1:
         raise ValueError(f"r must be a vector of relative norms, got shape {tuple(r.shape)}")
+    if keep is not None and (keep.dtype != torch.bool or keep.shape != r.shape):
+        raise ValueError(
+            f"keep must be a boolean mask of shape {tuple(r.shape)}, got {keep.dtype} "
+            f"{tuple(keep.shape)}"
+        )
+    n_all = int(r.numel())
     r = r.detach().double().cpu()
+    r = r if keep is None else r[keep.cpu()]
     labels = classify_relative_norms(r, band)
     defined = r[~r.isnan()]
     counts = torch.histc(defined, bins=n_bins, min=0.0, max=1.0).long().tolist()
     return {
         "n_latents": int(r.numel()),
+        "n_left_out": n_all - int(r.numel()),
         "band": [float(band[0]), float(band[1])],
         "counts": {
             **{name: int((labels == i).sum()) for i, name in enumerate(CLASS_NAMES)},
@@ -116,6 +134,7 @@ def crosscoder_section(
     sources: tuple[int, int] = (0, 1),
     n_bins: int = 20,
     band: tuple[float, float] = SHARED_BAND,
+    keep: Bool[Tensor, " d_sae"] | None = None,
 ) -> str:
     """An HTML fragment: the class counts of ``sae``'s latents and their histogram.
 
@@ -126,6 +145,8 @@ def crosscoder_section(
         sources: The indices ``(a, b)`` of the sources compared (``n_sources > 2``).
         n_bins: Histogram bins on [0, 1].
         band: Relative norms inside it count as shared.
+        keep: The latents to count, e.g. ``density > 0`` from the analysis (dead latents
+            keep their random initial split); default all.
 
     Raises:
         TypeError: If ``sae`` is not a crosscoder.
@@ -135,7 +156,7 @@ def crosscoder_section(
         raise TypeError(f"crosscoder_section needs a CrosscoderSAE, got {type(sae).__name__}")
     a, b = sources
     names = source_names or (f"source {a}", f"source {b}")
-    summary = relative_norm_summary(sae.relative_decoder_norm(a, b), n_bins, band)
+    summary = relative_norm_summary(sae.relative_decoder_norm(a, b), n_bins, band, keep)
     na, nb = (html.escape(str(n)) for n in names)
     counts = summary["counts"]
     low, high = summary["band"]
@@ -146,6 +167,8 @@ def crosscoder_section(
     ]
     if counts["zero decoder"]:
         rows.append(("zero decoder row", "r undefined", counts["zero decoder"]))
+    if summary["n_left_out"]:
+        rows.append(("left out (not kept, e.g. dead)", "", summary["n_left_out"]))
     table = "".join(
         f"<tr><td>{label}</td><td>{rule}</td><td>{count}</td></tr>" for label, rule, count in rows
     )
