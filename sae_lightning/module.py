@@ -22,6 +22,7 @@ from sae_lightning.metrics import (
     per_token_ce_and_kl,
 )
 from sae_lightning.models import move_model
+from sae_lightning.paired import PairedSpec
 from sae_lightning.saes.base import SAE, SAEOutput
 from sae_lightning.sparse import SparseEntries
 
@@ -87,10 +88,15 @@ class SAEModule(L.LightningModule):
         # never a submodule and never checkpointed. None: model-free (synthetic) data
         self.__dict__["spec"] = None
 
-    def set_spec(self, spec: ActivationSpec) -> None:
+    def set_spec(self, spec: ActivationSpec | PairedSpec) -> None:
         """Hand over what the data module reads (the same :class:`ActivationSpec`):
-        validation splices the SAE back into ``spec.model`` at ``spec.hook_name``."""
+        validation splices the SAE back into ``spec.model`` at ``spec.hook_name`` (into each
+        model of a :class:`PairedSpec`, its own part)."""
         self.__dict__["spec"] = spec
+        if isinstance(spec, PairedSpec):  # each model's loss recovered: val/A/*, val/B/*
+            self.val_downstream_sources = torch.nn.ModuleList(
+                DownstreamLoss() for _ in spec.sources
+            )
 
     @property
     def frozen(self):
@@ -100,6 +106,8 @@ class SAEModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.frozen is not None:
             move_model(self.frozen, self.device)
+        if isinstance(self.spec, PairedSpec):
+            move_model(self.spec.model_b, self.device)
         if self.trainer.ckpt_path is not None:
             return  # resumed: the weights are restored, re-initialising would change them
         x = None
@@ -206,6 +214,9 @@ class SAEModule(L.LightningModule):
             self._validate_activations(batch)
             return
         tokens = batch[0]
+        if isinstance(self.spec, PairedSpec):
+            self._validate_paired(tokens)
+            return
         logits_clean, acts = self.spec.logits_and_capture(tokens)  # acts: [b, pos, d_in]
         ce_zero = self.zero_ablation_ce(tokens, logits_clean, acts)
         self.validate_spliced(tokens, logits_clean, acts, ce_zero)
@@ -241,6 +252,28 @@ class SAEModule(L.LightningModule):
         ce_clean, ce_sae, kl = per_token_ce_and_kl(logits_clean, logits_sae, tokens)
         self.val_downstream.update(ce_clean, ce_sae, ce_zero, kl)
 
+    def _validate_paired(self, tokens: Int[Tensor, "b n_ctx"]) -> None:
+        """Reconstruction of ``[x_A | x_B]``, then each model run with its own part of the
+        reconstruction spliced in (and zero-ablated, for the baseline)."""
+        spec: PairedSpec = self.spec
+        clean = [s.logits_and_capture(tokens) for s in spec.sources]  # [(logits, acts)]
+        rows = [s.trained(acts) for s, (_, acts) in zip(spec.sources, clean, strict=True)]
+        x = self.to_sae_units(torch.cat(rows, -1))
+        out = self.sae(x)
+        lo = self.loss_fn(x, out, self.sae, self.global_step)
+        self._update_recon("val", x, out, lo)
+        self.val_density.update(out.feature_acts)
+        self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
+        parts = spec.split(out.x_hat / self.act_scale)
+        for metric, s, (logits, acts), part in zip(
+            self.val_downstream_sources, spec.sources, clean, parts, strict=True
+        ):
+            zeros = s.with_trained(acts, torch.zeros_like(part))
+            ce_zero = per_token_ce_and_kl(logits, s.run_with_replacement(tokens, zeros), tokens)[1]
+            logits_sae = s.run_with_replacement(tokens, s.with_trained(acts, part))
+            ce_clean, ce_sae, kl = per_token_ce_and_kl(logits, logits_sae, tokens)
+            metric.update(ce_clean, ce_sae, ce_zero, kl)
+
     def _validate_activations(self, x: Float[Tensor, "b d_in"]) -> None:
         """Reconstruction metrics only: model-free data (synthetic) has no logits to splice."""
         x, target = self.sae.split_target(self.to_sae_units(x))
@@ -251,11 +284,25 @@ class SAEModule(L.LightningModule):
         self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(x))
 
     def on_validation_epoch_end(self) -> None:
-        if self.frozen is not None:
+        if isinstance(self.spec, PairedSpec):
+            self._log_paired_downstream()
+        elif self.frozen is not None:
             for key, value in self.val_downstream.compute().items():
                 self.log(f"val/{key}", value, prog_bar=key == "loss_recovered", sync_dist=False)
             self.val_downstream.reset()
         self._log_density("val", self.val_density)
+
+    def _log_paired_downstream(self) -> None:
+        """``val/A/<key>`` and ``val/B/<key>`` per model, and ``val/<key>`` their mean."""
+        per_source = [metric.compute() for metric in self.val_downstream_sources]
+        for name, values in zip("AB", per_source, strict=False):
+            for key, value in values.items():
+                self.log(f"val/{name}/{key}", value, sync_dist=False)
+        for key in per_source[0]:
+            mean = torch.stack([values[key] for values in per_source]).mean()
+            self.log(f"val/{key}", mean, prog_bar=key == "loss_recovered", sync_dist=False)
+        for metric in self.val_downstream_sources:
+            metric.reset()
 
     def _training_buffers(self) -> dict[str, Tensor]:
         """The SAE's buffers outside its state dict (training state such as TopK's

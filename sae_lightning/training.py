@@ -28,6 +28,7 @@ from sae_lightning.multi_config import (
     run_overrides,
     sae_configs,
 )
+from sae_lightning.paired import PairedSpec
 from sae_lightning.preflight import check_checkpoint, check_config, check_run_folder
 from sae_lightning.progress import human
 from sae_lightning.sweep import METRICS_FILE, summarize
@@ -107,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_run_folder(out, cfg.get("ckpt_path"))
     datamodule = instantiate(cfg.data)
     # what the SAE reads, built once (None for model-free data: synthetic has no model)
-    spec = None if datamodule.model_free else datamodule.set_model(instantiate(cfg.model))
+    spec = None if datamodule.model_free else attach_models(cfg, datamodule)
     # before training; model-free data names its source model (a cache) or none (synthetic)
     model_name = (
         exported_model_name(spec.model)
@@ -150,6 +151,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning(note)
         _finish(cfg, out, module, positions, model_name, metrics, loggers, notes)
     return metrics
+
+
+def attach_models(cfg: DictConfig, datamodule):
+    """Load ``cfg.model`` (and ``cfg.model_b``, a crosscoder's second model) into the data
+    module; returns its spec."""
+    model = instantiate(cfg.model)
+    if cfg.get("model_b") is None:
+        return datamodule.set_model(model)
+    model_b = instantiate(cfg.model_b)
+    names = (exported_model_name(model), exported_model_name(model_b))
+    return datamodule.set_model(model, model_b, names)
 
 
 def _modules(
@@ -253,6 +265,7 @@ def _finish(
             "model_name": model_name,
             "hook_name": cfg.hook_name,
             **({"hook_name_out": cfg.hook_name_out} if cfg.get("hook_name_out") else {}),
+            **({"sources": sources} if (sources := _sources(module)) else {}),
             "context_size": positions[0],
             "prepend_bos": True,
             # SAELens' name for the positions trained on: [1, None] skips BOS (drop_bos)
@@ -282,6 +295,12 @@ def _finish(
             lg.log_hyperparams(flat, final)
         else:
             lg.log_hyperparams(flat)
+
+
+def _sources(module) -> list[dict[str, str]] | None:
+    """A two-model crosscoder's sources (model and hook of each part), else None."""
+    spec = getattr(module, "spec", None)
+    return spec.source_names if isinstance(spec, PairedSpec) else None
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

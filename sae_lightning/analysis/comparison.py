@@ -68,8 +68,18 @@ def _first_difference(a: dict[str, int], b: dict[str, int], names: tuple[str, st
     return "the BOS ids differ"
 
 
-def check_same_tokenizer(model_a: Any, name_a: str, model_b: Any, name_b: str) -> None:
+def check_same_tokenizer(
+    model_a: Any,
+    name_a: str,
+    model_b: Any,
+    name_b: str,
+    what: str = "cross-model universality",
+    option: str = "compare_with",
+) -> None:
     """Refuse two models whose tokenizers differ: the same ids would be different texts.
+
+    ``what`` names the work that runs both models on one set of token ids (the messages
+    say it), ``option`` the setting that named model B.
 
     Raises:
         ValueError: Naming both models and tokenizers, and the first token whose id differs
@@ -79,17 +89,16 @@ def check_same_tokenizer(model_a: Any, name_a: str, model_b: Any, name_b: str) -
     both = f"{_describe(name_a, tok_a)} and {_describe(name_b, tok_b)}"
     if tok_a is None or tok_b is None:
         raise ValueError(
-            f"cross-model universality needs both models' tokenizers to check they agree: "
+            f"{what} needs both models' tokenizers to check they agree: "
             f"{both}; load models that carry one"
         )
     vocab_a, vocab_b = tok_a.get_vocab(), tok_b.get_vocab()
     if vocab_a != vocab_b or tok_a.bos_token_id != tok_b.bos_token_id:
         differ = _first_difference(vocab_a, vocab_b, (name_a, name_b))
         raise ValueError(
-            f"compare_with reads {_describe(name_b, tok_b)}, which does not share the tokenizer "
-            f"of the analysed SAE's {_describe(name_a, tok_a)} ({differ}): cross-model "
-            f"universality runs both models on the same token ids, so it needs one tokenizer; "
-            f"compare SAEs of models trained with the same tokenizer"
+            f"{option} reads {_describe(name_b, tok_b)}, which does not share the tokenizer "
+            f"of {_describe(name_a, tok_a)} ({differ}): {what} runs both models on the same "
+            f"token ids, so it needs one tokenizer; use models trained with the same tokenizer"
         )
 
 

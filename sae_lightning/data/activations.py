@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +65,8 @@ class ActivationStream(IterableDataset):
         seed: seeds the per-epoch context order and the buffer's shuffles.
         rank / world_size: DDP shard of this process; dataloader workers shard further.
         epochs: number of passes over the shard (None: forever).
+        capture: ``tokens -> [batch, pos, d]`` activations, instead of reading ``hook_name``
+            of ``model`` (a paired spec's ``capture``: two models, one row).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class ActivationStream(IterableDataset):
         world_size: int = 1,
         epochs: int | None = None,
         device: str | torch.device = "cpu",
+        capture: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < refill_fraction <= 1.0:
@@ -91,6 +94,7 @@ class ActivationStream(IterableDataset):
                 f"buffer_tokens={buffer_tokens} must be at least batch_size={batch_size}"
             )
         self.model, self.contexts, self.hook_name = model, contexts, hook_name
+        self.capture = capture or (lambda tokens: capture_activations(model, tokens, hook_name))
         self.batch_size, self.buffer_tokens, self.refill_fraction = (
             batch_size,
             buffer_tokens,
@@ -128,7 +132,7 @@ class ActivationStream(IterableDataset):
     def _forward_group(self, order: RowGroups | StreamGroups, group: int) -> tuple[Tensor, Tensor]:
         tokens = order.read(group).to(self.device)
         # float32 in the buffer, whatever the frozen model's dtype
-        acts = capture_activations(self.model, tokens, self.hook_name).float()
+        acts = self.capture(tokens).float()
         if self.drop_bos:
             acts = acts[:, 1:]
         acts = acts.reshape(-1, acts.shape[-1])  # [k * positions, d_in]

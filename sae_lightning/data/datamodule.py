@@ -14,6 +14,7 @@ from sae_lightning.data.activations import ActivationStream
 from sae_lightning.data.readers import ArrayContexts, StreamedContexts
 from sae_lightning.hooks import ActivationSpec, model_device
 from sae_lightning.models import move_model
+from sae_lightning.paired import PairedSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,26 @@ class ActivationDataModule(L.LightningDataModule):
         self.stream: ActivationStream | None = None
         self._resume: dict | None = None
 
-    def set_model(self, model) -> ActivationSpec:
+    def set_model(
+        self, model, model_b=None, names: tuple[str, str] | None = None
+    ) -> ActivationSpec | PairedSpec:
         """Attach the frozen model; returns the :class:`ActivationSpec` (hook checked, width
-        probed) that the module must read the same way."""
-        self.spec = ActivationSpec(
-            model, self.hook_name, self.drop_bos, self.n_ctx or 0, self.hook_name_out
-        )
+        probed) that the module must read the same way. With ``model_b`` (a crosscoder of two
+        models, ``names`` theirs): a :class:`PairedSpec`, rows ``[x_A | x_B]``."""
+        if model_b is not None:
+            if self.hook_name_out is not None:
+                raise ValueError(
+                    f"model_b and hook_name_out={self.hook_name_out!r} together are not "
+                    "supported: a crosscoder of two models reads one hook of each"
+                )
+            self.spec = PairedSpec(
+                model, model_b, self.hook_name, self.drop_bos, self.n_ctx or 0,
+                names or ("model", "model_b"),
+            )  # fmt: skip
+        else:
+            self.spec = ActivationSpec(
+                model, self.hook_name, self.drop_bos, self.n_ctx or 0, self.hook_name_out
+            )
         self.model, self.n_ctx = model, self.spec.n_ctx
         return self.spec
 
@@ -111,6 +126,8 @@ class ActivationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         move_model(self._require_model(), self.device)
+        if isinstance(self.spec, PairedSpec):
+            move_model(self.spec.model_b, self.device)
         self.prepare_contexts()
 
     def d_in(self) -> int:
@@ -151,6 +168,7 @@ class ActivationDataModule(L.LightningDataModule):
             world_size,
             epochs,
             self.device,
+            capture=self.spec.capture,
         )
 
     def train_dataloader(self) -> DataLoader:
