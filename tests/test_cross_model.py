@@ -80,16 +80,24 @@ def random_sae_a() -> ReLUSAE:
 
 
 @torch.no_grad()
-def stream(criterion: Universality, model_a: Model, model_b: Model, other_sae: ReLUSAE):
-    """The analysis pass (AnalysisModule.validation_step) over 10 contexts, 4 at a time."""
+def stream(
+    criterion: Universality,
+    model_a: Model,
+    model_b: Model,
+    other_sae: ReLUSAE,
+    features: list[int] | None = None,
+):
+    """The analysis pass (AnalysisModule.validation_step) over 10 contexts, 4 at a time, of
+    ``features`` (None: all)."""
+    features = list(range(D_SAE)) if features is None else features
     gen = torch.Generator().manual_seed(0)
     contexts = torch.randint(0, VOCAB, (10, N_CTX), generator=gen)
     contexts[:, 0] = torch.arange(10)  # distinct prefixes: no two tokens share an activation
     sae = random_sae_a()
-    ctx = make_ctx(model_a, sae, contexts, list(range(D_SAE)), other_sae=other_sae)
+    ctx = make_ctx(model_a, sae, contexts, features, other_sae=other_sae)
     ctx.other_model, ctx.other_hook_name = model_b, HOOK
     module = AnalysisModule(sae, model_a, ctx, results=None, other_sae=other_sae, batch_size=4)
-    criterion.setup_metrics(D_SAE, ctx)
+    criterion.setup_metrics(len(features), ctx)
     batches = []
     for start in range(0, len(contexts), 4):
         rows = torch.arange(start, min(start + 4, len(contexts)))
@@ -123,6 +131,19 @@ def test_every_neuron_matches_its_permuted_copy_with_correlation_one(permuted_ru
     summary = permuted_run[1]
     assert summary["median_neuron_best_match_corr"] == pytest.approx(1.0, abs=1e-9)
     assert summary["n_neurons"] == D_MLP
+
+
+def test_one_analysed_feature_is_matched_like_in_the_full_pass(permuted_run):
+    """A single analysed feature (the replication's concept pass): its density is a
+    one-element metric, which torchmetrics returns as a 0-d tensor."""
+    model_a = random_model(0)
+    model_b = permuted_model(model_a, PERM, SCALE)
+    other = permuted_sae(random_sae_a(), PERM, SCALE, FPERM)
+    results, _, _ = stream(Universality(), model_a, model_b, other, features=[2])
+    full = permuted_run[0]
+    assert list(results) == [2]
+    assert results[2].density == pytest.approx(full[2].density) and results[2].density > 0
+    assert results[2].best_match == full[2].best_match
 
 
 def test_the_neuron_match_recovers_the_permutation():
