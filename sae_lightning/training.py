@@ -31,6 +31,7 @@ from sae_lightning.multi_config import (
 from sae_lightning.paired import PairedSpec
 from sae_lightning.preflight import check_checkpoint, check_config, check_run_folder
 from sae_lightning.progress import human
+from sae_lightning.saes.crosscoder import CrosscoderSAE
 from sae_lightning.sweep import METRICS_FILE, summarize
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for note in notes:
             log.warning(note)
         _finish(cfg, out, module, positions, model_name, metrics, loggers, notes)
+        if isinstance(module.sae, CrosscoderSAE):
+            _crosscoder_page(out, module)
     return metrics
 
 
@@ -295,6 +298,18 @@ def _finish(
             lg.log_hyperparams(flat, final)
         else:
             lg.log_hyperparams(flat)
+
+
+def _crosscoder_page(out: Path, module) -> None:
+    """The shared / exclusive histogram of a trained crosscoder, over the latents that fired
+    in the last density window (a dead latent keeps its random split)."""
+    from sae_lightning.report.crosscoder import write_crosscoder_page
+
+    sources = _sources(module)
+    names = tuple(s["model_name"] for s in sources) if sources else None
+    keep = module.density.compute() > 0 if int(module.density.n) > 0 else None
+    page = write_crosscoder_page(out, module.sae.cpu(), names, keep)
+    rank_zero_info(f"crosscoder histogram: file://{page.resolve()}")
 
 
 def _sources(module) -> list[dict[str, str]] | None:

@@ -105,3 +105,12 @@ def test_experiment_crosscoder_models_end_to_end(tmp_path: Path) -> None:
     cfg = json.loads((run / "sae" / "cfg.json").read_text())
     assert cfg["architecture"] == "crosscoder" and cfg["n_sources"] == 2
     assert [s["model_name"] for s in cfg["metadata"]["sources"]] == ["toy-1l", "toy-1l-b"]
+    summary = json.loads((run / "crosscoder.json").read_text())  # the shared / exclusive split
+    assert summary["sources"] == ["toy-1l", "toy-1l-b"]
+    assert sum(summary["counts"].values()) == summary["n_latents"] > 0
+    assert summary["n_latents"] + summary["n_left_out"] == cfg["d_sae"]
+    assert "Shared and exclusive latents" in (run / "crosscoder.html").read_text()
+    refused = subprocess.run([sys.executable, "analyze.py", f"sae_path={run}", "tokens=500"],
+                             cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert refused.returncode != 0
+    assert "does not analyse crosscoders yet" in refused.stdout + refused.stderr

@@ -246,6 +246,14 @@ def check_compatible(sae: SAE, metadata: dict[str, Any], model, hook_name: str) 
         ValueError: If the hook does not exist (the message lists the valid ones), or the
             SAE's ``d_in`` differs from the hook's width (the message names both).
     """
+    sources = metadata.get("sources")
+    if sources:  # a crosscoder: one row reads several models (or hooks) at once
+        raise ValueError(
+            f"SAE {metadata.get('source', '')} is a {sae.architecture} over "
+            f"{len(sources)} sources ({sources}); analyze.py reads one model at one hook, "
+            "so it does not analyse crosscoders yet. Training wrote their shared / exclusive "
+            "histogram beside the run: <run>/crosscoder.html and crosscoder.json"
+        )
     width = ActivationSpec(model, hook_name).d_in  # the hook checked, its width probed
     if sae.d_in != width:
         source = metadata.get("source", "the SAE")

@@ -9,6 +9,8 @@ text that comes from outside (source names, title) is escaped.
 from __future__ import annotations
 
 import html
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -181,3 +183,27 @@ def crosscoder_section(
         f'<table class="crosscoder-counts"><tr><th>latents</th><th>rule</th><th>count</th></tr>'
         f"{table}</table>\n{svg}</section>\n"
     )
+
+
+def write_crosscoder_page(
+    folder: str | Path,
+    sae: CrosscoderSAE,
+    source_names: tuple[str, str] | None = None,
+    keep: Bool[Tensor, " d_sae"] | None = None,
+) -> Path:
+    """Write ``folder/crosscoder.html`` (the section in a page of its own) and
+    ``folder/crosscoder.json`` (:func:`relative_norm_summary` of sources 0 and 1, with the
+    source names); returns the page."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = relative_norm_summary(sae.relative_decoder_norm(0, 1), keep=keep)
+    summary["sources"] = list(source_names or ("source 0", "source 1"))
+    (folder / "crosscoder.json").write_text(json.dumps(summary, indent=2) + "\n")
+    body = crosscoder_section(sae, source_names, keep=keep)
+    page = folder / "crosscoder.html"
+    page.write_text(
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>crosscoder: shared and exclusive latents</title></head>\n"
+        f"<body>\n{body}</body></html>\n"
+    )
+    return page
