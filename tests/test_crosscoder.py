@@ -203,6 +203,13 @@ def test_batchtopk_export_round_trip_is_bit_exact(tmp_path: Path) -> None:
         got = scaled(x)
     assert torch.equal(got.feature_acts > 0, expected.feature_acts > 0)
     torch.testing.assert_close(got.x_hat * scale, expected.x_hat, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # rows of unequal norms fold into the encoder: same latents fire
+        sae.W_dec.mul_(torch.linspace(0.5, 2.0, 16)[:, None])
+        expected = sae(x)
+    folded, _ = load_saelens(save_saelens(sae, tmp_path / "folded", META))
+    torch.testing.assert_close(folded.W_dec.norm(dim=-1), torch.ones(16))
+    assert torch.equal(folded(x).feature_acts > 0, expected.feature_acts > 0)
+    torch.testing.assert_close(folded(x).x_hat, expected.x_hat, rtol=1e-5, atol=1e-5)
 
 
 def test_export_round_trip_is_bit_exact(tmp_path: Path) -> None:
