@@ -16,6 +16,7 @@ from sae_lightning.replication.splitting import (
     main,
     split_features,
 )
+from sae_lightning.replication.splitting_report import family_svg
 from sae_lightning.replication.splitting_tree import (
     SplitAccumulator,
     best_feature,
@@ -199,9 +200,24 @@ def test_planted_split_of_two_saes_on_the_model(tmp_path, corpus, embedded_model
     top = tree["top_tokens"]  # from the second pass: shares of the root's firings
     assert top and all(t["fires"] > 0 for t in top) and sum(t["share"] for t in top) <= 1 + 1e-9
     assert tree["children"][0]["top_tokens"] == top  # same firings as its parent
+    page = (tmp_path / "out" / "splitting.html").read_text()
+    assert page.count("<svg") == len(families) and page.count("<rect") >= 3 * len(families)
 
 
-def test_mismatched_or_shrinking_dictionaries_are_refused(tmp_path):
+def test_html_tree_escapes_token_strings():
+    leaf = {"level": 1, "index": 7, "density": 0.01, "correlation": 0.9, "cosine": 0.8}
+    leaf |= {"n_children": 0, "children": [], "top_tokens": [{"token": "</svg><script>"}]}
+    root = {**leaf, "level": 0, "index": 2, "correlation": None, "cosine": None}
+    root |= {"n_children": 1, "children": [leaf], "top_tokens": [{"token": "a&b"}]}
+    svg = family_svg(root, [4, 8])
+    assert "<script>" not in svg and "&lt;/svg&gt;&lt;script&gt;" in svg and "a&amp;b" in svg
+    assert svg.count("<rect") == 2 and svg.count("<line") == 1 and "r 0.90 c 0.80" in svg
+
+
+def test_mismatched_or_shrinking_dictionaries_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and "threshold: 0.5" in capsys.readouterr().out
     small, large = saved_pair(tmp_path / "hooks", hook="blocks.0.hook_mlp_out")
     with pytest.raises(
         SystemExit,
@@ -214,6 +230,8 @@ def test_mismatched_or_shrinking_dictionaries_are_refused(tmp_path):
         main([str(large), str(small), f"out={tmp_path / 'o'}"])
     with pytest.raises(SystemExit, match=r"match='overlap' is not a measure"):
         main([str(small), str(large), "match=overlap"])
+    with pytest.raises(SystemExit, match=r"ValueError: Could not override 'treshold'"):
+        main([str(small), str(large), "treshold=0.3"])
     with pytest.raises(ValueError, match="two or more SAEs"):
         check_dictionaries([])
     assert not (tmp_path / "o").exists()
@@ -222,10 +240,26 @@ def test_mismatched_or_shrinking_dictionaries_are_refused(tmp_path):
 @pytest.mark.slow
 def test_command_line_on_two_tiny_saes(tmp_path, corpus):
     small, large = saved_pair(tmp_path)
-    report = main([str(small), str(large), *overrides(corpus, tmp_path / "out"), "match=cosine"])
+    options = [
+        "model=embedded", f"hook_name={HOOK}", "drop_bos=false", "batch_size=3",
+        "threshold=0.9", "max_children=1", "top_tokens=2", "~concepts",
+        "+concepts={dot: {tokens: [.]}}",
+    ]  # fmt: skip
+    report = main([str(small), str(large), *overrides(corpus, tmp_path / "out"), *options])
     result = json.loads((tmp_path / "out" / "splitting.json").read_text())
-    assert report == tmp_path / "out" / "splitting.md" and result["match"] == "cosine"
-    assert result["levels"][0]["parent"][0::2] == [0, 1, 2, 3]  # cosine 1 with its copy
+    assert report == tmp_path / "out" / "splitting.md"
+    assert result["n_tokens"] == 10 * 32  # drop_bos=false: BOS counted
     assert result["command"].startswith("python -m sae_lightning.replication.splitting")
+    assert list(result["families"]) == ["dot"] and result["threshold"] == 0.9
+    tree = result["families"]["dot"]["tree"]
+    assert tree["n_children"] == 2 and len(tree["children"]) == 1  # correlation 1 twice
+    assert all(len(n["top_tokens"]) <= 2 for n in (tree, tree["children"][0]))
     text = report.read_text()
-    assert "| 4 → 8 |" in text and "### full stop" in text
+    assert "| 4 → 8 |" in text and '### dot (`"."`)' in text and "1 more children" in text
+    cosine = main([str(small), str(large), *overrides(corpus, tmp_path / "cos"), "match=cosine"])
+    assert json.loads(cosine.with_suffix(".json").read_text())["levels"][0]["parent"][0::2] == [
+        0,
+        1,
+        2,
+        3,
+    ]  # fmt: skip  (cosine 1 with its copy)

@@ -7,8 +7,9 @@ Reads two or more SAEs of growing ``d_sae`` on the same model and hook (anything
 feature of each dictionary to the next smaller one (activation correlation and decoder
 cosine; :mod:`.splitting_tree` defines parents, children and families), and a second time
 for the top tokens of the features in the concepts' family trees. Writes
-``<out>/splitting.md`` and ``<out>/splitting.json`` (every number); options in
-``conf/splitting.yaml``.
+``<out>/splitting.md``, ``<out>/splitting.html`` (the trees drawn) and
+``<out>/splitting.json`` (every number), and prints the Markdown's path. Options (key=value)
+in ``conf/splitting.yaml``, e.g. ``match=cosine threshold=0.6 tokens=200000``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sae_lightning.hooks import capture_activations, context_length, model_devic
 from sae_lightning.metrics.correlation import FiringCounts
 from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
 from sae_lightning.replication.concepts import concept_tokens
-from sae_lightning.replication.splitting_report import write_markdown
+from sae_lightning.replication.splitting_report import write_html, write_markdown
 from sae_lightning.replication.splitting_tree import (
     MEASURES,
     LevelMatch,
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 PROG = "python -m sae_lightning.replication.splitting"
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-JSON_FILE, MD_FILE = "splitting.json", "splitting.md"
+JSON_FILE, MD_FILE, HTML_FILE = "splitting.json", "splitting.md", "splitting.html"
 Loaded = list[tuple[SAE, dict[str, Any]]]
 
 
@@ -127,7 +128,8 @@ def _batches(
 def _top_tokens(fires: Tensor, mass: Tensor, strings: Sequence[str], n: int) -> list[dict]:
     """The ``n`` tokens a feature fired on most often (ties: more activation mass)."""
     total = int(fires.sum())
-    order = sorted(range(fires.numel()), key=lambda t: (-int(fires[t]), -float(mass[t])))[:n]
+    by_mass = torch.argsort(mass, descending=True, stable=True)
+    order = by_mass[torch.argsort(fires[by_mass], descending=True, stable=True)][:n].tolist()
     return [
         {"token": strings[t], "fires": int(fires[t]), "share": int(fires[t]) / total}
         for t in order
@@ -274,24 +276,39 @@ def _default_out() -> Path:
 
 
 def write(out: Path, result: dict[str, Any]) -> Path:
-    """``<out>/splitting.json`` (everything) and ``<out>/splitting.md``; returns the latter."""
+    """``<out>/splitting.json`` (everything), ``splitting.md`` and ``splitting.html`` (the
+    trees drawn); returns the Markdown's path."""
     out.mkdir(parents=True, exist_ok=True)
     (out / JSON_FILE).write_text(json.dumps(result, ensure_ascii=False))
     path = out / MD_FILE
     path.write_text(write_markdown(result))
+    (out / HTML_FILE).write_text(write_html(result))
     log.info("feature splitting report: %s (all numbers: %s)", path, out / JSON_FILE)
     return path
 
 
 def compose_config(argv: Sequence[str]) -> DictConfig:
-    """``conf/splitting.yaml`` with ``argv``'s overrides; arguments without ``=`` are SAE
-    paths, appended to ``saes``."""
-    from hydra import compose, initialize_config_dir
+    """``conf/splitting.yaml`` with ``argv``'s overrides; the other arguments (no ``=``, not
+    ``~key``) are SAE paths, appended to ``saes``.
 
-    paths = [a for a in argv if "=" not in a]
-    overrides = [a for a in argv if "=" in a]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("splitting", overrides=overrides)
+    Raises:
+        ValueError: For an override Hydra cannot apply (an unknown key, a bad group option);
+            Hydra's message names it.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    overrides = [a for a in argv if "=" in a or a.startswith("~")]  # ~key deletes a key
+    paths = [a for a in argv if a not in overrides]
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside a running Hydra app
+            cfg = compose("splitting", overrides=overrides)
+        else:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose("splitting", overrides=overrides)
+    except HydraException as err:
+        raise ValueError(f"{err} (options: conf/splitting.yaml)") from None
     with open_dict(cfg):
         cfg.saes = [*cfg.saes, *paths]
         cfg.command = " ".join([PROG, *argv])
@@ -302,9 +319,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     """The command line: compose the config, run, return the report's path."""
     from sae_lightning.cli import user_errors
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help"} & set(argv):
+        sys.stdout.write(f"{__doc__}\n{(CONF_DIR / 'splitting.yaml').read_text()}")
+        raise SystemExit(0)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with user_errors(PROG):
-        cfg = compose_config(sys.argv[1:] if argv is None else list(argv))
+        cfg = compose_config(argv)
         return split_features(cfg)
 
 

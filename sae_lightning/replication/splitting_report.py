@@ -1,8 +1,11 @@
-"""The feature-splitting report in Markdown (``splitting.md``), from the result that
+"""The feature-splitting report in Markdown (``splitting.md``) and a page of SVG family trees
+(``splitting.html``), from the result that
 :func:`sae_lightning.replication.splitting.split_features` also writes as JSON."""
 
 from __future__ import annotations
 
+import json
+from html import escape
 from typing import Any
 
 from sae_lightning.replication.writeup import md_token
@@ -128,3 +131,80 @@ def write_markdown(result: dict[str, Any]) -> str:
     if result.get("command"):
         lines += ["Made by:", "", f"    {result['command']}", ""]
     return "\n".join(lines)
+
+
+BOX_W, BOX_H, GAP_X, GAP_Y = 250, 40, 70, 12
+
+
+def _layout(tree: dict) -> list[tuple[dict, float, float]]:
+    """``(node, x, y)`` of every node: a column per dictionary size, leaves stacked in
+    depth-first order, a parent centred on its children."""
+    placed: list[tuple[dict, float, float]] = []
+    next_row = [0.0]
+
+    def place(node: dict) -> float:
+        if node["children"]:
+            ys = [place(child) for child in node["children"]]
+            y = (ys[0] + ys[-1]) / 2
+        else:
+            y, next_row[0] = next_row[0], next_row[0] + BOX_H + GAP_Y
+        placed.append((node, node["level"] * (BOX_W + GAP_X), y))
+        return y
+
+    place(tree)
+    return placed
+
+
+def family_svg(tree: dict, sizes: list[int]) -> str:
+    """The family tree as an SVG: one box per feature (index, density, top tokens), edges
+    as thick as the correlation with the parent and labelled with it and the cosine."""
+    placed = _layout(tree)
+    where = {(n["level"], n["index"]): (x, y) for n, x, y in placed}
+    parts = []
+    for node, x, y in placed:
+        for child in node["children"]:
+            cx, cy = where[(child["level"], child["index"])]
+            width = 1 + 4 * max(child["correlation"] or 0.0, 0.0)
+            x0, y0, y1 = x + BOX_W, y + BOX_H / 2, cy + BOX_H / 2
+            parts.append(
+                f'<line x1="{x0}" y1="{y0}" x2="{cx}" y2="{y1}" stroke="#888" '
+                f'stroke-width="{width:.1f}"/><text x="{cx - GAP_X + 4}" y="{y1 - 4}" '
+                f'font-size="9">r {child["correlation"]:.2f} c {child["cosine"]:.2f}</text>'
+            )
+    for node, x, y in placed:
+        top = ", ".join(json.dumps(t["token"], ensure_ascii=False) for t in node["top_tokens"][:3])
+        head = f"#{node['index']} of {sizes[node['level']]:,} · density {_density(node['density'])}"
+        parts.append(
+            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="4" fill="#eef" '
+            f'stroke="#446"/><text x="{x + 6}" y="{y + 15}" font-size="11">{escape(head)}</text>'
+            f'<text x="{x + 6}" y="{y + 31}" font-size="10" font-family="monospace">'
+            f"{escape(top or '–')}</text>"
+        )
+    width = max(x for _, x, _ in placed) + BOX_W + 10
+    height = max(y for _, _, y in placed) + BOX_H + 10
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+        + "".join(parts)
+        + "</svg>"
+    )
+
+
+def write_html(result: dict[str, Any]) -> str:
+    """A self-contained page with each concept's family tree drawn (no scripts)."""
+    sizes = [s["d_sae"] for s in result["saes"]]
+    body = [
+        "<h1>Feature splitting across dictionary sizes</h1>",
+        f"<p>{result['n_tokens']:,} tokens; dictionaries of "
+        f"{escape(' → '.join(f'{d:,}' for d in sizes))} features; parent by "
+        f"{escape(result['match'])}, child when the match is ≥ {result['threshold']}. "
+        "Edge labels: r = activation correlation, c = decoder cosine with the parent.</p>",
+    ]
+    for name, family in result["families"].items():
+        tokens = ", ".join(json.dumps(t, ensure_ascii=False) for t in family["tokens"])
+        body.append(f"<h2>{escape(name)} ({escape(tokens)})</h2>")
+        tree = family["tree"]
+        body.append(family_svg(tree, sizes) if tree else "<p>No feature fires on it.</p>")
+    return (
+        '<!doctype html><html><head><meta charset="utf-8"><title>Feature splitting</title>'
+        "</head><body style='font-family:sans-serif'>" + "\n".join(body) + "</body></html>\n"
+    )
