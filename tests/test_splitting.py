@@ -21,6 +21,7 @@ from sae_lightning.replication.splitting_tree import (
     SplitAccumulator,
     best_feature,
     children_of,
+    concept_families,
     concept_scores,
     family_tree,
     match_level,
@@ -136,6 +137,14 @@ def test_family_tree_follows_a_planted_concept_through_three_sizes(measure):
         assert node.density == pytest.approx(densities[node.level][node.index])
     capped = family_tree(picks[0]["feature"], levels, densities, 0.5, max_children=1)
     assert [len(c.children) for c in capped.walk()] == [1, 1, 0] and capped.n_children == 2
+    families = concept_families(acc.concepts, {"planted": ["x"]}, levels, densities, 0.5)
+    family = families["planted"]
+    assert family["tree"] == tree and [p["feature"] for p in family["picks"]] == [
+        p["feature"] for p in picks
+    ]
+    # each dictionary's best feature hangs under the previous one's (the concept's lineage)
+    assert (family["picks"][1]["parent"], family["picks"][2]["parent"]) == (1, 1)
+    assert family["picks"][2]["parent_correlation"] > 0.5
 
 
 # ---------------------------------------------------------------- with the model

@@ -39,12 +39,9 @@ from sae_lightning.replication.concepts import concept_tokens
 from sae_lightning.replication.splitting_report import write_html, write_markdown
 from sae_lightning.replication.splitting_tree import (
     MEASURES,
-    LevelMatch,
     Node,
     SplitAccumulator,
-    best_feature,
-    concept_scores,
-    family_tree,
+    concept_families,
     level_summary,
     match_level,
 )
@@ -171,26 +168,6 @@ def _label_nodes(
             node.top_tokens = tokens_of.get((node.level, node.index), [])
 
 
-def concept_families(
-    counts: Sequence[FiringCounts],
-    concepts: dict[str, list[str]],
-    levels: Sequence[LevelMatch],
-    densities: Sequence[Sequence[float]],
-    cfg: DictConfig,
-) -> dict[str, dict[str, Any]]:
-    """Per concept: its tokens, the best feature of each dictionary (``picks``) and the
-    family tree rooted at the smallest dictionary's pick (None when nothing fires on it)."""
-    families = {}
-    for c, (name, tokens) in enumerate(concepts.items()):
-        picks = [best_feature(concept_scores(per_sae, c)) for per_sae in counts]
-        tree = None
-        if picks[0] is not None:
-            root = picks[0]["feature"]
-            tree = family_tree(root, levels, densities, cfg.threshold, cfg.max_children)
-        families[name] = {"tokens": tokens, "picks": picks, "tree": tree}
-    return families
-
-
 def _load(cfg: DictConfig, model=None):
     """The checked SAEs, the model and the hook."""
     loaded = [load_sae(p) for p in cfg.saes]
@@ -242,7 +219,9 @@ def split_features(cfg: DictConfig, model=None) -> Path:
         match_level(p, saes[k].W_dec, saes[k + 1].W_dec, cfg.match)
         for k, p in enumerate(acc.pearsons)
     ]
-    families = concept_families(acc.concepts, concepts, levels, densities, cfg)
+    families = concept_families(
+        acc.concepts, concepts, levels, densities, cfg.threshold, cfg.max_children
+    )
     trees = [f["tree"] for f in families.values() if f["tree"] is not None]
     batches = _batches(model, hook, contexts, cfg.batch_size, start)
     _label_nodes(trees, saes, batches, strings, cfg.top_tokens)

@@ -64,6 +64,11 @@ def _picks_line(picks: list[dict | None], sizes: list[int], in_tree: list[set[in
             cells.append(f"{sizes[k]:,}: none fires on it")
             continue
         where = "in the tree" if pick["feature"] in in_tree[k] else "not in the tree"
+        if k and pick["feature"] not in in_tree[k]:
+            where += (
+                f"; its parent #{pick['parent']}: corr {pick['parent_correlation']:.2f}, "
+                f"cos {pick['parent_cosine']:.2f}"
+            )
         cells.append(f"{sizes[k]:,}: #{pick['feature']} (score {pick['score']:.3f}, {where})")
     return "Best feature for the concept in each dictionary: " + "; ".join(cells) + "."
 

@@ -227,6 +227,34 @@ def best_feature(scores: dict[str, Tensor]) -> dict | None:
     return {"feature": order[0], **pick, "runner_up": runner}
 
 
+def concept_families(
+    counts: Sequence[FiringCounts],
+    concepts: dict[str, list[str]],
+    levels: Sequence[LevelMatch],
+    densities: Sequence[Sequence[float]],
+    threshold: float = DEFAULT_THRESHOLD,
+    max_children: int | None = None,
+) -> dict[str, dict]:
+    """Per concept (``counts[k]``'s columns, in ``concepts``' order): its tokens, the best
+    feature of each dictionary (``picks``; from the second on with its parent and their
+    correlation and cosine, so a best feature outside the tree shows where it hangs) and
+    the family tree rooted at the smallest dictionary's pick (None when nothing fires on it).
+    """
+    families = {}
+    for c, (name, tokens) in enumerate(concepts.items()):
+        picks = [best_feature(concept_scores(per_sae, c)) for per_sae in counts]
+        for k, pick in enumerate(picks[1:]):
+            if pick is not None:
+                f, level = pick["feature"], levels[k]
+                pick |= {"parent": level.parent[f], "parent_correlation": level.correlation[f]}
+                pick["parent_cosine"] = level.cosine[f]
+        tree = None
+        if picks[0] is not None:
+            tree = family_tree(picks[0]["feature"], levels, densities, threshold, max_children)
+        families[name] = {"tokens": tokens, "picks": picks, "tree": tree}
+    return families
+
+
 def level_summary(level: LevelMatch, density_large: Sequence[float], threshold: float) -> dict:
     """Population figures of one level: live features, median best matches, families."""
     live = [i for i, d in enumerate(density_large) if d > 0]
