@@ -13,6 +13,7 @@ from sae_lightning.formats import save_saelens
 from sae_lightning.replication.splitting import (
     check_dictionaries,
     compose_config,
+    concept_table,
     main,
     split_features,
 )
@@ -272,3 +273,17 @@ def test_command_line_on_two_tiny_saes(tmp_path, corpus):
         2,
         3,
     ]  # fmt: skip  (cosine 1 with its copy)
+
+
+def test_concepts_map_token_strings_to_ids(caplog):
+    strings = [".", " for", "import", " for", " else"]  # two ids decode to " for"
+    named, of_token = concept_table(
+        {"dot": {"tokens": ["."]}, "for": {"tokens": [" for"]}}, strings
+    )
+    assert named == {"dot": ["."], "for": [" for"]} and of_token.tolist() == [0, 1, 2, 1, 2]
+    _, of_token = concept_table({"while": {"tokens": [" while"]}}, strings)
+    assert of_token.tolist() == [1] * 5 and "' while' is not a token" in caplog.text
+    with pytest.raises(ValueError, match="token ' for' is in two concepts"):
+        concept_table({"a": {"tokens": [" for"]}, "b": {"tokens": [" for", "."]}}, strings)
+    with pytest.raises(ValueError, match="needs tokens"):
+        concept_table({"a": {"tokens": " for"}}, strings)
