@@ -11,6 +11,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from sae_lightning.metrics import FeatureDensity
+from sae_lightning.saes.transcoder import TranscoderSAE
 from sae_lightning.sparse import SparseEntries
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,13 @@ class DeadFeatureResampler(L.Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if isinstance(pl_module.sae, TranscoderSAE):
+            raise ValueError(
+                f"callbacks=resample does not support sae={pl_module.sae.architecture}: a "
+                "dead transcoder latent needs an input direction for its encoder and an output "
+                "direction for its decoder, and the resampler draws one; train without it "
+                "(callbacks=default)"
+            )
         # a Metric held by a Callback is not moved with the module
         self.density = FeatureDensity(pl_module.sae.d_sae).to(pl_module.device)
 

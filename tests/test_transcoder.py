@@ -185,3 +185,13 @@ def test_sae_transcoder_with_the_hooks_named_on_the_command_line(tmp_path: Path)
                          cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert bad.returncode != 0
     assert "reconstructs another hook: set hook_name_out" in bad.stderr + bad.stdout
+
+
+def test_the_resampler_refuses_a_transcoder() -> None:
+    from types import SimpleNamespace
+
+    from sae_lightning.resampling import DeadFeatureResampler
+
+    module = SimpleNamespace(sae=TranscoderSAE(D_IN, D_SAE, D_OUT), device="cpu")
+    with pytest.raises(ValueError, match="callbacks=resample does not support sae=transcoder"):
+        DeadFeatureResampler([10]).setup(None, module, "fit")
