@@ -100,10 +100,14 @@ def test_export_of_the_default_run_report_matches_its_criteria(tmp_path):
     assert (source["num_prompts"], source["num_tokens_in_prompt"]) == (822, 128)
     assert source["setName"] == rows["sourceset"][0]["name"] == rows["release"][0]["name"]
     assert model["id"] == "toy-1l" and rows["feature"][0]["hookName"] == "blocks.0.mlp.hook_post"
-    # the "else" feature of the replication: its top example is " else" at 7.614
-    strongest = rows["activation"][[r["index"] for r in rows["activation"]].index("2899")]
+    # the "else" feature of the replication (numbers.json names it): its strongest example
+    # is on " else", at the report's max activation of that feature
+    numbers = json.loads((DEFAULT_REPORT.parents[1] / "numbers.json").read_text())
+    feature = str(numbers["concepts"]["else"]["a"]["feature"])
+    strongest = rows["activation"][[r["index"] for r in rows["activation"]].index(feature)]
     assert strongest["tokens"][strongest["qualifyingTokenIndex"]] == " else"
-    assert strongest["maxValue"] == pytest.approx(7.614043, abs=1e-6)
+    top = report["features"][feature]["top_activations"]["max_activation"]
+    assert strongest["maxValue"] == pytest.approx(top, abs=1e-6)
 
 
 def test_cli_options_name_the_folder_and_split_the_batches(tmp_path):
@@ -142,11 +146,12 @@ def test_a_report_without_a_needed_criterion_fails_naming_the_field(tmp_path):
     with pytest.raises(SystemExit, match=r"neuronpedia: ValueError: .*'pos_str'"):
         main([str(tmp_path), str(tmp_path / "out")])
     report = json.loads(DEFAULT_REPORT.read_text())
-    del report["features"]["3904"]["specificity"]["histogram"]["other_counts"]
+    feature = sorted(report["features"])[-1]
+    del report["features"][feature]["specificity"]["histogram"]["other_counts"]
     (tmp_path / "criteria.json").write_text(json.dumps(report))
     with pytest.raises(
         ValueError,
-        match=r"feature 3904: .* specificity.histogram.other_counts.*"
+        match=rf"feature {feature}: .* specificity.histogram.other_counts.*"
         r"'freq_hist_data_bar_heights'.*with specificity among",
     ):
         export_neuronpedia(tmp_path, tmp_path / "out")
