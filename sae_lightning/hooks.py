@@ -267,6 +267,11 @@ class ActivationSpec:
         )
 
     @property
+    def models(self) -> tuple[Any, ...]:
+        """The frozen models read (one; a :class:`~sae_lightning.paired.PairedSpec` two)."""
+        return (self.model,)
+
+    @property
     def splice_hook(self) -> str:
         """Where a reconstruction goes back into the model (the transcoder's output hook)."""
         return self.hook_name_out or self.hook_name

@@ -104,10 +104,8 @@ class SAEModule(L.LightningModule):
         return None if self.spec is None else self.spec.model
 
     def on_fit_start(self) -> None:
-        if self.frozen is not None:
-            move_model(self.frozen, self.device)
-        if isinstance(self.spec, PairedSpec):
-            move_model(self.spec.model_b, self.device)
+        for model in self.spec.models if self.spec is not None else ():
+            move_model(model, self.device)
         if self.trainer.ckpt_path is not None:
             return  # resumed: the weights are restored, re-initialising would change them
         x = None
@@ -222,16 +220,20 @@ class SAEModule(L.LightningModule):
         self.validate_spliced(tokens, logits_clean, acts, ce_zero)
 
     def zero_ablation_ce(
-        self, tokens: Int[Tensor, "b n_ctx"], logits_clean: Tensor, acts: Tensor
+        self,
+        tokens: Int[Tensor, "b n_ctx"],
+        logits_clean: Tensor,
+        acts: Tensor,
+        spec: ActivationSpec | None = None,
     ) -> Tensor:
         """Per-token CE with the trained positions zeroed (at the splice hook: a
         transcoder's output hook): the baseline of loss recovered (it does not depend on the
-        SAE, so several SAEs share it)."""
-        spec = self.spec
+        SAE, so several SAEs share it). ``spec``: one model of a pair (default: the module's)."""
+        spec = spec or self.spec
         spliced = spec.spliced_part(acts)
-        zeros = spec.with_trained(spliced, torch.zeros_like(spec.trained(spliced)))
-        logits_zero = spec.run_with_replacement(tokens, zeros)
-        return per_token_ce_and_kl(logits_clean, logits_zero, tokens)[1]
+        return _spliced_ce(
+            spec, tokens, logits_clean, acts, torch.zeros_like(spec.trained(spliced))
+        )[1]
 
     def validate_spliced(
         self, tokens: Int[Tensor, "b n_ctx"], logits_clean: Tensor, acts: Tensor, ce_zero: Tensor
@@ -246,10 +248,9 @@ class SAEModule(L.LightningModule):
         self._update_recon("val", target, out, lo)
         self.val_density.update(out.feature_acts)
         self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
-        x_hat = out.x_hat / self.act_scale
-        spliced = spec.with_trained(spec.spliced_part(acts), x_hat)
-        logits_sae = spec.run_with_replacement(tokens, spliced)
-        ce_clean, ce_sae, kl = per_token_ce_and_kl(logits_clean, logits_sae, tokens)
+        ce_clean, ce_sae, kl = _spliced_ce(
+            spec, tokens, logits_clean, acts, out.x_hat / self.act_scale
+        )
         self.val_downstream.update(ce_clean, ce_sae, ce_zero, kl)
 
     def _validate_paired(self, tokens: Int[Tensor, "b n_ctx"]) -> None:
@@ -268,10 +269,8 @@ class SAEModule(L.LightningModule):
         for metric, s, (logits, acts), part in zip(
             self.val_downstream_sources, spec.sources, clean, parts, strict=True
         ):
-            zeros = s.with_trained(acts, torch.zeros_like(part))
-            ce_zero = per_token_ce_and_kl(logits, s.run_with_replacement(tokens, zeros), tokens)[1]
-            logits_sae = s.run_with_replacement(tokens, s.with_trained(acts, part))
-            ce_clean, ce_sae, kl = per_token_ce_and_kl(logits, logits_sae, tokens)
+            ce_zero = self.zero_ablation_ce(tokens, logits, acts, spec=s)
+            ce_clean, ce_sae, kl = _spliced_ce(s, tokens, logits, acts, part)
             metric.update(ce_clean, ce_sae, ce_zero, kl)
 
     def _validate_activations(self, x: Float[Tensor, "b d_in"]) -> None:
@@ -329,6 +328,15 @@ class SAEModule(L.LightningModule):
             return {"optimizer": opt}
         sched = self.scheduler_factory(opt, total_steps=self.trainer.max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _spliced_ce(
+    spec: ActivationSpec, tokens: Tensor, logits_clean: Tensor, acts: Tensor, rows: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token (CE clean, CE with ``rows`` spliced in at the trained positions of the
+    splice hook, KL) for one model (:func:`per_token_ce_and_kl`)."""
+    spliced = spec.with_trained(spec.spliced_part(acts), rows)
+    return per_token_ce_and_kl(logits_clean, spec.run_with_replacement(tokens, spliced), tokens)
 
 
 def _codes(out: SAEOutput) -> Tensor | SparseEntries:

@@ -60,6 +60,11 @@ class PairedSpec:
         return (self.hook_name,)
 
     @property
+    def models(self) -> tuple[Any, ...]:
+        """The frozen models read, A then B."""
+        return (self.model, self.model_b)
+
+    @property
     def widths(self) -> list[int]:
         """Each source's width, in row order."""
         return [s.d_in for s in self.sources]

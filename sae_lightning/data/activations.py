@@ -55,8 +55,7 @@ class ActivationStream(IterableDataset):
         contexts: token contexts ``[n_contexts, n_ctx]`` (all shards; this one takes its part):
             a tensor or :class:`ArrayContexts`, whose shard is permuted every epoch, or
             :class:`StreamedContexts`, read forward in stream order (the buffer shuffles).
-        hook_name: TransformerLens hook name, or several (a transcoder's input and output
-            hooks: each activation is their concatenation, from one forward).
+        hook_name: TransformerLens hook name.
         batch_size: activations per batch.
         buffer_tokens: capacity of the shuffle buffer, in activations.
         refill_fraction: share of the buffer emitted before it is refilled (1.0: full refresh).
@@ -66,14 +65,14 @@ class ActivationStream(IterableDataset):
         rank / world_size: DDP shard of this process; dataloader workers shard further.
         epochs: number of passes over the shard (None: forever).
         capture: ``tokens -> [batch, pos, d]`` activations, instead of reading ``hook_name``
-            of ``model`` (a paired spec's ``capture``: two models, one row).
+            of ``model`` (a spec's ``capture``: a transcoder's two hooks, or two models).
     """
 
     def __init__(
         self,
         model,
         contexts: Int[Tensor, "n_contexts n_ctx"] | ArrayContexts | StreamedContexts,
-        hook_name: str | tuple[str, ...],
+        hook_name: str,
         batch_size: int,
         buffer_tokens: int,
         refill_fraction: float = 0.5,

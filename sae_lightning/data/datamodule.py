@@ -125,20 +125,15 @@ class ActivationDataModule(L.LightningDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
-        move_model(self._require_model(), self.device)
-        if isinstance(self.spec, PairedSpec):
-            move_model(self.spec.model_b, self.device)
+        self._require_model()
+        for model in self.spec.models:
+            move_model(model, self.device)
         self.prepare_contexts()
 
     def d_in(self) -> int:
         """Width of the hooked activation (per-head hooks flattened)."""
         self._require_model()
         return self.spec.d_in
-
-    def d_out(self) -> int | None:
-        """Width of a transcoder's target hook (None: an SAE reconstructs its input)."""
-        self._require_model()
-        return self.spec.d_out
 
     def sample_activations(self, n: int) -> Float[Tensor, "n d_in"]:
         """``n`` activations from the first training contexts (for data-dependent init), on
@@ -157,7 +152,7 @@ class ActivationDataModule(L.LightningDataModule):
         return ActivationStream(
             self._require_model(),
             self.train_ctx,
-            self.spec.hook_names,
+            self.hook_name,
             self.batch_size,
             self.buffer_tokens,
             self.refill_fraction,

@@ -17,6 +17,7 @@ import torch
 
 from sae_lightning.analysis.records import TopActivationsResult, result_of
 from sae_lightning.metrics.density import dead_fraction, ultralow_fraction
+from sae_lightning.report.svg import svg_frame
 
 BIN_WIDTH = 0.25  # in log10 units: four bins per decade
 
@@ -64,14 +65,7 @@ def density_svg(summary: dict[str, Any], title: str, width: int = 640, height: i
     plot_w, plot_h = width - left - right, height - top - bottom
     step = plot_w / (len(bars) + 1)  # one gap between the dead bar and the histogram
     peak = max(1, *(c for _, c, _ in bars))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">'
-        f"{html.escape(title)}</text>",
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
-        'stroke="#333"/>',
-    ]
+    parts = svg_frame(width, height, title, left, right, top + plot_h)
     for i, (label, count, colour) in enumerate(bars):
         x = left + (i if i == 0 else i + 1) * step
         h = plot_h * count / peak

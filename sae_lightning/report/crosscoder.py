@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sae_lightning.report.svg import svg_frame
 from sae_lightning.saes.crosscoder import (
     CLASS_NAMES,
     SHARED_BAND,
@@ -97,14 +98,7 @@ def relative_norm_svg(
     plot_w, plot_h = width - left - right, height - top - bottom
     step = plot_w / len(counts)
     peak = max(1, *counts)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">'
-        f"{html.escape(title)}</text>",
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
-        'stroke="#333"/>',
-    ]
+    parts = svg_frame(width, height, title, left, right, top + plot_h)
     for i, count in enumerate(counts):
         x, h = left + i * step, plot_h * count / peak
         colour = _bin_colour((edges[i] + edges[i + 1]) / 2, summary["band"])
