@@ -15,7 +15,6 @@ from sae_lightning.analysis.artefacts import Artefact
 from sae_lightning.analysis.criterion import AnalysisContext
 from sae_lightning.analysis.module import KEPT_ACTIVATIONS, KeptActivations
 from sae_lightning.analysis.selection import encode_features
-from sae_lightning.hooks import capture_activations
 from sae_lightning.metrics.correlation import FiringCounts
 from sae_lightning.sparse import SparseEntries, firing_entries
 
@@ -110,7 +109,7 @@ def feature_acts(
     ``keep_from``: ``tokens`` are the contexts from this one on, whose hook activations the
     streaming pass may take (:class:`KeptActivations`) instead of recomputing them."""
     tokens = tokens.to(module_device(ctx.model))
-    acts = capture_activations(ctx.model, tokens, ctx.hook_name)  # [batch, pos, d_in]
+    acts = ctx.reader.capture(tokens)  # [batch, pos, d_in]
     if keep_from is not None:
         ctx.artefacts.cached(KEPT_ACTIVATIONS, KeptActivations).keep(keep_from, acts)
     w_dec = ctx.sae.W_dec
@@ -128,7 +127,7 @@ def neuron_mean(ctx: AnalysisContext, n_contexts: int = 4) -> Float[Tensor, " d_
 
     def compute() -> Tensor:
         tokens = ctx.contexts[:n_contexts].to(module_device(ctx.model))
-        acts = capture_activations(ctx.model, tokens, ctx.hook_name)[:, ctx.start :]
+        acts = ctx.reader.capture(tokens)[:, ctx.start :]
         return acts.flatten(0, 1).double().mean(0).cpu()  # [d_in]
 
     return ctx.artefacts.cached(NEURON_MEAN, compute)

@@ -24,7 +24,6 @@ from plugins._logits import LOGIT_CHUNK, logit_summaries, logit_weights
 from sae_lightning.analysis.artefacts import TOP_EXAMPLES
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.records import Ablation, DownstreamResult, LogitHistogram
-from sae_lightning.hooks import ablation_hooks
 
 
 def _next_logprobs(
@@ -94,7 +93,7 @@ def _ablated_logprobs(
     from row ``r`` at the decoder's hook (a transcoder's output hook) at the analysed
     positions (``ctx.start`` onwards: BOS is left alone when dropped, as training splices the
     SAE back), and the removed activations (0 before ``ctx.start``)."""
-    hooks, box = ablation_hooks(ctx.sae, index, ctx.hook_name, ctx.write_hook, ctx.start)
+    hooks, box = ctx.reader.ablation_hooks(ctx.sae, index, tokens, ctx.start)
     logits = ctx.model.run_with_hooks(tokens, fwd_hooks=hooks)
     return _next_logprobs(logits, tokens), box[0]
 
@@ -196,7 +195,8 @@ class Downstream(Criterion):
         out: dict[int, DownstreamResult] = {}
         for start in range(0, len(ctx.features), LOGIT_CHUNK):  # [F, vocab] can be gigabytes
             chunk = ctx.features[start : start + LOGIT_CHUNK]
-            weights = logit_weights(ctx.model, ctx.write_hook, ctx.sae.W_dec[chunk])
+            w_dec = ctx.reader.own_block(ctx.sae.W_dec[chunk])  # a crosscoder: model A's block
+            weights = logit_weights(ctx.model, ctx.write_hook, w_dec)
             logits = self._logit_records(weights, names, len(chunk), ctx.write_hook)
             for f, record in zip(chunk, logits, strict=True):
                 record.ablation = ablations.get(f)

@@ -16,6 +16,7 @@ from torch import Tensor
 from plugins.downstream import ablation_deltas
 from sae_lightning.analysis.criterion import AnalysisContext
 from sae_lightning.analysis.loading import load_sae
+from sae_lightning.analysis.reader import Reader
 from sae_lightning.analysis.run import analyze, load_contexts, resolve_drop_bos
 from sae_lightning.analysis.selection import TOP_CONTEXTS, select_features
 from sae_lightning.formats import save_saelens
@@ -218,16 +219,16 @@ def test_an_sae_trained_on_bos_is_analysed_with_it(tmp_path, tiny_corpus, embedd
 def test_feature_selection_skips_bos(dropped, embedded_model):
     _, contexts = dropped
     sae = bos_sae(embedded_model)
-    prompts = {"prompts": ["import os"]}
-    assert BOS_FEATURE not in select_features(prompts, sae, embedded_model, HOOK, contexts)
-    assert BOS_FEATURE in select_features(prompts, sae, embedded_model, HOOK, contexts, False)
+    prompts, reader = {"prompts": ["import os"]}, Reader(embedded_model, HOOK)
+    assert BOS_FEATURE not in select_features(prompts, sae, reader, contexts)
+    assert BOS_FEATURE in select_features(prompts, sae, reader, contexts, False)
     feats = encoded(embedded_model, sae, contexts[:TOP_CONTEXTS])[1]  # [64, n_ctx, d_sae]
     for start in (1, 0):
         counts = (feats[:, start:] > 0).sum(dim=(0, 1))  # [d_sae]
         assert int(counts[BOS_FEATURE]) == (0 if start else len(feats))
         n = int((counts > 0).sum())  # the features that fire: top:n
         expected = torch.argsort(counts, descending=True, stable=True)[:n].tolist()
-        got = select_features(f"top:{n}", sae, embedded_model, HOOK, contexts, bool(start))
+        got = select_features(f"top:{n}", sae, reader, contexts, bool(start))
         assert got == expected and (BOS_FEATURE in got) == (start == 0)
 
 
@@ -248,13 +249,13 @@ def test_ablations_leave_bos_alone(dropped, embedded_model):
 def test_prompt_view_skips_bos(embedded_model):
     sae = bos_sae(embedded_model)
     maxima = {f: 1.0 for f in FEATURES}
-    view = analyse_prompt("import os", sae, embedded_model, HOOK, maxima, n_ablate=4)
+    view = analyse_prompt("import os", sae, Reader(embedded_model, HOOK), maxima, n_ablate=4)
     assert view["per_token"][0]["features"] == []
     assert BOS_FEATURE not in [e["feature"] for e in view["by_activation"]]
-    kept = analyse_prompt("import os", sae, embedded_model, HOOK, maxima, drop_bos=False)
+    kept = analyse_prompt("import os", sae, Reader(embedded_model, HOOK), maxima, drop_bos=False)
     assert kept["by_activation"][0]["feature"] == BOS_FEATURE
     assert [e["feature"] for e in kept["per_token"][0]["features"]][0] == BOS_FEATURE
     tokens = prompt_tokens(embedded_model, "import os")
-    clean, left = loss_effects(sae, embedded_model, HOOK, tokens, [BOS_FEATURE], start=1)
-    _, removed = loss_effects(sae, embedded_model, HOOK, tokens, [BOS_FEATURE], start=0)
+    clean, left = loss_effects(sae, Reader(embedded_model, HOOK), tokens, [BOS_FEATURE], start=1)
+    _, removed = loss_effects(sae, Reader(embedded_model, HOOK), tokens, [BOS_FEATURE], start=0)
     assert left == [0.0] and abs(removed[0]) > 1e-4  # BOS left alone: nothing changes

@@ -16,6 +16,7 @@ from torchmetrics import Metric
 
 from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
 from sae_lightning.analysis.loading import load_sae
+from sae_lightning.analysis.reader import Reader
 from sae_lightning.analysis.records import FORMAT_VERSION, TopActivationsResult
 from sae_lightning.analysis.results import AnalysisResults
 from sae_lightning.analysis.run import analyze, load_contexts
@@ -108,18 +109,18 @@ def few_contexts(embedded_model) -> Tensor:
 
 
 def test_explicit_features_are_checked(embedded_model, few_contexts):
-    sae = random_sae(1024, 64)
-    assert select_features([5, 2, 5], sae, embedded_model, HOOK, few_contexts) == [5, 2]
-    assert select_features("all", sae, embedded_model, HOOK, few_contexts) == list(range(64))
+    sae, reader = random_sae(1024, 64), Reader(embedded_model, HOOK)
+    assert select_features([5, 2, 5], sae, reader, few_contexts) == [5, 2]
+    assert select_features("all", sae, reader, few_contexts) == list(range(64))
     with pytest.raises(ValueError, match="feature index 64 is out of range.*d_sae=64"):
-        select_features([3, 64], sae, embedded_model, HOOK, few_contexts)
+        select_features([3, 64], sae, reader, few_contexts)
     with pytest.raises(ValueError, match="not understood.*top:N"):
-        select_features("best:3", sae, embedded_model, HOOK, few_contexts)
+        select_features("best:3", sae, reader, few_contexts)
 
 
 def test_top_n_are_the_most_frequently_firing(embedded_model, few_contexts):
     sae = random_sae(1024, 64)
-    top = select_features("top:5", sae, embedded_model, HOOK, few_contexts)
+    top = select_features("top:5", sae, Reader(embedded_model, HOOK), few_contexts)
     assert len(top) == len(set(top)) == 5
     with torch.inference_mode():
         acts = capture_activations(embedded_model, few_contexts[:TOP_CONTEXTS], HOOK)
@@ -131,7 +132,7 @@ def test_top_n_are_the_most_frequently_firing(embedded_model, few_contexts):
 def test_prompt_features_fire_on_the_prompt(embedded_model, few_contexts):
     sae = random_sae(1024, 64)
     spec = {"prompts": ["def main(argv):", "import os"]}
-    chosen = select_features(spec, sae, embedded_model, HOOK, few_contexts)
+    chosen = select_features(spec, sae, Reader(embedded_model, HOOK), few_contexts)
     assert chosen == sorted(chosen) and 0 < len(chosen) <= 40
     tok = embedded_model.tokenizer
     ids = [tok.bos_token_id, *tok("import os", add_special_tokens=False)["input_ids"]]

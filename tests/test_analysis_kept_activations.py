@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from plugins._common import first_pass
-from sae_lightning.analysis import module as module_py
+from sae_lightning.analysis import reader as reader_py
 from sae_lightning.analysis.criterion import AnalysisContext
 from sae_lightning.analysis.module import KEPT_ACTIVATIONS, AnalysisModule, KeptActivations
 from sae_lightning.analysis.results import AnalysisResults
@@ -54,7 +54,7 @@ def test_stream_takes_the_first_pass_activations(analysis, monkeypatch):
         forwards.append(tokens.shape[0])
         return capture_activations(model, tokens, hook_name)
 
-    monkeypatch.setattr(module_py, "capture_activations", counted)
+    monkeypatch.setattr(reader_py, "capture_activations", counted)  # every capture
     rows = torch.tensor([1, 2])
     with torch.no_grad():
         batch = module.validation_step((ctx.contexts[rows], rows), 0)

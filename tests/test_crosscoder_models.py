@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from sae_lightning.analysis.loading import load_sae
 from sae_lightning.hooks import capture_activations
 from sae_lightning.losses import CrosscoderLoss
 from sae_lightning.models import load_embedded
@@ -110,7 +111,39 @@ def test_experiment_crosscoder_models_end_to_end(tmp_path: Path) -> None:
     assert sum(summary["counts"].values()) == summary["n_latents"] > 0
     assert summary["n_latents"] + summary["n_left_out"] == cfg["d_sae"]
     assert "Shared and exclusive latents" in (run / "crosscoder.html").read_text()
-    refused = subprocess.run([sys.executable, "analyze.py", f"sae_path={run}", "tokens=500"],
-                             cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert refused.returncode != 0
-    assert "does not analyse crosscoders yet" in refused.stdout + refused.stderr
+    _analyze_end_to_end(run, tmp_path / "analysis")
+
+
+def _analyze(run: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "analyze.py", f"sae_path={run}", *overrides]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def _analyze_end_to_end(run: Path, out: Path) -> None:
+    """analyze.py on the crosscoder: every default criterion, the dashboards with the shared /
+    exclusive histogram, the prompt page; the options naming one model or hook refused."""
+    done = _analyze(run, "tokens=3000", f"report_dir={out}", 'prompt="import os"')
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report" / "criteria.json").read_text())
+    meta = report["metadata"]
+    assert meta["crosscoder"]["sources"] == ["toy-1l", "toy-1l-b"]
+    sae, _ = load_sae(run)
+    want = sae.relative_decoder_norm(0, 1)
+    got = meta["crosscoder"]["relative_decoder_norm"]
+    assert len(got) == sae.d_sae == len(report["features"])
+    assert [got[str(i)] for i in range(sae.d_sae)] == pytest.approx(want.tolist(), abs=1e-6)
+    some = report["features"]["0"]
+    assert {"top_activations", "specificity", "sensitivity", "downstream", "not_a_neuron"} <= set(
+        some
+    )
+    assert len(some["downstream"]["top_tokens"]) == 10  # logit weights through toy-1l's block
+    index = (out / "report" / "index.html").read_text()
+    assert "Shared and exclusive latents" in index and "toy-1l-b only" in index
+    assert "relative decoder norm r =" in (out / "report" / "features" / "0.html").read_text()
+    assert "import" in (out / "report" / "prompts.html").read_text()
+    for bad in ("hook_name=blocks.0.hook_resid_pre", f"compare_with={run}"):
+        refused = _analyze(run, "tokens=500", bad)
+        assert refused.returncode == 1
+        assert f"{bad.split('=')[0]}=" in refused.stderr and "crosscoder over 2 sources" in (
+            refused.stderr
+        )

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sae_lightning.analysis.loading import load_sae
+from sae_lightning.analysis.reader import Reader
 from sae_lightning.analysis.run import analyze, load_contexts
 from sae_lightning.formats import save_saelens
 from sae_lightning.hooks import capture_activations
@@ -142,7 +143,7 @@ def test_prompt_view_numbers_match_direct_computation(run, embedded_model):
     folder, report, _ = run
     sae, _ = load_sae(Path(report["metadata"]["source"]))
     maxima = {int(k): v["top_activations"]["max_activation"] for k, v in report["features"].items()}
-    got = analyse_prompt(PROMPT, sae, embedded_model, HOOK, maxima, n_ablate=6)
+    got = analyse_prompt(PROMPT, sae, Reader(embedded_model, HOOK), maxima, n_ablate=6)
     tokens = prompt_tokens(embedded_model, PROMPT)
     with torch.no_grad():
         acts = sae.encode(capture_activations(embedded_model, tokens[None], HOOK))[0]  # [pos, d]

@@ -61,6 +61,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from sae_lightning.analysis.artefacts import Artefact, Artefacts
+from sae_lightning.analysis.reader import Reader
 from sae_lightning.analysis.records import Record, value_of
 from sae_lightning.sparse import SparseEntries, firing_entries
 
@@ -140,11 +141,20 @@ class AnalysisContext:
     """Where a transcoder's decoder writes (its ``hook_name_out``); None: an SAE, whose
     decoder writes where it reads (``hook_name``)."""
 
+    others: tuple[tuple[Any, str], ...] = ()
+    """A crosscoder's further sources, ``(model, hook_name)`` each, in input order after
+    ``(model, hook_name)`` (its features read them all, :class:`Reader`); empty otherwise."""
+
     @property
     def write_hook(self) -> str:
         """The hook the decoder's directions live at: ablations edit it, logit weights
         start from it (a transcoder's output hook, else ``hook_name``)."""
         return self.hook_name_out or self.hook_name
+
+    @property
+    def reader(self) -> Reader:
+        """What the SAE reads and where it writes: capture its input and ablate through it."""
+        return Reader(self.model, self.hook_name, self.hook_name_out, self.others)
 
     @property
     def start(self) -> int:

@@ -250,9 +250,9 @@ def check_compatible(sae: SAE, metadata: dict[str, Any], model, hook_name: str) 
     if sources:  # a crosscoder: one row reads several models (or hooks) at once
         raise ValueError(
             f"SAE {metadata.get('source', '')} is a {sae.architecture} over "
-            f"{len(sources)} sources ({sources}); analyze.py reads one model at one hook, "
-            "so it does not analyse crosscoders yet. Training wrote their shared / exclusive "
-            "histogram beside the run: <run>/crosscoder.html and crosscoder.json"
+            f"{len(sources)} sources ({sources}): it reads several models or hooks at once, "
+            f"not hook {hook_name!r} of one model, so it cannot be a compare_with= SAE; "
+            f"analyse it on its own: python analyze.py sae_path={metadata.get('source', 'PATH')}"
         )
     width = ActivationSpec(model, hook_name).d_in  # the hook checked, its width probed
     if sae.d_in != width:

@@ -126,9 +126,9 @@ class AnalysisModule(L.LightningModule):
         # callback's on_validation_start: the frozen model and the criteria's metrics (moved
         # in Criterion.setup, while the module was still on the CPU) follow it here
         super().on_validation_model_eval()
-        move_model(self.frozen, self.device)
-        if self.ctx.other_model is not None:
-            move_model(self.ctx.other_model, self.device)
+        for model in [*self.ctx.reader.models, self.ctx.other_model]:
+            if model is not None:
+                move_model(model, self.device)
         for criterion in self.criteria():
             for metric in criterion.metrics():
                 metric.to(self.device)
@@ -140,7 +140,7 @@ class AnalysisModule(L.LightningModule):
         start = self.ctx.start  # the model reads the whole context; criteria see from start
         acts = self._kept(context_index.tolist(), tokens.device)  # a first pass's, if kept
         if acts is None:
-            acts = capture_activations(self.frozen, tokens, self.ctx.hook_name)  # [b, n_ctx, d_in]
+            acts = self.ctx.reader.capture(tokens)  # [b, n_ctx, d_in]
         acts = acts[:, start:].to(self.sae.W_enc.dtype).contiguous()  # [b, pos, d_in]
         index = None if self.all_features else self.feature_index
         feats = encode_features(self.sae, acts, index)  # [b, pos, n_features]

@@ -28,9 +28,11 @@ from sae_lightning.analysis.folders import EVENTS_SUFFIX, REPORT, ReportFolder
 from sae_lightning.analysis.loading import check_compatible, latest_run, load_sae
 from sae_lightning.analysis.module import AnalysisModule
 from sae_lightning.analysis.options import check_options
+from sae_lightning.analysis.reader import Reader
 from sae_lightning.analysis.records import CRITERIA_FILE
 from sae_lightning.analysis.results import AnalysisResults
 from sae_lightning.analysis.selection import select_features
+from sae_lightning.analysis.sources import crosscoder_info, is_multi_source, load_sources
 from sae_lightning.hooks import context_length, model_device
 from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
 from sae_lightning.report.windows import add_window_activations
@@ -71,9 +73,11 @@ def load_contexts(cfg: DictConfig, model, n_ctx: int) -> Int[Tensor, "n n_ctx"]:
     return contexts[:wanted]
 
 
-def _context_length(cfg: DictConfig, metadata: dict[str, Any], model) -> int:
+def _context_length(cfg: DictConfig, metadata: dict[str, Any], reader: Reader) -> int:
+    """``data.n_ctx``, else the SAE's context size, else the model's, checked to fit every
+    model read (a crosscoder's too)."""
     n_ctx = cfg.data.get("n_ctx") or metadata.get("context_size")
-    return context_length(model, n_ctx, key="data.n_ctx")
+    return min(context_length(m, n_ctx, key="data.n_ctx") for m in reader.models)
 
 
 def resolve_drop_bos(option: bool | None, metadata: dict[str, Any]) -> bool:
@@ -97,9 +101,10 @@ def _criteria(cfg: DictConfig) -> list[Criterion]:
     return checked_criteria(criteria)  # providers of artefacts first; a missing one fails here
 
 
-def _load(cfg: DictConfig):
-    """The SAE, its metadata, the model and the hook, checked to fit each other; the
-    ``compare_with`` SAE (with its own model when it reads another one), or None."""
+def _load(cfg: DictConfig) -> tuple[Any, dict[str, Any], Reader, Comparison | None]:
+    """The SAE, its metadata, the :class:`Reader` of its model(s) and hook(s), checked to
+    fit each other; the ``compare_with`` SAE (with its own model when it reads another one),
+    or None."""
     if cfg.get("compare_model") and not cfg.get("compare_with"):
         raise ValueError(
             f"compare_model={cfg.compare_model} is the model of the compare_with SAE, but "
@@ -108,6 +113,8 @@ def _load(cfg: DictConfig):
         )
     path = cfg.get("sae_path") or latest_run(cfg.get("runs_root") or "outputs")
     sae, metadata = load_sae(path)
+    if is_multi_source(metadata):
+        return sae, metadata, _crosscoder_reader(cfg, sae, metadata), None
     hook = cfg.get("hook_name") or metadata.get("hook_name")
     if not hook:
         raise ValueError(f"SAE {metadata.get('source')} names no hook: pass hook_name=...")
@@ -120,7 +127,20 @@ def _load(cfg: DictConfig):
     if cfg.get("compare_with"):
         compare_model = instantiate(cfg.compare_model) if cfg.get("compare_model") else None
         other = load_comparison(cfg.compare_with, metadata, model, hook, compare_model)
-    return sae, metadata, model, hook, other
+    return sae, metadata, Reader(model, hook, metadata.get("hook_name_out")), other
+
+
+def _crosscoder_reader(cfg: DictConfig, sae, metadata: dict[str, Any]) -> Reader:
+    """A crosscoder's sources (:func:`load_sources`); the options that name one model or
+    hook, or a second SAE, are refused."""
+    for key in ("model", "hook_name", "compare_with"):
+        if cfg.get(key):
+            raise ValueError(
+                f"{key}={cfg.get(key)} does not apply to SAE {metadata.get('source')}: it is a "
+                f"crosscoder over {len(metadata['sources'])} sources, analysed on the models "
+                f"and hooks its metadata names ({metadata['sources']}); drop {key}="
+            )
+    return load_sources(sae, metadata)
 
 
 def analyze(cfg: DictConfig) -> AnalysisResults:
@@ -140,10 +160,11 @@ def analyze(cfg: DictConfig) -> AnalysisResults:
 
 def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -> AnalysisResults:
     """The pass and its outputs, written into ``folder.report`` (published on return)."""
-    sae, metadata, model, hook, other = _load(cfg)
-    contexts = load_contexts(cfg, model, _context_length(cfg, metadata, model))
+    sae, metadata, reader, other = _load(cfg)
+    model, hook = reader.model, reader.hook_name
+    contexts = load_contexts(cfg, model, _context_length(cfg, metadata, reader))
     drop_bos = resolve_drop_bos(cfg.get("drop_bos"), metadata)
-    features = select_features(cfg.features, sae, model, hook, contexts, drop_bos)
+    features = select_features(cfg.features, sae, reader, contexts, drop_bos)
     ctx = AnalysisContext(
         sae=sae,
         model=model,
@@ -155,7 +176,8 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         other_model=other.model if other else None,
         other_hook_name=other.hook_name if other else None,
         drop_bos=drop_bos,
-        hook_name_out=metadata.get("hook_name_out"),
+        hook_name_out=reader.write_hook,
+        others=reader.others,
     )
     info = {
         **metadata,
@@ -169,6 +191,7 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
         "d_sae": sae.d_sae,
         "compare_with": cfg.get("compare_with"),
         **_cross_model_info(other),
+        **crosscoder_info(sae, metadata, features),
         "criteria": [c.name for c in criteria],
     }
     results = AnalysisResults(features, info)
@@ -189,11 +212,11 @@ def _analyze(cfg: DictConfig, criteria: list[Criterion], folder: ReportFolder) -
     sae.to(model_device(model))
     if trainer.is_global_zero:
         if cfg.get("dashboards"):
-            add_window_activations(results.features, sae, model, hook, contexts, start=ctx.start)
+            add_window_activations(results.features, sae, reader, contexts, start=ctx.start)
         path = results.to_json(folder.report / CRITERIA_FILE)
         rank_zero_info(f"feature scorecard ({folder.final(path)}):\n{results.scorecard()}")
         if cfg.get("dashboards") or cfg.get("prompt"):
-            _write_dashboards(cfg, path, sae, model, hook, logger, folder)
+            _write_dashboards(cfg, path, sae, reader, logger, folder)
     return results
 
 
@@ -208,8 +231,7 @@ def _write_dashboards(
     cfg: DictConfig,
     path: Path,
     sae,
-    model,
-    hook: str,
+    reader: Reader,
     logger: TensorBoardLogger,
     folder: ReportFolder,
 ) -> None:
@@ -225,7 +247,7 @@ def _write_dashboards(
         prompts = cfg.prompt
         prompts = [prompts] if isinstance(prompts, str) else [str(p) for p in prompts]
         report = load_report(path)
-        analyses = analyse_prompts(prompts, sae, model, hook, report)
+        analyses = analyse_prompts(prompts, sae, reader, report)
         written.append(Dashboards(report, path.parent).write_prompts(analyses))
     shown = [folder.final(page).resolve() for page in written]
     for page in shown:

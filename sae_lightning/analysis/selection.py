@@ -21,7 +21,8 @@ from jaxtyping import Float, Int
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
-from sae_lightning.hooks import capture_activations
+from sae_lightning.analysis.reader import Reader
+from sae_lightning.hooks import model_device
 from sae_lightning.saes import SAE, JumpReLUSAE, ReLUSAE
 from sae_lightning.saes.jumprelu import jumprelu
 
@@ -78,16 +79,15 @@ def _check_indices(indices: Sequence[Any], d_sae: int) -> list[int]:
 
 
 @torch.inference_mode()
-def _encode(sae: SAE, model, hook_name: str, tokens: Int[Tensor, "b pos"]) -> Tensor:
-    device = next(model.parameters()).device
-    acts = capture_activations(model, tokens.to(device), hook_name)  # [b, pos, d_in]
+def _encode(sae: SAE, reader: Reader, tokens: Int[Tensor, "b pos"]) -> Tensor:
+    device = model_device(reader.model)
+    acts = reader.capture(tokens.to(device))  # [b, pos, d_in]
     return sae.to(device).encode(acts.to(sae.W_enc.dtype))  # [b, pos, d_sae]
 
 
 def top_firing(
     sae: SAE,
-    model,
-    hook_name: str,
+    reader: Reader,
     contexts: Int[Tensor, "n n_ctx"],
     n: int,
     batch: int = 8,
@@ -100,25 +100,23 @@ def top_firing(
     counts = torch.zeros(sae.d_sae, dtype=torch.long)
     rows = contexts[:TOP_CONTEXTS]
     for first in range(0, len(rows), batch):
-        feats = _encode(sae, model, hook_name, rows[first : first + batch])  # [b, n_ctx, d_sae]
+        feats = _encode(sae, reader, rows[first : first + batch])  # [b, n_ctx, d_sae]
         counts += (feats[:, start:] > 0).sum(dim=(0, 1)).cpu()
     order = torch.argsort(counts, descending=True, stable=True)
     return order[:n].tolist()
 
 
-def prompt_features(
-    sae: SAE, model, hook_name: str, prompts: Sequence[str], start: int = 1
-) -> list[int]:
+def prompt_features(sae: SAE, reader: Reader, prompts: Sequence[str], start: int = 1) -> list[int]:
     """Union of the ``PER_PROMPT`` features with the largest max activation on each prompt
     (BOS first; its activations count only with ``start=0``)."""
-    tokenizer = model.tokenizer
+    tokenizer = reader.model.tokenizer
     chosen: set[int] = set()
     for text in prompts:
         ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"prompt {text!r} has no tokens")
         tokens = torch.tensor([[tokenizer.bos_token_id, *ids]], dtype=torch.long)
-        peak = _encode(sae, model, hook_name, tokens)[0, start:].amax(dim=0).cpu()  # [d_sae]
+        peak = _encode(sae, reader, tokens)[0, start:].amax(dim=0).cpu()  # [d_sae]
         top = torch.topk(peak, min(PER_PROMPT, sae.d_sae))
         chosen.update(top.indices[top.values > 0].tolist())
     if not chosen:
@@ -136,8 +134,7 @@ def _parse_prompts(text: str) -> list[str]:
 def select_features(
     spec: Any,
     sae: SAE,
-    model,
-    hook_name: str,
+    reader: Reader,
     contexts: Int[Tensor, "n n_ctx"],
     drop_bos: bool = True,
 ) -> list[int]:
@@ -159,16 +156,16 @@ def select_features(
     if isinstance(spec, dict) and set(spec) == {"prompts"}:
         prompts = spec["prompts"]
         prompts = [prompts] if isinstance(prompts, str) else prompts
-        return prompt_features(sae, model, hook_name, prompts, start)
+        return prompt_features(sae, reader, prompts, start)
     if isinstance(spec, str) and spec.startswith("top:"):
         try:
             n = int(spec.removeprefix("top:"))
         except ValueError:
             raise ValueError(f"features={spec!r}: N in top:N must be an integer") from None
-        return top_firing(sae, model, hook_name, contexts, n, start=start)
+        return top_firing(sae, reader, contexts, n, start=start)
     if isinstance(spec, str) and spec.startswith("prompts:"):
         prompts = _parse_prompts(spec.removeprefix("prompts:"))
-        return prompt_features(sae, model, hook_name, prompts, start)
+        return prompt_features(sae, reader, prompts, start)
     raise ValueError(f"features={spec!r} is not understood; valid: {FORMS}")
 
 

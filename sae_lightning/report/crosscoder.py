@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sae_lightning.analysis.records import TopActivationsResult, result_of
 from sae_lightning.report.svg import svg_frame
 from sae_lightning.saes.crosscoder import (
     CLASS_NAMES,
@@ -153,6 +155,12 @@ def crosscoder_section(
     a, b = sources
     names = source_names or (f"source {a}", f"source {b}")
     summary = relative_norm_summary(sae.relative_decoder_norm(a, b), n_bins, band, keep)
+    return summary_section(summary, (str(names[0]), str(names[1])))
+
+
+def summary_section(summary: dict[str, Any], names: tuple[str, str], what: str = "latents") -> str:
+    """The HTML fragment of a :func:`relative_norm_summary`: the class counts and the
+    histogram, ``what`` naming the latents counted; every name is escaped."""
     na, nb = (html.escape(str(n)) for n in names)
     counts = summary["counts"]
     low, high = summary["band"]
@@ -168,8 +176,8 @@ def crosscoder_section(
     table = "".join(
         f"<tr><td>{label}</td><td>{rule}</td><td>{count}</td></tr>" for label, rule, count in rows
     )
-    title = f"Relative decoder norm of {summary['n_latents']} latents: {names[0]} vs {names[1]}"
-    svg = relative_norm_svg(summary, title, (str(names[0]), str(names[1])))
+    title = f"Relative decoder norm of {summary['n_latents']} {what}: {names[0]} vs {names[1]}"
+    svg = relative_norm_svg(summary, title, names)
     return (
         '<section class="crosscoder">\n<h2>Shared and exclusive latents</h2>\n'
         f"<p>r = ||d<sub>{nb}</sub>|| / (||d<sub>{na}</sub>|| + ||d<sub>{nb}</sub>||) per "
@@ -201,3 +209,43 @@ def write_crosscoder_page(
         f"<body>\n{body}</body></html>\n"
     )
     return page
+
+
+def report_section(report: dict[str, Any]) -> str | None:
+    """The index page's fragment for a crosscoder's report (None for another SAE's): the
+    histogram of the relative decoder norms in ``metadata.crosscoder`` over the analysed
+    latents that fired on the analysed tokens (all analysed ones without top_activations)."""
+    info = report["metadata"].get("crosscoder")
+    if not info:
+        return None
+    norms = info["relative_decoder_norm"]
+    keys = list(norms)
+    r = torch.tensor([math.nan if norms[k] is None else float(norms[k]) for k in keys])
+    density = [_density(report["features"].get(k)) for k in keys]
+    keep = None
+    if any(d is not None for d in density):
+        keep = torch.tensor([bool(d) for d in density])
+    band = tuple(info.get("band") or SHARED_BAND)
+    summary = relative_norm_summary(r.double(), band=(float(band[0]), float(band[1])), keep=keep)
+    names = info.get("sources") or ["source 0", "source 1"]
+    what = "analysed latents" + (" that fired" if keep is not None else "")
+    return summary_section(summary, (str(names[0]), str(names[1])), what)
+
+
+def feature_line(report: dict[str, Any], index: int) -> dict[str, str] | None:
+    """A crosscoder feature's relative decoder norm and class for its page (None for
+    another SAE's report or a feature it does not list)."""
+    info = report["metadata"].get("crosscoder")
+    r = None if not info else info["relative_decoder_norm"].get(str(index))
+    if r is None:
+        return None
+    band = tuple(info.get("band") or SHARED_BAND)
+    label = int(classify_relative_norms(torch.tensor([float(r)]), (band[0], band[1]))[0])
+    names = info.get("sources") or ["source 0", "source 1"]
+    where = {0: f"{names[0]} only", 1: f"shared by {names[0]} and {names[1]}"}
+    return {"r": f"{float(r):.3f}", "where": where.get(label, f"{names[1]} only")}
+
+
+def _density(per_feature: dict[str, Any] | None) -> float | None:
+    top = result_of(per_feature or {}, TopActivationsResult, nested=False)
+    return None if top is None else top.density

@@ -22,6 +22,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from sae_lightning.report.crosscoder import feature_line, report_section
 from sae_lightning.report.data import (
     check_features,
     criteria_of,
@@ -101,7 +102,12 @@ class Dashboards:
         prev_key = self.keys[i - 1] if i > 0 else None
         next_key = self.keys[i + 1] if i + 1 < len(self.keys) else None
         return self.feature_template.render(
-            f=view, meta=self.report["metadata"], prev=prev_key, next=next_key, root="../"
+            f=view,
+            xc=feature_line(self.report, index),  # a crosscoder's relative decoder norm
+            meta=self.report["metadata"],
+            prev=prev_key,
+            next=next_key,
+            root="../",
         )
 
     def index_page(self) -> str:
@@ -112,6 +118,7 @@ class Dashboards:
             criteria=self.criteria,
             heads=self.heads,
             summaries=self.report.get("criteria", {}),
+            crosscoder=Markup(section) if (section := report_section(self.report)) else None,
             meta=self.report["metadata"],
             root="",
         )

@@ -18,8 +18,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sae_lightning.analysis.reader import Reader
 from sae_lightning.analysis.records import TopActivationsResult, result_of
-from sae_lightning.hooks import ablation_hooks, capture_activations
+from sae_lightning.hooks import model_device
 from sae_lightning.report.data import fmt, tokens_view
 
 
@@ -43,29 +44,27 @@ def _next_token_loss(logits: Float[Tensor, "r pos vocab"], tokens: Tensor) -> Fl
 @torch.inference_mode()
 def loss_effects(
     sae,
-    model,
-    hook_name: str,
+    reader: Reader,
     tokens: Int[Tensor, " pos"],
     features: list[int],
     batch: int = 32,
     start: int = 0,
-    write_hook: str | None = None,
 ) -> tuple[float, list[float]]:
     """Clean loss, and per feature (ablated loss − clean loss) on ``tokens``.
 
-    Each row of a forward removes one feature's contribution ``act * W_dec[f]`` at the hook
-    (``write_hook``, a transcoder's output hook, when given), at positions ``start`` onwards
-    (1 leaves BOS alone, as training does).
+    Each row of a forward removes one feature's contribution ``act * W_dec[f]`` where the
+    decoder writes in ``reader.model`` (:meth:`Reader.ablation_hooks`), at positions ``start``
+    onwards (1 leaves BOS alone, as training does).
     """
-    device = next(model.parameters()).device
-    row = tokens.to(device)[None]  # [1, pos]
+    model = reader.model
+    row = tokens.to(model_device(model))[None]  # [1, pos]
     clean = float(_next_token_loss(model(row), row)[0])
     effects: list[float] = []
     for first in range(0, len(features), batch):
         chunk = features[first : first + batch]
         index = torch.tensor(chunk, device=sae.W_dec.device)
-        hooks, _ = ablation_hooks(sae, index, hook_name, write_hook or hook_name, start)
         rows = row.expand(len(chunk), -1)  # [r, pos]
+        hooks, _ = reader.ablation_hooks(sae, index, rows, start)
         logits = model.run_with_hooks(rows, fwd_hooks=hooks)
         effects += (_next_token_loss(logits, rows) - clean).tolist()
     return clean, effects
@@ -99,14 +98,12 @@ def _per_token(acts: Tensor, strs: list[str], known: set[int], per_token: int) -
 def analyse_prompt(
     text: str,
     sae,
-    model,
-    hook_name: str,
+    reader: Reader,
     max_activation: dict[int, float],
     per_token: int = 5,
     n_ranked: int = 20,
     n_ablate: int = 64,
     drop_bos: bool = True,
-    write_hook: str | None = None,
 ) -> dict[str, Any]:
     """Everything ``prompts.html`` shows about one prompt (plain Python values).
 
@@ -117,11 +114,10 @@ def analyse_prompt(
         n_ranked: Rows of each ranking.
         n_ablate: Strongest features (by activation on the prompt) whose loss effect is measured.
         drop_bos: Leave the BOS position out (activation 0, not ablated), as the analysis does.
-        write_hook: Where the decoder writes, if not ``hook_name`` (a transcoder's output).
     """
+    model = reader.model
     tokens = prompt_tokens(model, text)
-    device = next(model.parameters()).device
-    hooked = capture_activations(model, tokens.to(device)[None], hook_name)[0]  # [pos, d_in]
+    hooked = reader.capture(tokens.to(model_device(model))[None])[0]  # [pos, d_in]
     acts = sae.encode(hooked.to(sae.W_enc.dtype)).float().cpu()  # [pos, d_sae]
     start = int(drop_bos and bool(tokens[0] == model.tokenizer.bos_token_id))
     acts[:start] = 0.0  # BOS dropped: not shown, ranked or ablated
@@ -141,9 +137,7 @@ def analyse_prompt(
         _entry(f, acts, known, strs, max_activation[f]) | {"quantile": q} for q, f in quantiles
     ]
     candidates = firing[:n_ablate]
-    clean, effects = loss_effects(
-        sae, model, hook_name, tokens, candidates, start=start, write_hook=write_hook
-    )
+    clean, effects = loss_effects(sae, reader, tokens, candidates, start=start)
     ranked = sorted(zip(effects, candidates, strict=True), key=lambda e: -abs(e[0]))[:n_ranked]
     by_loss = [_entry(f, acts, known, strs, float(peak[f])) | {"loss_effect": e} for e, f in ranked]
     strongest = acts.amax(dim=1).tolist()  # [pos]
@@ -161,7 +155,7 @@ def analyse_prompt(
 
 
 def analyse_prompts(
-    prompts: str | list[str], sae, model, hook_name: str, report: dict[str, Any]
+    prompts: str | list[str], sae, reader: Reader, report: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """:func:`analyse_prompt` of each prompt, with quantiles against the report's maxima and
     BOS dropped or kept as the report's analysis did (``metadata.drop_bos``)."""
@@ -173,8 +167,4 @@ def analyse_prompts(
         top = result_of(per_feature, TopActivationsResult, nested=False)
         max_activation[int(key)] = float((top.max_activation if top else None) or 0.0)
     drop_bos = bool(report["metadata"].get("drop_bos", True))
-    out = report["metadata"].get("hook_name_out")  # a transcoder's decoder writes there
-    return [
-        analyse_prompt(t, sae, model, hook_name, max_activation, drop_bos=drop_bos, write_hook=out)
-        for t in texts
-    ]
+    return [analyse_prompt(t, sae, reader, max_activation, drop_bos=drop_bos) for t in texts]

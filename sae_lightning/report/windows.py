@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from sae_lightning.analysis.reader import Reader
 from sae_lightning.analysis.records import (
     Ablation,
     DownstreamResult,
@@ -27,7 +28,7 @@ from sae_lightning.analysis.records import (
     TopActivationsResult,
     result_of,
 )
-from sae_lightning.hooks import capture_activations
+from sae_lightning.hooks import model_device
 
 ROW_BUDGET = 2**24  # hooked floats gathered at once ([rows, width, d_in])
 
@@ -89,8 +90,7 @@ def _fill(
 def add_window_activations(
     features: dict[int, dict[str, Record | dict[str, Any]]],
     sae,
-    model,
-    hook_name: str,
+    reader: Reader,
     contexts: Int[Tensor, "n n_ctx"],
     batch_size: int = 32,
     digits: int = 4,
@@ -101,7 +101,7 @@ def add_window_activations(
     Args:
         features: ``AnalysisResults.features`` (``{feature: {criterion: result}}``): its
             records are edited in place.
-        sae, model, hook_name: As analysed; ``contexts`` the analysed token contexts.
+        sae, reader: As analysed; ``contexts`` the analysed token contexts.
         batch_size: Contexts per frozen forward.
         digits: Decimals kept.
         start: The first analysed position (1: BOS dropped, its activation shown as 0).
@@ -114,11 +114,11 @@ def add_window_activations(
     for w in windows:
         by_context[w.context].append(w)
     order = sorted(by_context)
-    device = next(model.parameters()).device
+    device = model_device(reader.model)
     for i in range(0, len(order), batch_size):
         chosen = order[i : i + batch_size]
         tokens = contexts[torch.tensor(chosen)].to(device)  # [b, n_ctx]
-        acts = capture_activations(model, tokens, hook_name)  # [b, n_ctx, d_in]
+        acts = reader.capture(tokens)  # [b, n_ctx, d_in]
         local = {c: j for j, c in enumerate(chosen)}
         _fill(sae, acts, local, [w for c in chosen for w in by_context[c]], digits, start)
     return len(windows)
