@@ -45,6 +45,33 @@ def check_config(cfg: DictConfig) -> None:
         _built("module.scheduler", lambda: instantiate(module.scheduler)(opt, total_steps=steps))
     if cfg.get("loss") is not None:
         _built("loss", lambda: instantiate(cfg.loss))
+    check_monitor(cfg)
+
+
+MODEL_FREE_DATA = ("sae_lightning.data.synthetic.SyntheticDataModule",)
+"""Data modules without a frozen model: validation cannot splice, so no ``val/loss_recovered``."""
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """Refuse a checkpoint monitor on ``val/loss_recovered`` when validation has no model to
+    splice into (planted synthetic data, or a cache read with ``validate_with_model=false``):
+    Lightning would stop at the first validation, after the first training steps.
+
+    Raises:
+        ValueError: naming the data option, the monitor and the metrics to monitor instead.
+    """
+    data = cfg.get("data") or {}
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
+    if monitor != "val/loss_recovered":
+        return
+    if data.get("_target_") in MODEL_FREE_DATA or data.get("validate_with_model") is False:
+        raise ValueError(
+            f"callbacks.model_checkpoint.monitor={monitor}, but data={data.get('_target_')} "
+            "validates without a model, so nothing logs it: use experiment=synthetic (monitors "
+            "val/mmcs) or experiment=cached_model_free, or set "
+            "callbacks.model_checkpoint.monitor=val/explained_variance "
+            "callbacks.model_checkpoint.mode=max"
+        )
 
 
 def _built(key: str, build: Any) -> Any:
