@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +97,27 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def exit_on_failure(what: str) -> Iterator[None]:
+    """Run a Hydra callback's work so that its failure fails the command.
+
+    Hydra catches an exception from a callback and only warns, so ``python train.py -m``
+    would exit with status 0 after a failed report. Here the error is logged with its
+    traceback and the process exits with status 1.
+    """
+    try:
+        yield
+    except Exception:
+        log.exception("%s failed", what)
+        raise SystemExit(1) from None
+
+
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, summarize its jobs into the sweep folder."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summarize(config.hydra.sweep.dir)
+        with exit_on_failure("the sweep summary"):
+            summarize(config.hydra.sweep.dir)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
+from sae_lightning.sweep import exit_on_failure
+
 log = logging.getLogger(__name__)
 
 
@@ -38,4 +40,5 @@ class Replication(Callback):
             settings.command = settings.get("command") or " ".join(
                 ["python", *[a for a in sys.argv if a]]
             )
-        replicate(config.hydra.sweep.dir, settings, config.data.get("source"))
+        with exit_on_failure("the replication report"):
+            replicate(config.hydra.sweep.dir, settings, config.data.get("source"))
