@@ -69,6 +69,13 @@ def sae_configs(cfg: DictConfig) -> dict[str, tuple[DictConfig, list[str]]]:
         ValueError: a bad name or override list, or an SAE that changes a shared setting.
     """
     saes = sae_overrides(cfg)
+    if saes and cfg.get("model_b") is not None:
+        raise ValueError(
+            f"saes={sorted(saes)} with model_b set: several SAEs in one process read one "
+            "model's stream, and a crosscoder of two models (model_b, experiment="
+            "crosscoder_models) is not one of them; sweep crosscoders with -m instead, e.g. "
+            "python train.py -m experiment=crosscoder_models loss.l1_coeff=1,2"
+        )
     if saes and not HydraConfig.initialized():
         raise ValueError(
             "saes= composes each SAE from this run's overrides: run train.py, or compose "

@@ -169,6 +169,15 @@ def test_bad_saes_are_one_clear_error(tmp_path, small_corpus, saes, message):  #
         sae_configs(cfg)
 
 
+def test_saes_of_a_crosscoder_of_two_models_are_refused(tmp_path, small_corpus):  # noqa: F811
+    saes = "saes={a:['loss.l1_coeff=1'],b:['loss.l1_coeff=2']}"
+    with (
+        hydra_app(tmp_path, small_corpus, "experiment=crosscoder_models", saes) as cfg,
+        pytest.raises(ValueError, match=r"saes=\['a', 'b'\] with model_b set.*-m"),
+    ):
+        sae_configs(cfg)
+
+
 def test_saes_outside_a_hydra_app_is_one_clear_error(tmp_path, small_corpus):  # noqa: F811
     with hydra_app(tmp_path, small_corpus, "experiment=multi_sae") as cfg:
         pass  # HydraConfig is cleared on leaving
