@@ -5,8 +5,10 @@ Hugging Face causal LM. Every loader returns a ``TransformerBridge`` in eval mod
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import platform
 from pathlib import Path
 
 import torch
@@ -99,6 +101,7 @@ def load_embedded(
             f"{CONFIG_FILE} and {TOKENIZER_DIR}/ as written by pretrain.py"
         )
     config = json.loads((folder / CONFIG_FILE).read_text())
+    check_corpus_python(config, platform.python_version())
     tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
     bridge = TransformerBridge.boot_native(
         {**config["bridge_config"], "init_weights": False},
@@ -107,6 +110,35 @@ def load_embedded(
     )
     bridge.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)
     return freeze(move_model(bridge, device, _dtype(dtype)))
+
+
+def check_corpus_python(config: dict, running: str) -> bool:
+    """Warn (once per model and version) when a model trained on the ``stdlib`` corpus is
+    loaded by another Python minor version than the one that trained it: the standard
+    library differs between versions, so the embedded corpus (and its held-out split, on
+    which losses, analyses and the published replication numbers are measured) is not the
+    one the model card describes. Returns whether they differ."""
+    trained = str((config.get("metrics") or {}).get("python") or "")
+    corpus = (config.get("recipe") or {}).get("corpus")
+    differs = corpus == "stdlib" and bool(trained) and _minor(trained) != _minor(running)
+    if differs:
+        _warn_corpus_python(str(config.get("name", "?")), trained, running)
+    return differs
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+@functools.cache
+def _warn_corpus_python(name: str, trained: str, running: str) -> None:
+    log.warning(
+        "%s was trained on Python %s's standard library, but this is Python %s, whose "
+        "standard library (the embedded corpus, data.source.corpus=stdlib) differs: held-out "
+        "losses and analyses here are not comparable with the model card's or the published "
+        "replication's numbers",
+        name, trained, running,
+    )  # fmt: skip
 
 
 def resolve_legacy_name(name: str) -> str:

@@ -269,3 +269,19 @@ def test_evaluate_reproduces_the_heldout_loss_of_the_card(name, capsys):
     metrics = config["metrics"]
     want = f"{metrics['heldout_loss']:.4f} nats/token over {metrics['heldout_tokens']} tokens"
     assert f"held-out loss of {name}: {want}" in out, out
+
+
+def test_a_stdlib_model_warns_once_under_another_python(caplog):
+    from sae_lightning.models import check_corpus_python
+
+    config = {"name": "toy-x", "recipe": {"corpus": "stdlib"}, "metrics": {"python": "3.11.7"}}
+    assert not check_corpus_python(config, "3.11.2")  # same minor version: the same corpus
+    assert not caplog.records
+    assert check_corpus_python(config, "3.12.1") and check_corpus_python(config, "3.12.1")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "toy-x was trained on Python 3.11.7" in warned[0]
+    assert "this is Python 3.12.1" in warned[0]
+    other = {**config, "recipe": {"corpus": "/data/texts.jsonl"}}  # not the stdlib corpus
+    assert not check_corpus_python(other, "3.12.1")
+    shipped = json.loads((embedded_dir("toy-1l") / "config.json").read_text())
+    assert shipped["recipe"]["corpus"] == "stdlib" and shipped["metrics"]["python"]
