@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -19,17 +19,17 @@ from sae_lightning.metrics import (
     MeanL0,
     dead_fraction,
     log10_density,
-    per_token_ce_and_kl,
 )
 from sae_lightning.models import move_model
 from sae_lightning.paired import PairedSpec
 from sae_lightning.saes.base import SAE, SAEOutput
 from sae_lightning.sparse import SparseEntries
+from sae_lightning.validation import SplicedValidation
 
 log = logging.getLogger(__name__)
 
 
-class SAEModule(L.LightningModule):
+class SAEModule(SplicedValidation, L.LightningModule):
     """Trains ``sae`` on activation batches; validates on token contexts with the SAE spliced in.
 
     Args:
@@ -194,115 +194,6 @@ class SAEModule(L.LightningModule):
         if self.unit_norm_decoder:
             self.sae.set_decoder_norm_to_unit_norm()
 
-    def validation_step(
-        self, batch: list[Int[Tensor, "b n_ctx"]] | Float[Tensor, "b d_in"], batch_idx: int
-    ) -> None:
-        # float32 whatever trainer.precision: the frozen model's CE and the SAE's metrics
-        # are measured as the exported (float32) SAE will be used
-        with torch.autocast(self.device.type, enabled=False):
-            self._validate(batch)
-
-    def _validate(self, batch: list[Int[Tensor, "b n_ctx"]] | Float[Tensor, "b d_in"]) -> None:
-        if self.frozen is None:
-            if not (isinstance(batch, Tensor) and batch.is_floating_point()):
-                raise RuntimeError(
-                    "SAEModule has no frozen model: call set_spec(spec) first, "
-                    "or validate on activation batches [b, d_in] (model-free data)"
-                )
-            self._validate_activations(batch)
-            return
-        tokens = batch[0]
-        if isinstance(self.spec, PairedSpec):
-            self._validate_paired(tokens)
-            return
-        logits_clean, acts = self.spec.logits_and_capture(tokens)  # acts: [b, pos, d_in]
-        ce_zero = self.zero_ablation_ce(tokens, logits_clean, acts)
-        self.validate_spliced(tokens, logits_clean, acts, ce_zero)
-
-    def zero_ablation_ce(
-        self,
-        tokens: Int[Tensor, "b n_ctx"],
-        logits_clean: Tensor,
-        acts: Tensor,
-        spec: ActivationSpec | None = None,
-    ) -> Tensor:
-        """Per-token CE with the trained positions zeroed (at the splice hook: a
-        transcoder's output hook): the baseline of loss recovered (it does not depend on the
-        SAE, so several SAEs share it). ``spec``: one model of a pair (default: the module's)."""
-        spec = spec or self.spec
-        spliced = spec.spliced_part(acts)
-        return _spliced_ce(
-            spec, tokens, logits_clean, acts, torch.zeros_like(spec.trained(spliced))
-        )[1]
-
-    def validate_spliced(
-        self, tokens: Int[Tensor, "b n_ctx"], logits_clean: Tensor, acts: Tensor, ce_zero: Tensor
-    ) -> None:
-        """The validation metrics of one batch from its clean forward (``logits_clean``,
-        ``acts`` [b, pos, d_in]): reconstruction, then the model run with the SAE spliced in."""
-        spec = self.spec
-        # x_hat goes back to raw units below; a transcoder's target is its output hook's part
-        x, target = self.sae.split_target(self.to_sae_units(spec.trained(acts)))
-        out = self.sae(x)
-        lo = self.loss_fn(target, out, self.sae, self.global_step)
-        self._update_recon("val", target, out, lo)
-        self.val_density.update(out.feature_acts)
-        self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
-        ce_clean, ce_sae, kl = _spliced_ce(
-            spec, tokens, logits_clean, acts, out.x_hat / self.act_scale
-        )
-        self.val_downstream.update(ce_clean, ce_sae, ce_zero, kl)
-
-    def _validate_paired(self, tokens: Int[Tensor, "b n_ctx"]) -> None:
-        """Reconstruction of ``[x_A | x_B]``, then each model run with its own part of the
-        reconstruction spliced in (and zero-ablated, for the baseline)."""
-        spec: PairedSpec = self.spec
-        clean = [s.logits_and_capture(tokens) for s in spec.sources]  # [(logits, acts)]
-        rows = [s.trained(acts) for s, (_, acts) in zip(spec.sources, clean, strict=True)]
-        x = self.to_sae_units(torch.cat(rows, -1))
-        out = self.sae(x)
-        lo = self.loss_fn(x, out, self.sae, self.global_step)
-        self._update_recon("val", x, out, lo)
-        self.val_density.update(out.feature_acts)
-        self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(tokens))
-        parts = spec.split(out.x_hat / self.act_scale)
-        for metric, s, (logits, acts), part in zip(
-            self.val_downstream_sources, spec.sources, clean, parts, strict=True
-        ):
-            ce_zero = self.zero_ablation_ce(tokens, logits, acts, spec=s)
-            ce_clean, ce_sae, kl = _spliced_ce(s, tokens, logits, acts, part)
-            metric.update(ce_clean, ce_sae, ce_zero, kl)
-
-    def _validate_activations(self, x: Float[Tensor, "b d_in"]) -> None:
-        """Reconstruction metrics only: model-free data (synthetic) has no logits to splice."""
-        x, target = self.sae.split_target(self.to_sae_units(x))
-        out = self.sae(x)
-        lo = self.loss_fn(target, out, self.sae, self.global_step)
-        self._update_recon("val", target, out, lo)
-        self.val_density.update(out.feature_acts)
-        self.log("val/loss", lo.loss, on_epoch=True, batch_size=len(x))
-
-    def on_validation_epoch_end(self) -> None:
-        if isinstance(self.spec, PairedSpec):
-            self._log_paired_downstream()
-        elif self.frozen is not None:
-            for key, value in self.val_downstream.compute().items():
-                self.log(f"val/{key}", value, prog_bar=key == "loss_recovered", sync_dist=False)
-            self.val_downstream.reset()
-        self._log_density("val", self.val_density)
-
-    def _log_paired_downstream(self) -> None:
-        """``val/A/<key>`` and ``val/B/<key>`` per model, and ``val/<key>`` their mean."""
-        per_source = [metric.compute() for metric in self.val_downstream_sources]
-        for name, values in zip("AB", per_source, strict=False):
-            for key, value in values.items():
-                self.log(f"val/{name}/{key}", value, sync_dist=False)
-        for key in per_source[0]:
-            mean = torch.stack([values[key] for values in per_source]).mean()
-            self.log(f"val/{key}", mean, prog_bar=key == "loss_recovered", sync_dist=False)
-        for metric in self.val_downstream_sources:
-            metric.reset()
-
     def _training_buffers(self) -> dict[str, Tensor]:
         """The SAE's buffers outside its state dict (training state such as TopK's
         ``tokens_since_fired``): never exported, but saved and restored with a checkpoint."""
@@ -328,15 +219,6 @@ class SAEModule(L.LightningModule):
             return {"optimizer": opt}
         sched = self.scheduler_factory(opt, total_steps=self.trainer.max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _spliced_ce(
-    spec: ActivationSpec, tokens: Tensor, logits_clean: Tensor, acts: Tensor, rows: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-token (CE clean, CE with ``rows`` spliced in at the trained positions of the
-    splice hook, KL) for one model (:func:`per_token_ce_and_kl`)."""
-    spliced = spec.with_trained(spec.spliced_part(acts), rows)
-    return per_token_ce_and_kl(logits_clean, spec.run_with_replacement(tokens, spliced), tokens)
 
 
 def _codes(out: SAEOutput) -> Tensor | SparseEntries:
