@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from test_train import ROOT, _ckpt_sae, make_cfg, small_corpus, small_run  # noqa: F401
 from torch.optim.lr_scheduler import LambdaLR
 
+import sae_lightning.finish as finish
 import sae_lightning.training as training
 from sae_lightning.cli import user_errors
 from sae_lightning.disk import DiskCheckedIO, DiskFullError, writing
@@ -218,7 +219,7 @@ def test_a_full_disk_names_the_file_and_the_bytes_it_needed(tmp_path, small_corp
             except OSError as err:
                 raise ValueError("you tried to log 243.88 which is not supported") from err
     # the export, end to end (16 features x 1024 inputs, float32, both directions + biases)
-    monkeypatch.setattr(training, "save_saelens", _no_space)
+    monkeypatch.setattr(finish, "save_saelens", _no_space)  # where the run's end exports
     out = tmp_path / "run"
     with pytest.raises(DiskFullError) as caught:
         train(make_cfg(out, small_corpus, *TINY, "trainer.max_steps=2"))
