@@ -139,6 +139,7 @@ def _analyze_end_to_end(run: Path, out: Path) -> None:
     assert len(some["downstream"]["top_tokens"]) == 10  # logit weights through toy-1l's block
     index = (out / "report" / "index.html").read_text()
     assert "Shared and exclusive latents" in index and "toy-1l-b only" in index
+    assert "crosscoder of toy-1l + toy-1l-b" in index  # the header names both models
     assert "relative decoder norm r =" in (out / "report" / "features" / "0.html").read_text()
     assert "import" in (out / "report" / "prompts.html").read_text()
     for bad in ("hook_name=blocks.0.hook_resid_pre", f"compare_with={run}"):
