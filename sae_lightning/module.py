@@ -11,7 +11,6 @@ from jaxtyping import Float
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from sae_lightning.hooks import ActivationSpec
 from sae_lightning.metrics import (
     DownstreamLoss,
     ExplainedVariance,
@@ -24,6 +23,7 @@ from sae_lightning.models import move_model
 from sae_lightning.paired import PairedSpec
 from sae_lightning.saes.base import SAE, SAEOutput
 from sae_lightning.sparse import SparseEntries
+from sae_lightning.spec import ActivationSpec
 from sae_lightning.validation import SplicedValidation
 
 log = logging.getLogger(__name__)

@@ -65,7 +65,7 @@ class MultiSAEModule(L.LightningModule):
 
     Args:
         members: name -> SAEModule built by :func:`member_factory`, all reading the same
-            activations (the same :class:`~sae_lightning.hooks.ActivationSpec`, or none).
+            activations (the same :class:`~sae_lightning.spec.ActivationSpec`, or none).
     """
 
     def __init__(self, members: dict[str, SAEModule]) -> None:

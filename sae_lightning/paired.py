@@ -1,6 +1,6 @@
 """Two models read at the same hook on the same tokens: what a model-diffing crosscoder reads.
 
-``PairedSpec`` holds one :class:`~sae_lightning.hooks.ActivationSpec` per model (``toy-1l``
+``PairedSpec`` holds one :class:`~sae_lightning.spec.ActivationSpec` per model (``toy-1l``
 and ``toy-1l-b``, say: they must share the tokenizer, so that one token id is one text for
 both). A captured row is ``[x_A | x_B]``, both models run on the same contexts in one step;
 the crosscoder (``sae=crosscoder``) reads it whole. Validation splices each source's part of
@@ -17,7 +17,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sae_lightning.analysis.comparison import check_same_tokenizer
-from sae_lightning.hooks import ActivationSpec, model_device
+from sae_lightning.hooks import model_device
+from sae_lightning.spec import ActivationSpec
 
 
 @dataclass

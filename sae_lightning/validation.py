@@ -17,9 +17,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sae_lightning.hooks import ActivationSpec
 from sae_lightning.metrics import per_token_ce_and_kl
 from sae_lightning.paired import PairedSpec
+from sae_lightning.spec import ActivationSpec
 
 
 class SplicedValidation:

@@ -6,13 +6,8 @@ import pytest
 import torch
 
 from plugins._logits import logit_weights
-from sae_lightning.hooks import (
-    ActivationSpec,
-    capture_activations,
-    edit_hook,
-    hook_kind,
-    residual_directions,
-)
+from sae_lightning.hooks import capture_activations, edit_hook, hook_kind, residual_directions
+from sae_lightning.spec import ActivationSpec
 
 HOOKS = (
     "blocks.1.hook_resid_pre",

@@ -13,9 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 from sae_lightning.formats import load_saelens, save_saelens
-from sae_lightning.hooks import ActivationSpec, capture_activations
+from sae_lightning.hooks import capture_activations
 from sae_lightning.losses import L1Loss
 from sae_lightning.saes import SkipTranscoderSAE, TranscoderSAE
+from sae_lightning.spec import ActivationSpec
 from sae_lightning.training import build_sae
 
 D_IN, D_SAE, D_OUT = 12, 80, 20

@@ -27,8 +27,9 @@ import torch
 
 from sae_lightning.analysis.hub_sae import fetch_hub_sae, is_hf_uri
 from sae_lightning.formats import CFG_FILE, WEIGHTS_FILE, load_saelens, to_inference_sae
-from sae_lightning.hooks import DEFAULT_HOOK, ActivationSpec
+from sae_lightning.hooks import DEFAULT_HOOK
 from sae_lightning.saes import SAE, ReLUSAE, build_sae, load_assigned
+from sae_lightning.spec import ActivationSpec
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from sae_lightning.analysis.comparison import check_same_tokenizer
 from sae_lightning.analysis.reader import Reader
-from sae_lightning.hooks import ActivationSpec
 from sae_lightning.models import load_model_by_name
 from sae_lightning.saes import SAE
 from sae_lightning.saes.crosscoder import SHARED_BAND
+from sae_lightning.spec import ActivationSpec
 
 
 def is_multi_source(metadata: dict[str, Any]) -> bool:

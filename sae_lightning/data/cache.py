@@ -37,7 +37,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from sae_lightning.data.readers import StreamedContexts
-from sae_lightning.hooks import ActivationSpec, check_hook_name
+from sae_lightning.hooks import check_hook_name
+from sae_lightning.spec import ActivationSpec
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from sae_lightning.data.activations import ActivationStream
 from sae_lightning.data.cache import CACHE_FILE, FORMAT_VERSION, VAL_FILE
 from sae_lightning.data.datamodule import ActivationDataModule
 from sae_lightning.data.readers import RowGroups
-from sae_lightning.hooks import ActivationSpec
 from sae_lightning.models import move_model
+from sae_lightning.spec import ActivationSpec
 
 log = logging.getLogger(__name__)
 

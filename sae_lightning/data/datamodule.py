@@ -12,9 +12,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sae_lightning.data.activations import ActivationStream
 from sae_lightning.data.readers import ArrayContexts, StreamedContexts
-from sae_lightning.hooks import ActivationSpec, model_device
+from sae_lightning.hooks import model_device
 from sae_lightning.models import move_model
 from sae_lightning.paired import PairedSpec
+from sae_lightning.spec import ActivationSpec
 
 log = logging.getLogger(__name__)
 
