@@ -108,7 +108,7 @@ def test_the_sweep_trains_a_and_b_per_recipe_and_scores_them(tmp_path, small_cor
         [
             "-m",
             "hparams_search=universality",
-            "hydra.sweeper.params.experiment=universality/default,universality/topk_k32",
+            "experiment=universality/relu_l1,universality/topk_k32",  # replaces the recipe list
             *small_run(small_corpus),
             "hydra.callbacks.recipe_sweep.tokens=4096",
             f"hydra.sweep.dir={sweep}",
@@ -117,7 +117,7 @@ def test_the_sweep_trains_a_and_b_per_recipe_and_scores_them(tmp_path, small_cor
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((sweep / "recipes" / "recipes.json").read_text())
-    assert list(rows) == ["default", "topk_k32"]
+    assert list(rows) == ["relu_l1", "topk_k32"]
     for name, r in rows.items():
         a, b = (Path(p) for p in r["runs"])
         for run, model in ((a, "toy-1l"), (b, "toy-1l-b")):
@@ -134,7 +134,7 @@ def test_the_sweep_trains_a_and_b_per_recipe_and_scores_them(tmp_path, small_cor
         assert (sweep / "recipes" / f"density_{name}.svg").read_text().startswith("<svg")
     assert rows["topk_k32"]["settings"].startswith("TopKSAE d_sae 256, k 32")
     assert (
-        "| default | ReLUSAE d_sae 256, l1 2.0, 20 x 256"
+        "| relu_l1 | ReLUSAE d_sae 256, l1 2.0, 20 x 256"
         in (sweep / "recipes" / "recipes.md").read_text()
     )
 

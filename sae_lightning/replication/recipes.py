@@ -84,7 +84,8 @@ def recipe_settings(run: Path) -> str:
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     arch = str(_select(cfg, "sae._target_") or "?").rsplit(".", 1)[-1]
     parts = [f"{arch} d_sae {_select(cfg, 'sae.d_sae')}"]
-    for key, label in (("sae.k", "k"), ("loss.l1_coeff", "l1")):
+    keys = (("sae.k", "k"), ("loss.l1_coeff", "l1"), ("loss.dead_tokens", "AuxK dead after"))
+    for key, label in keys:
         if _select(cfg, key) is not None:
             parts.append(f"{label} {_select(cfg, key)}")
     steps, batch = _select(cfg, "trainer.max_steps"), _select(cfg, "data.batch_size")
@@ -212,7 +213,9 @@ def score_sweep(
     for name, runs in find_pairs(sweep).items():
         log.info("recipe %s: every feature of %s against %s", name, runs["a"], runs["b"])
         rows[name] = score_pair(runs["a"], runs["b"], out / name, tokens, min_density)
-        svg = density_svg(rows[name]["density"], f"feature density, recipe {name}, run A")
+        density = rows[name]["density"]
+        title = f"Feature density, recipe {name}, run A ({density['n_tokens']:,} held-out tokens)"
+        svg = density_svg(density, title)
         (out / f"density_{name}.svg").write_text(svg)
     (out / "recipes.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "recipes.md").write_text(recipe_table(rows))
