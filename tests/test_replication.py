@@ -269,3 +269,14 @@ def test_the_committed_report_links_resolve_and_shows_its_numbers():
         assert f"Feature {feature}" in page
         assert f"{concept['a']['specificity']:.3f}" in text
     assert "(docs/replication/README.md)" in (ROOT / "README.md").read_text()
+
+
+def test_the_report_names_the_recipe_and_says_when_it_is_not_the_papers() -> None:
+    from sae_lightning.replication.paper import recipe_label, recipe_note
+
+    topk = {"architecture": "topk", "k": 16, "l1_coeff": None}
+    relu = {"architecture": "relu", "k": None, "l1_coeff": 2.0}
+    assert recipe_label(topk) == "topk, k 16" and recipe_label(relu) == "relu, L1 2.0"
+    assert recipe_note(relu) == [] and recipe_note({}) == []
+    note = recipe_note(topk)[0]
+    assert "topk, k 16" in note and "recipe_sweep.md" in note and "sae=relu" in note

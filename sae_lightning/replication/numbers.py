@@ -59,6 +59,8 @@ def run_numbers(run: Path) -> dict[str, Any]:
         "model": meta.get("model_name"),
         "seed": setting("seed"),
         "d_sae": setting("sae.d_sae"),
+        "architecture": record.get("architecture"),
+        "k": setting("sae.k"),
         "l1_coeff": setting("loss.l1_coeff"),
         "steps": setting("trainer.max_steps"),
         "batch_size": setting("data.batch_size"),

@@ -18,7 +18,7 @@ from sae_lightning.analysis.records import (
 )
 from sae_lightning.replication.density import density_svg
 from sae_lightning.replication.numbers import UNIVERSAL, collect
-from sae_lightning.replication.paper import DIFFERENCES, PAPER
+from sae_lightning.replication.paper import DIFFERENCES, PAPER, recipe_label, recipe_note
 from sae_lightning.replication.universality import LABELS, universality_table
 
 NUMBERS_FILE = "numbers.json"
@@ -103,7 +103,7 @@ def _glance(n: dict[str, Any]) -> list[str]:
 
 def _training(n: dict[str, Any]) -> list[str]:
     lines = [
-        "| run | model | seed | steps × batch | L1 coeff | minutes | loss recovered | L0 | "
+        "| run | model | seed | steps × batch | SAE | minutes | loss recovered | L0 | "
         "explained variance | silent on the validation tokens | CE clean / SAE / zero-ablated |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -114,7 +114,7 @@ def _training(n: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {RUN_LABELS[role]} (job {r['job']}) | `{r['model']}` | {r['seed']} | "
             f"{r['steps']} × {r['batch_size']} | "
-            f"{r['l1_coeff']} | {_num(r['train_minutes'], 1)} | "
+            f"{recipe_label(r)} | {_num(r['train_minutes'], 1)} | "
             f"{_num(m['val/loss_recovered'])} | {_num(m['val/l0'], 1)} | "
             f"{_num(m['val/explained_variance'])} | "
             f"{'–' if dead is None else round(dead * (r['d_sae'] or 0))} | {ce} |"
@@ -231,7 +231,8 @@ def render(n: dict[str, Any], command: str = "") -> str:
     parts = [
         "# *Towards Monosemanticity* on the embedded models: replication report",
         "",
-        f"Hook `{n['hook']}`. Three SAEs trained with one recipe: A on `{runs['a']['model']}`, "
+        f"Hook `{n['hook']}`. Three SAEs trained with one recipe ({recipe_label(runs['a'])}, "
+        f"{_num(runs['a']['d_sae'])} features): A on `{runs['a']['model']}`, "
         f"B on the second transformer `{runs['b']['model']}` (as the paper's A/1 and B/1), and "
         f"A' on `{runs['a_prime']['model']}` with another seed; then every criterion of the "
         f"detailed investigation on all {_num(n['analysis']['n_tokens'])} held-out tokens (the "
@@ -272,6 +273,7 @@ def render(n: dict[str, Any], command: str = "") -> str:
         "",
         "## Where this differs from the paper",
         "",
+        *recipe_note(runs["a"]),
         *DIFFERENCES,
         "",
     ]
