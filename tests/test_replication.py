@@ -279,4 +279,4 @@ def test_the_report_names_the_recipe_and_says_when_it_is_not_the_papers() -> Non
     assert recipe_label(topk) == "topk, k 16" and recipe_label(relu) == "relu, L1 2.0"
     assert recipe_note(relu) == [] and recipe_note({}) == []
     note = recipe_note(topk)[0]
-    assert "topk, k 16" in note and "recipe_sweep.md" in note and "sae=relu" in note
+    assert "topk, k 16" in note and "docs/recipe_sweep/README.md" in note and "sae=relu" in note

@@ -60,6 +60,6 @@ def recipe_note(run: dict[str, Any]) -> list[str]:
     return [
         f"- **The SAEs.** The paper trained ReLU SAEs with an L1 penalty; these are "
         f"{recipe_label(run)}, the recipe a sweep found most universal across the two "
-        "transformers at loss recovered >= 0.85 ([recipe_sweep.md](recipe_sweep.md); the "
+        "transformers at loss recovered >= 0.85 (`docs/recipe_sweep/README.md`; the "
         "overrides `sae=relu '~sae.k'` train the paper's ReLU-L1)."
     ]
