@@ -47,6 +47,9 @@ def test_each_size_has_its_own_seed() -> None:
                         return_hydra_config=True)  # fmt: skip
     assert [cfgs[s].sae.d_sae for s in SIZES] == [512, 4096, 16384]
     assert len({cfgs[s].seed for s in SIZES}) == 3
+    assert {(cfgs[s].sae._target_.rsplit(".", 1)[1], cfgs[s].sae.k) for s in SIZES} == {
+        ("TopKSAE", 16)  # the replication's recipe at every size
+    }
     assert sweep.hydra.sweeper.params.splitting_sae == ",".join(SIZES)
     assert sweep.hydra.callbacks.feature_splitting._target_.endswith("FeatureSplitting")
 
