@@ -36,6 +36,16 @@ def test_a_replication_of_an_empty_sweep_exits_1(tmp_path: Path) -> None:
     assert stopped.value.code == 1
 
 
+def test_a_recipe_sweep_without_pairs_exits_1(tmp_path: Path) -> None:
+    from sae_lightning.replication.recipes import RecipeSweep
+
+    with pytest.raises(SystemExit) as stopped:
+        RecipeSweep().on_multirun_end(
+            OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+        )
+    assert stopped.value.code == 1
+
+
 def test_a_summary_of_an_empty_sweep_writes_nothing_and_passes(tmp_path: Path) -> None:
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
 

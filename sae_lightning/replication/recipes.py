@@ -34,7 +34,7 @@ from sae_lightning.replication.numbers import run_numbers
 from sae_lightning.replication.run import analysis_config
 from sae_lightning.replication.universality import comparison_numbers
 from sae_lightning.report import load_report
-from sae_lightning.sweep import METRICS_FILE, job_order
+from sae_lightning.sweep import METRICS_FILE, exit_on_failure, job_order
 
 log = logging.getLogger(__name__)
 ROLES = ("a", "b")
@@ -231,7 +231,8 @@ class RecipeSweep(Callback):
         self.tokens, self.min_density = tokens, min_density
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        score_sweep(config.hydra.sweep.dir, self.tokens, self.min_density)
+        with exit_on_failure("the recipe sweep's scoring"):  # else Hydra only warns: exit 0
+            score_sweep(config.hydra.sweep.dir, self.tokens, self.min_density)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
