@@ -16,6 +16,7 @@ from sae_lightning.replication.recipes import (
     band_medians,
     choose,
     find_pairs,
+    main,
     recipe_settings,
     recipe_table,
 )
@@ -137,6 +138,14 @@ def test_the_sweep_trains_a_and_b_per_recipe_and_scores_them(tmp_path, small_cor
         "| relu_l1 | ReLUSAE d_sae 256, l1 2.0, 20 x 256"
         in (sweep / "recipes" / "recipes.md").read_text()
     )
+    # the documented re-scoring command, on fewer tokens: the same runs, its own numbers
+    again = main([str(sweep), "--tokens", "2048"])
+    assert (
+        list(again) == ["relu_l1", "topk_k32"]
+        and again["topk_k32"]["runs"] == rows["topk_k32"]["runs"]
+    )
+    written = json.loads((sweep / "recipes" / "recipes.json").read_text())
+    assert written == json.loads(json.dumps(again))
 
 
 def test_band_medians_split_the_best_matches_by_density():
