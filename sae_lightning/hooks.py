@@ -21,7 +21,7 @@ anything else that is not one vector per token.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
@@ -217,3 +217,16 @@ def context_length(model, n_ctx: int | None, key: str = "n_ctx") -> int:
 def model_device(model) -> torch.device:
     """Where ``model``'s weights are (its first parameter's device)."""
     return next(model.parameters()).device
+
+
+def capture_side_by_side(
+    sources: Iterable[tuple[Any, str]], tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos d"]:
+    """Each ``(model, hook_name)``'s activations on the same ``tokens`` (run on the model's
+    own device), float32, concatenated in order on ``tokens``' device: a crosscoder's input
+    ``[x_A | x_B]``."""
+    parts = [
+        capture_activations(model, tokens.to(model_device(model)), hook).float().to(tokens.device)
+        for model, hook in sources
+    ]
+    return torch.cat(parts, dim=-1)

@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from sae_lightning.analysis.comparison import check_same_tokenizer
-from sae_lightning.hooks import model_device
+from sae_lightning.hooks import capture_side_by_side
 from sae_lightning.spec import ActivationSpec
 
 
@@ -76,10 +75,8 @@ class PairedSpec:
         return [{"model_name": n, "hook_name": self.hook_name} for n in self.names]
 
     def capture(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_in"]:
-        """``[x_A | x_B]``, float32, on model A's device, every position."""
-        device = tokens.device
-        parts = [s.capture(tokens.to(model_device(s.model))).to(device) for s in self.sources]
-        return torch.cat(parts, dim=-1)
+        """``[x_A | x_B]``, float32, on ``tokens``' device, every position."""
+        return capture_side_by_side(((s.model, s.hook_name) for s in self.sources), tokens)
 
     def trained(self, acts: Float[Tensor, "batch pos d"]) -> Float[Tensor, "n d"]:
         return self.sources[0].trained(acts)

@@ -3,6 +3,7 @@ resume from, and the run folder. Each raises one message naming the bad value.""
 
 from __future__ import annotations
 
+import importlib
 import math
 import pickle
 import re
@@ -48,10 +49,6 @@ def check_config(cfg: DictConfig) -> None:
     check_monitor(cfg)
 
 
-MODEL_FREE_DATA = ("sae_lightning.data.synthetic.SyntheticDataModule",)
-"""Data modules without a frozen model: validation cannot splice, so no ``val/loss_recovered``."""
-
-
 def check_monitor(cfg: DictConfig) -> None:
     """Refuse a checkpoint monitor on ``val/loss_recovered`` when validation has no model to
     splice into (planted synthetic data, or a cache read with ``validate_with_model=false``):
@@ -64,7 +61,8 @@ def check_monitor(cfg: DictConfig) -> None:
     monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
     if monitor != "val/loss_recovered":
         return
-    if data.get("_target_") in MODEL_FREE_DATA or data.get("validate_with_model") is False:
+    # the data module's own ``model_free`` (the class's; a cache's follows validate_with_model)
+    if _model_free_class(data.get("_target_")) or data.get("validate_with_model") is False:
         raise ValueError(
             f"callbacks.model_checkpoint.monitor={monitor}, but data={data.get('_target_')} "
             "validates without a model, so nothing logs it: use experiment=synthetic (monitors "
@@ -102,6 +100,17 @@ def _leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     else:
         return [(prefix[:-1], tree)]
     return [leaf for key, value in items for leaf in _leaves(value, f"{key}.")]
+
+
+def _model_free_class(target: str | None) -> bool:
+    """The ``model_free`` flag of a data module class (False when it cannot be imported:
+    instantiating it reports that)."""
+    module, _, name = (target or "").rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        return False
+    return bool(getattr(cls, "model_free", False))
 
 
 def check_checkpoint(ckpt_path: str | Path | None) -> None:

@@ -24,6 +24,8 @@ from sae_lightning.frontier import write_frontier
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
+FINISHED_FILES = (METRICS_FILE, "sae/cfg.json")
+"""What a finished training job's folder holds: its final metrics and the exported SAE."""
 COLUMNS = (
     "val/l0",
     "val/explained_variance",
@@ -85,6 +87,16 @@ def job_order(job_dir: Path) -> tuple[int, str]:
     """Sort key of a sweep's job folders: numbered jobs in numeric order, then the rest."""
     name = job_dir.name
     return (int(name), name) if name.isdigit() else (10**9, name)
+
+
+def finished_jobs(sweep_dir: str | Path) -> list[Path]:
+    """A sweep's job folders that finished training (each holds :data:`FINISHED_FILES`), in
+    job order; none for a folder that does not exist."""
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        return []
+    done = (p for p in sweep.iterdir() if all((p / f).is_file() for f in FINISHED_FILES))
+    return sorted(done, key=job_order)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -149,7 +149,7 @@ class AnalysisContext:
     def write_hook(self) -> str:
         """The hook the decoder's directions live at: ablations edit it, logit weights
         start from it (a transcoder's output hook, else ``hook_name``)."""
-        return self.hook_name_out or self.hook_name
+        return self.reader.writes
 
     @property
     def reader(self) -> Reader:

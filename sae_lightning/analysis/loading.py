@@ -240,6 +240,12 @@ def load_sae(path: str | Path) -> tuple[SAE, dict[str, Any]]:
     raise ValueError(f"cannot read an SAE from {str(path)!r}; expected {ACCEPTED}")
 
 
+def is_multi_source(metadata: dict[str, Any]) -> bool:
+    """Whether an SAE's metadata names several sources (a crosscoder's ``metadata.sources``:
+    one row reads several models or hooks at once)."""
+    return bool(metadata.get("sources"))
+
+
 def check_compatible(sae: SAE, metadata: dict[str, Any], model, hook_name: str) -> None:
     """Refuse an SAE that cannot read ``hook_name`` of ``model``.
 
@@ -247,8 +253,8 @@ def check_compatible(sae: SAE, metadata: dict[str, Any], model, hook_name: str) 
         ValueError: If the hook does not exist (the message lists the valid ones), or the
             SAE's ``d_in`` differs from the hook's width (the message names both).
     """
-    sources = metadata.get("sources")
-    if sources:  # a crosscoder: one row reads several models (or hooks) at once
+    if is_multi_source(metadata):
+        sources = metadata["sources"]
         raise ValueError(
             f"SAE {metadata.get('source', '')} is a {sae.architecture} over "
             f"{len(sources)} sources ({sources}): it reads several models or hooks at once, "

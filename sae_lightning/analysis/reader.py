@@ -21,11 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sae_lightning.hooks import ablation_hooks, capture_activations, edit_hook, model_device
+from sae_lightning.hooks import (
+    ablation_hooks,
+    capture_activations,
+    capture_side_by_side,
+    edit_hook,
+)
 
 Hooks = list[tuple[str, Callable]]
 
@@ -72,11 +76,7 @@ class Reader:
         device: the hook's activations (one source), or the sources' side by side, float32."""
         if not self.others:
             return capture_activations(self.model, tokens, self.hook_name)
-        parts = [
-            capture_activations(model, tokens.to(model_device(model)), hook).float()
-            for model, hook in self.sources
-        ]
-        return torch.cat([p.to(tokens.device) for p in parts], dim=-1)
+        return capture_side_by_side(self.sources, tokens)
 
     def blocks(self, w_dec: Float[Tensor, "f d_in"]) -> list[Tensor]:
         """Decoder rows cut into the sources' blocks (equal widths), in input order."""

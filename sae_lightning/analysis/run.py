@@ -25,14 +25,14 @@ from torch import Tensor
 from sae_lightning.analysis.comparison import Comparison, load_comparison
 from sae_lightning.analysis.criterion import AnalysisContext, Criterion, checked_criteria
 from sae_lightning.analysis.folders import EVENTS_SUFFIX, REPORT, ReportFolder
-from sae_lightning.analysis.loading import check_compatible, latest_run, load_sae
+from sae_lightning.analysis.loading import check_compatible, is_multi_source, latest_run, load_sae
 from sae_lightning.analysis.module import AnalysisModule
 from sae_lightning.analysis.options import check_options
 from sae_lightning.analysis.reader import Reader
 from sae_lightning.analysis.records import CRITERIA_FILE
 from sae_lightning.analysis.results import AnalysisResults
 from sae_lightning.analysis.selection import select_features
-from sae_lightning.analysis.sources import crosscoder_info, is_multi_source, load_sources
+from sae_lightning.analysis.sources import crosscoder_info, load_sources
 from sae_lightning.hooks import context_length, model_device
 from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
 from sae_lightning.report.windows import add_window_activations

@@ -12,16 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from sae_lightning.analysis.comparison import check_same_tokenizer
+from sae_lightning.analysis.loading import is_multi_source
 from sae_lightning.analysis.reader import Reader
 from sae_lightning.models import load_model_by_name
 from sae_lightning.saes import SAE
 from sae_lightning.saes.crosscoder import SHARED_BAND
 from sae_lightning.spec import ActivationSpec
-
-
-def is_multi_source(metadata: dict[str, Any]) -> bool:
-    """Whether an SAE's metadata names several sources (a crosscoder's)."""
-    return bool(metadata.get("sources"))
 
 
 def check_sources(metadata: dict[str, Any]) -> list[tuple[str, str]]:

@@ -34,7 +34,7 @@ from sae_lightning.replication.numbers import run_numbers
 from sae_lightning.replication.run import analysis_config
 from sae_lightning.replication.universality import comparison_numbers
 from sae_lightning.report import load_report
-from sae_lightning.sweep import METRICS_FILE, exit_on_failure, job_order
+from sae_lightning.sweep import METRICS_FILE, exit_on_failure, finished_jobs
 
 log = logging.getLogger(__name__)
 ROLES = ("a", "b")
@@ -55,13 +55,10 @@ def find_pairs(sweep_dir: str | Path) -> dict[str, dict[str, Path]]:
         ValueError: when no recipe has both a finished A and a finished B.
     """
     sweep = Path(sweep_dir)
-    jobs = sorted(
-        (p for p in sweep.glob("*/.hydra/config.yaml")), key=lambda p: job_order(p.parents[1])
-    )
     pairs: dict[str, dict[str, Path]] = {}
-    for config in jobs:
-        run = config.parents[1]
-        if not ((run / METRICS_FILE).is_file() and (run / "sae" / "cfg.json").is_file()):
+    for run in finished_jobs(sweep):
+        config = run / ".hydra" / "config.yaml"
+        if not config.is_file():
             continue
         cfg = OmegaConf.load(config)
         recipe, role = _select(cfg, "replication.recipe"), _select(cfg, "replication.role")

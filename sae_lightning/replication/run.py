@@ -30,12 +30,11 @@ from sae_lightning.analysis.run import REPORT_FILE, analyze
 from sae_lightning.replication.concepts import concept_tokens, select_concept
 from sae_lightning.replication.writeup import NUMBERS_FILE, write_writeup
 from sae_lightning.report import load_report
-from sae_lightning.sweep import METRICS_FILE, job_order
+from sae_lightning.sweep import FINISHED_FILES, finished_jobs
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-RUN_FILES = (METRICS_FILE, "sae/cfg.json")
 ROLES = ("a", "b", "a_prime")
 """The runs' ``replication.role`` values (conf/replication_sae/): A and B on two transformers,
 A' on A's transformer with another seed."""
@@ -55,8 +54,7 @@ def find_runs(sweep_dir: str | Path) -> dict[str, Path]:
     """The sweep's finished job folders (with ``METRICS_FILE`` and an exported SAE) by role;
     one of each of :data:`ROLES` is required (the first in job order when repeated)."""
     sweep = Path(sweep_dir)
-    jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()] if sweep.is_dir() else []
-    done = sorted((p for p in jobs if all((p / f).is_file() for f in RUN_FILES)), key=job_order)
+    done = [p for p in finished_jobs(sweep) if p.name.isdigit()]
     runs: dict[str, Path] = {}
     for run in done:
         role = run_role(run)
@@ -67,7 +65,7 @@ def find_runs(sweep_dir: str | Path) -> dict[str, Path]:
         found = {p.name: run_role(p) for p in done}
         raise ValueError(
             f"the replication needs three finished runs with replication.role {', '.join(ROLES)}"
-            f" (job folders with {' and '.join(RUN_FILES)}) under {sweep}; missing {missing}, "
+            f" (job folders with {' and '.join(FINISHED_FILES)}) under {sweep}; missing {missing}, "
             f"found jobs {found}: run 'python train.py -m experiment=replicate_monosemanticity' "
             "(note the -m)"
         )

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sae_lightning.formats import CFG_FILE
-from sae_lightning.sweep import METRICS_FILE, exit_on_failure
+from sae_lightning.sweep import exit_on_failure, finished_jobs
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,7 @@ def sized_runs(sweep_dir: str | Path) -> list[Path]:
         ValueError: If fewer than two finished jobs exist, or two share a ``d_sae``.
     """
     sweep = Path(sweep_dir)
-    jobs = [p for p in sweep.iterdir() if p.is_dir()] if sweep.is_dir() else []
-    done = [p for p in jobs if (p / METRICS_FILE).is_file() and (p / "sae" / CFG_FILE).is_file()]
+    done = finished_jobs(sweep)
     sizes = {p: int(json.loads((p / "sae" / CFG_FILE).read_text())["d_sae"]) for p in done}
     if len(done) < 2 or len(set(sizes.values())) < len(done):
         found = {p.name: sizes[p] for p in sorted(done)}

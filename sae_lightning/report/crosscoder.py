@@ -225,11 +225,10 @@ def report_section(report: dict[str, Any]) -> str | None:
     keep = None
     if any(d is not None for d in density):
         keep = torch.tensor([bool(d) for d in density])
-    band = tuple(info.get("band") or SHARED_BAND)
-    summary = relative_norm_summary(r.double(), band=(float(band[0]), float(band[1])), keep=keep)
-    names = info.get("sources") or ["source 0", "source 1"]
+    band, names = _band_and_names(info)
+    summary = relative_norm_summary(r.double(), band=band, keep=keep)
     what = "analysed latents" + (" that fired" if keep is not None else "")
-    return summary_section(summary, (str(names[0]), str(names[1])), what)
+    return summary_section(summary, names, what)
 
 
 def feature_line(report: dict[str, Any], index: int) -> dict[str, str] | None:
@@ -239,9 +238,8 @@ def feature_line(report: dict[str, Any], index: int) -> dict[str, str] | None:
     r = None if not info else info["relative_decoder_norm"].get(str(index))
     if r is None:
         return None
-    band = tuple(info.get("band") or SHARED_BAND)
-    label = int(classify_relative_norms(torch.tensor([float(r)]), (band[0], band[1]))[0])
-    names = info.get("sources") or ["source 0", "source 1"]
+    band, names = _band_and_names(info)
+    label = int(classify_relative_norms(torch.tensor([float(r)]), band)[0])
     where = {0: f"{names[0]} only", 1: f"shared by {names[0]} and {names[1]}"}
     return {"r": f"{float(r):.3f}", "where": where.get(label, f"{names[1]} only")}
 
@@ -249,3 +247,10 @@ def feature_line(report: dict[str, Any], index: int) -> dict[str, str] | None:
 def _density(per_feature: dict[str, Any] | None) -> float | None:
     top = result_of(per_feature or {}, TopActivationsResult, nested=False)
     return None if top is None else top.density
+
+
+def _band_and_names(info: dict[str, Any]) -> tuple[tuple[float, float], tuple[str, str]]:
+    """The shared band and the two sources' display names of a report's ``crosscoder``."""
+    low, high = info.get("band") or SHARED_BAND
+    names = info.get("sources") or ["source 0", "source 1"]
+    return (float(low), float(high)), (str(names[0]), str(names[1]))
