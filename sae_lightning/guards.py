@@ -83,13 +83,19 @@ class DivergenceGuard(L.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):  # a skipped step: the weights alone
             loss = torch.zeros((), device=pl_module.device)
-        named = [(n.removeprefix("sae."), p) for n, p in pl_module.named_parameters()]
+        named = [(n.removeprefix("sae."), p.detach()) for n, p in pl_module.named_parameters()]
         flags = [torch.isnan(loss).any(), torch.isinf(loss).any()]
-        flags += [~torch.isfinite(p).all() for _, p in named]
+        # a parameter holding a nan or an inf has a sum that is not finite: one read pass
+        # per parameter instead of a bool tensor of its size (isfinite(p).all() cost ~20% of
+        # a training step on CPU); the exact test below runs only when a sum is not finite
+        sums = torch.stack([p.sum(dtype=torch.float32) for _, p in named])
+        flags += list(~torch.isfinite(sums))
         # one host sync per step; summed over ranks so that every rank raises the same error
         bad = trainer.strategy.reduce(torch.stack(flags).float(), reduce_op="sum").tolist()
         if any(bad):
-            names = [name for (name, _), flag in zip(named, bad[2:], strict=True) if flag]
+            names = [name for name, p in named if not torch.isfinite(p).all()]
+            if bad[0] == bad[1] == 0 and not names:
+                return  # a sum overflowed, but every weight is finite (ranks share weights)
             raise TrainingDiverged(_diverged_message(trainer, bad[0] > 0, bad[1] > 0, names))
 
 

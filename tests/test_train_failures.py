@@ -301,3 +301,48 @@ def test_sigterm_exits_143_with_a_resume_command_and_resuming_is_exact(tmp_path,
     expected = load_file(tmp_path / "ref" / "sae" / "sae_weights.safetensors")
     assert exported.keys() == expected.keys()
     assert all(torch.equal(exported[k], expected[k]) for k in expected)
+
+
+class _FakeTrainer:
+    """What DivergenceGuard reads of a trainer: one rank, no checkpoint yet."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.global_step, self.checkpoint_callbacks = 7, []
+        self.optimizers = [torch.optim.SGD(module.parameters(), lr=1e-3)]
+        self.strategy = type("Strategy", (), {"reduce": lambda self, t, reduce_op: t})()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_divergence_guard_names_a_non_finite_weight_under_a_finite_loss(bad: float) -> None:
+    """The per-parameter check (a sum per parameter) finds a single nan / inf entry and the
+    message names that parameter only."""
+    from sae_lightning.guards import DivergenceGuard
+    from sae_lightning.saes import ReLUSAE
+
+    module = torch.nn.Module()
+    module.sae = ReLUSAE(8, 32)
+    with torch.no_grad():
+        module.sae.W_dec[5, 3] = bad
+    trainer = _FakeTrainer(module)
+    with pytest.raises(TrainingDiverged, match=r"the parameters W_dec are not finite") as err:
+        DivergenceGuard().on_train_batch_end(trainer, module, {"loss": torch.tensor(0.5)}, None, 0)
+    assert "step 7: the loss is finite" in str(err.value)
+
+
+def test_divergence_guard_lets_finite_weights_whose_sum_overflows_pass() -> None:
+    """Two entries of 3e38 sum to inf in float32, but every weight is finite: no stop."""
+    from sae_lightning.guards import DivergenceGuard
+    from sae_lightning.saes import ReLUSAE
+
+    module = torch.nn.Module()
+    module.sae = ReLUSAE(8, 32)
+    with torch.no_grad():
+        module.sae.W_enc[0, :2] = 3e38
+    assert not torch.isfinite(module.sae.W_enc.sum())
+    DivergenceGuard().on_train_batch_end(
+        _FakeTrainer(module), module, {"loss": torch.tensor(0.5)}, None, 0
+    )
+    with pytest.raises(TrainingDiverged, match="the loss is nan; the weights are still finite"):
+        DivergenceGuard().on_train_batch_end(
+            _FakeTrainer(module), module, {"loss": torch.tensor(float("nan"))}, None, 0
+        )
