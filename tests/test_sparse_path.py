@@ -134,3 +134,40 @@ def test_fused_adam_takes_the_same_steps_as_foreach() -> None:
     for a, b in zip(*results, strict=True):
         assert not torch.equal(a, start[0] if a.ndim == 2 else start[1])
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, density", [((64, 96), 0.01), ((7, 4096), 0.009), ((33, 40), 0.5), ((5, 16), 1.0)]
+)
+def test_mask_entries_are_nonzero_in_the_same_order(shape: tuple[int, int], density: float) -> None:
+    """The word-at-a-time reading of a mask gives exactly ``nonzero``'s rows and columns."""
+    from sae_lightning.saes.sparse_codes import mask_entries
+
+    torch.manual_seed(1)
+    mask = torch.rand(shape) < density
+    mask[0, -1] = True  # an entry in the last word of a row
+    rows, cols = mask_entries(mask)
+    want_rows, want_cols = mask.nonzero(as_tuple=True)
+    assert rows.numel() == int(mask.sum()) > 0
+    assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
+    empty = mask_entries(torch.zeros(shape, dtype=torch.bool))
+    assert empty[0].numel() == empty[1].numel() == 0
+
+
+def test_mask_entries_of_masks_that_cannot_be_read_by_words() -> None:
+    """A width not divisible by 8, a strided mask and a misaligned one fall back to
+    ``nonzero``, with the same result."""
+    from sae_lightning.saes.sparse_codes import mask_entries
+
+    torch.manual_seed(2)
+    flat = torch.rand(3 + 12 * 40) < 0.2
+    masks = {
+        "odd width": torch.rand(12, 45) < 0.2,
+        "column slice": (torch.rand(12, 48) < 0.2)[:, 8:40],
+        "storage offset 3": flat[3:].view(12, 40),
+    }
+    assert masks["storage offset 3"].is_contiguous()
+    for name, mask in masks.items():
+        rows, cols = mask_entries(mask)
+        want_rows, want_cols = mask.nonzero(as_tuple=True)
+        assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols), name

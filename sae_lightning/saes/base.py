@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from sae_lightning.saes.geometric_median import geometric_median
 from sae_lightning.sparse import SparseEntries
 
+_ROW_BLOCK = 256  # decoder rows per block of the gradient projection (~1 MiB at d_in 1024)
 BDecInit = Literal["geometric_median", "mean", "zeros"]
 B_DEC_INITS: tuple[str, ...] = ("geometric_median", "mean", "zeros")
 
@@ -255,10 +256,15 @@ class SAE(nn.Module, ABC):
                 "W_dec.grad is None: call remove_gradient_parallel_to_decoder_directions "
                 "after loss.backward() and before optimizer.step()"
             )
-        norms = self.W_dec.norm(dim=-1, keepdim=True)  # [d_sae, 1]
-        unit = self.W_dec / torch.where(norms > 0, norms, torch.ones_like(norms))  # [d_sae, d_in]
-        parallel = (grad * unit).sum(dim=-1, keepdim=True)  # [d_sae, 1]
-        grad.sub_(parallel * unit)
+        # g -= (g . w) w / |w|^2 row by row (rows of norm zero unchanged), in blocks of rows
+        # that stay in cache: one fused update instead of a unit-row copy and two temporaries
+        # the size of the decoder (about half the time on CPU)
+        norms = self.W_dec.norm(dim=-1)  # [d_sae]
+        inv_sq = torch.where(norms > 0, norms.pow(-2), torch.zeros_like(norms))  # [d_sae]
+        for start in range(0, self.d_sae, _ROW_BLOCK):
+            g, w = grad[start : start + _ROW_BLOCK], self.W_dec[start : start + _ROW_BLOCK]
+            coeff = (g * w).sum(dim=-1) * inv_sq[start : start + _ROW_BLOCK]  # [block]
+            g.addcmul_(w, coeff[:, None], value=-1)
 
     @torch.no_grad()
     def init_b_dec(self, x: Float[Tensor, "n d_in"], method: BDecInit = "geometric_median") -> None:

@@ -33,9 +33,27 @@ def codes_from_flat(flat: Int[Tensor, " nnz"], n_rows: int, d_sae: int) -> tuple
     return rows, cols, crow
 
 
+def mask_entries(mask: Bool[Tensor, "batch d_sae"]) -> tuple[Tensor, Tensor]:
+    """``mask.nonzero(as_tuple=True)``: the True entries' rows and columns, row-major.
+
+    On CPU, a sparse mask is read 8 entries at a time: its bytes viewed as int64 words, the
+    nonzero words found first (one pass over ``batch * d_sae / 8`` words), then the entries
+    inside those words only. At a trained SAE's density (~1% of entries) that is about twice
+    as fast as ``nonzero`` over every entry; the result is identical, order included.
+    """
+    n, d = mask.shape
+    if mask.is_cuda or d % 8 or not mask.is_contiguous() or mask.storage_offset() % 8:
+        return mask.nonzero(as_tuple=True)  # row-major, columns ascending within a row
+    words = mask.view(torch.uint8).view(torch.int64)  # [n, d / 8]: 8 entries per word
+    word_rows, word_cols = words.nonzero(as_tuple=True)  # the words holding an entry
+    in_word = mask.view(n, d // 8, 8)[word_rows, word_cols]  # [words, 8]
+    hit, offset = in_word.nonzero(as_tuple=True)  # by word, then by position in the word
+    return word_rows[hit], word_cols[hit] * 8 + offset
+
+
 def codes_from_mask(mask: Bool[Tensor, "batch d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
     """``(rows, cols, crow)`` of the True entries of ``mask``, row-major."""
-    rows, cols = mask.nonzero(as_tuple=True)  # row-major, columns ascending within a row
+    rows, cols = mask_entries(mask)  # row-major, columns ascending within a row
     crow = torch.zeros(mask.shape[0] + 1, dtype=torch.long, device=mask.device)
     crow[1:] = torch.bincount(rows, minlength=mask.shape[0]).cumsum(0)
     return rows, cols, crow
