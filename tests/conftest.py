@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+# one token cache per test session (sae_lightning.data.token_cache), shared by the tests and
+# the runs they start as subprocesses, apart from the user's own cache
+os.environ["SAE_LIGHTNING_CACHE"] = tempfile.mkdtemp(prefix="sae-lightning-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SAE_LIGHTNING_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

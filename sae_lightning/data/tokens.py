@@ -9,12 +9,14 @@ from jaxtyping import Int
 from torch import Tensor
 
 from sae_lightning.data.corpus import CorpusError, Document
+from sae_lightning.data.token_cache import cached_tokens
 
 
 def encode_documents(
     docs: Sequence[Document], tokenizer, batch_size: int = 256
 ) -> Int[Tensor, " n_tokens"]:
-    """Concatenate the documents' tokens, each document preceded by the BOS/EOT token."""
+    """Concatenate the documents' tokens, each document preceded by the BOS/EOT token
+    (read from the token cache when this corpus was tokenized before: ``token_cache``)."""
     if not docs:
         raise CorpusError("cannot tokenize an empty list of documents")
     bos = tokenizer.bos_token_id
@@ -22,12 +24,16 @@ def encode_documents(
         raise ValueError(
             f"tokenizer {type(tokenizer).__name__} has no BOS token to separate documents"
         )
-    pieces: list[Tensor] = []
-    for start in range(0, len(docs), batch_size):
-        texts = [d.text for d in docs[start : start + batch_size]]
-        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            pieces.append(torch.tensor([bos, *ids], dtype=torch.long))
-    return torch.cat(pieces)
+
+    def encode() -> Int[Tensor, " n_tokens"]:
+        pieces: list[Tensor] = []
+        for start in range(0, len(docs), batch_size):
+            texts = [d.text for d in docs[start : start + batch_size]]
+            for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                pieces.append(torch.tensor([bos, *ids], dtype=torch.long))
+        return torch.cat(pieces)
+
+    return cached_tokens(docs, tokenizer, encode)  # the same corpus is tokenized once
 
 
 def make_contexts(
