@@ -102,9 +102,17 @@ def step_rate(
         opt.step()
         opt.zero_grad(set_to_none=True)
         sae.set_decoder_norm_to_unit_norm()
-        l0 = (out.feature_acts > 0).sum(-1).float().mean().item()
+        l0 = _l0(out)
     _sync(x.device)
     return steps * x.shape[0] / (time.perf_counter() - start), l0
+
+
+def _l0(out: Any) -> float:
+    """Mean active latents per token, from the entries on the sparse path: reading the dense
+    ``feature_acts`` there would build a ``[batch, d_sae]`` tensor inside the timed step."""
+    if out.codes is not None:
+        return int(torch.count_nonzero(out.codes.values.detach())) / out.codes.n_rows
+    return (out.feature_acts > 0).sum(-1).float().mean().item()
 
 
 def seconds(fn: Callable[[], object], device: torch.device, reps: int = 10) -> float:
