@@ -89,7 +89,7 @@ def main() -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"uptime: {load}")
     print(f"cache written (or found) in {written:.1f} s: {args.cache}")
-    print(f"d_sae {args.d_sae}, batch {args.batch}, {args.steps - WARMUP - 1} timed steps")
+    print(f"d_sae {args.d_sae}, batch {args.batch}, {args.steps - WARMUP} timed steps")
     print(f"live   {live:10.0f} tokens/s")
     print(f"cached {cached:10.0f} tokens/s  ({cached / live:.2f}x live)")
     print(f"data alone (stream, no SAE): live {live_data:.0f}, cached {cached_data:.0f} acts/s")

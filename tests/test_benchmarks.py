@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,25 @@ def test_hook_depth():
         hook = f"blocks.{layer}.hook_resid_post"
         figures = numbers(line(out, hook)[len(hook) :])
         assert len(figures) == 2 and positive(*figures)
+
+
+def test_cache_throughput(small_corpus, tmp_path, request):  # noqa: F811
+    cache = tmp_path / "cache"  # about 200 MB of float32 activations, removed at the end
+    request.addfinalizer(lambda: shutil.rmtree(cache, ignore_errors=True))
+    out = bench(
+        "cache_throughput", "--d-sae", 64, "--batch", 64, "--steps", 4,
+        "--corpus", small_corpus, "--val-fraction", 0.2, "--cache", cache,
+    )  # fmt: skip
+    assert line(out, "uptime:")
+    written = line(out, "cache written (or found) in")
+    assert written.endswith(f"s: {cache}") and any(cache.glob("*.safetensors"))
+    assert line(out, "d_sae") == "d_sae 64, batch 64, 2 timed steps"  # 4 steps, 2 warm-up
+    live = numbers(line(out, "live "))
+    cached = re.fullmatch(
+        rf"cached\s+({NUMBER}) tokens/s  \(({NUMBER})x live\)", line(out, "cached ")
+    )
+    assert len(live) == 1 and cached and positive(*live, *map(float, cached.groups()))
+    ratio = float(cached.group(1)) / live[0]
+    assert float(cached.group(2)) == pytest.approx(ratio, abs=0.006)
+    stream = line(out, "data alone (stream, no SAE):")
+    assert len(numbers(stream)) == 2 and positive(*numbers(stream))
