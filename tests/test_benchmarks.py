@@ -182,7 +182,7 @@ def test_sparse_step():
     archs = ["relu", "jumprelu", "gated", "topk"]
     out = bench(
         "sparse_step", "--arch", *archs, "--d-sae", 64, "--l0", 4, "--batch", 64, "--steps", 1,
-        "--rounds", 1, "--precision", "32-true", "bf16-mixed", "--parts",
+        "--rounds", 1, "--precision", "32-true", "bf16-mixed", "--parts", "--profile",
     )  # fmt: skip
     ceilings = {}
     for precision in ("32-true", "bf16-mixed"):
@@ -200,6 +200,10 @@ def test_sparse_step():
             assert vs == [1.0, 1.0]  # the first precision over itself
     for part in ("grad projection", "renormalisation", "Adam foreach", "Adam fused"):
         assert positive(*numbers(line(out, part)[len(part) :]))
+    profiles = [s for s in out if s.startswith("== profile ")]
+    assert profiles == [f"== profile {a} {p} (two sparse steps) ==" for a in archs
+                        for p in ("32-true", "bf16-mixed")]  # fmt: skip
+    assert sum("Self CPU %" in s for s in out) == len(profiles)  # one table each
 
 
 def test_analysis_throughput():
