@@ -98,7 +98,11 @@ def test_each_recipe_composes_with_the_sweep_and_names_itself(recipe, tmp_path):
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml", resolve=False)
     settings = recipe_settings(tmp_path)
-    assert settings.startswith(("ReLUSAE d_sae", "TopKSAE d_sae")), settings
+    assert settings.startswith(cfg.sae._target_.rsplit(".", 1)[1] + " d_sae"), settings
+    assert f"lr {cfg.module.optimizer.lr:g}" in settings, settings
+    assert ("decay" in settings) == (cfg.module.scheduler.decay != "none"), settings
+    resampled = cfg.callbacks.get("dead_feature_resampler") is not None
+    assert ("resampling" in settings) == resampled, settings
     assert f"{cfg.trainer.max_steps} x {cfg.data.batch_size}" in settings
 
 
