@@ -293,6 +293,13 @@ def test_the_report_names_the_recipe_and_says_when_it_is_not_the_papers() -> Non
     topk = {"architecture": "topk", "k": 16, "l1_coeff": None}
     relu = {"architecture": "relu", "k": None, "l1_coeff": 2.0}
     assert recipe_label(topk) == "topk, k 16" and recipe_label(relu) == "relu, L1 2.0"
+    assert recipe_label({**topk, "lr": 1e-3, "lr_decay": "none"}) == "topk, k 16"
+    tuned = {**topk, "lr": 3e-3, "lr_decay": "linear"}
+    assert recipe_label(tuned) == "topk, k 16, lr 0.003 linear decay"
+    assert (
+        recipe_label({**relu, "lr": 1e-3, "lr_decay": "cosine"})
+        == "relu, L1 2.0, lr 0.001 cosine decay"
+    )
     assert recipe_note(relu) == [] and recipe_note({}) == []
     note = recipe_note(topk)[0]
     assert "topk, k 16" in note and "docs/recipe_sweep/README.md" in note and "sae=relu" in note

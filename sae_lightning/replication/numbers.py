@@ -62,6 +62,8 @@ def run_numbers(run: Path) -> dict[str, Any]:
         "architecture": record.get("architecture"),
         "k": setting("sae.k"),
         "l1_coeff": setting("loss.l1_coeff"),
+        "lr": setting("module.optimizer.lr"),
+        "lr_decay": setting("module.scheduler.decay"),
         "steps": setting("trainer.max_steps"),
         "batch_size": setting("data.batch_size"),
         "train_minutes": round(seconds / 60, 1) if started.is_file() else None,

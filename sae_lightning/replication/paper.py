@@ -46,11 +46,18 @@ DIFFERENCES = [
 
 
 def recipe_label(run: dict[str, Any]) -> str:
-    """A run's SAE recipe in a few words: ``topk, k 16``, ``relu, L1 2.0``."""
+    """A run's SAE recipe in a few words: ``topk, k 16``, ``relu, L1 2.0``, with the learning
+    rate when it is not the default 1e-3 or decays (``topk, k 16, lr 0.003 linear decay``)."""
     arch = run.get("architecture") or "?"
     if run.get("k") is not None:
-        return f"{arch}, k {run['k']}"
-    return f"{arch}, L1 {run.get('l1_coeff')}" if run.get("l1_coeff") is not None else arch
+        label = f"{arch}, k {run['k']}"
+    else:
+        label = f"{arch}, L1 {run['l1_coeff']}" if run.get("l1_coeff") is not None else arch
+    lr, decay = run.get("lr"), run.get("lr_decay")
+    if (lr is not None and lr != 1e-3) or decay not in (None, "none"):
+        label += f", lr {lr:g}" if lr is not None else ""
+        label += f" {decay} decay" if decay not in (None, "none") else ""
+    return label
 
 
 def recipe_note(run: dict[str, Any]) -> list[str]:
@@ -61,5 +68,6 @@ def recipe_note(run: dict[str, Any]) -> list[str]:
         f"- **The SAEs.** The paper trained ReLU SAEs with an L1 penalty; these are "
         f"{recipe_label(run)}, the recipe a sweep found most universal across the two "
         "transformers at loss recovered >= 0.85 (`docs/recipe_sweep/README.md`; the "
-        "overrides `sae=relu '~sae.k'` train the paper's ReLU-L1)."
+        "overrides `sae=relu '~sae.k' module.optimizer.lr=0.001 module.scheduler.decay=none` "
+        "train the paper's ReLU-L1)."
     ]
