@@ -54,10 +54,10 @@ def recipe_label(run: dict[str, Any]) -> str:
     else:
         label = f"{arch}, L1 {run['l1_coeff']}" if run.get("l1_coeff") is not None else arch
     lr, decay = run.get("lr"), run.get("lr_decay")
-    if (lr is not None and lr != 1e-3) or decay not in (None, "none"):
-        label += f", lr {lr:g}" if lr is not None else ""
-        label += f" {decay} decay" if decay not in (None, "none") else ""
-    return label
+    decays = decay not in (None, "none")
+    if lr is not None and (lr != 1e-3 or decays):
+        label += f", lr {lr:g}"
+    return label + (f" {decay} decay" if decays else "")
 
 
 def recipe_note(run: dict[str, Any]) -> list[str]:
