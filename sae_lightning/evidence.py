@@ -37,8 +37,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from typing_extensions import override
 
-from sae_lightning.analysis.criterion import AnalysisContext, Criterion, checked_criteria
+from sae_lightning.analysis.criterion import AnalysisContext, Criterion
 from sae_lightning.analysis.module import KEPT_ACTIVATIONS, AnalysisModule
+from sae_lightning.analysis.ordering import checked_criteria
 from sae_lightning.analysis.records import (
     NotANeuronResult,
     SensitivityResult,

@@ -22,12 +22,8 @@ from sae_lightning.analysis.artefacts import (
     Artefact,
     Artefacts,
 )
-from sae_lightning.analysis.criterion import (
-    AnalysisBatch,
-    AnalysisContext,
-    Criterion,
-    order_criteria,
-)
+from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
+from sae_lightning.analysis.ordering import order_criteria
 from sae_lightning.analysis.records import (
     Example,
     TopActivationsResult,

@@ -48,6 +48,22 @@ def test_the_sweep_trains_a_and_a_prime_on_toy_1l_and_b_on_toy_1l_b():
     assert _compose("experiment=replicate_monosemanticity", "replication_sae=b", "seed=7").seed == 7
 
 
+# the recipe sweep's choice (docs/recipe_sweep/README.md), which the replication trains
+REPLICATION_RECIPE = "topk_k16_lr3e3_long"
+
+
+def test_the_replication_trains_the_recipe_the_sweep_chose():
+    replication = _compose("experiment=replicate_monosemanticity")
+    recipe = _compose(
+        "hparams_search=universality", f"experiment=universality/{REPLICATION_RECIPE}"
+    )
+    for section in ("sae", "loss", "module", "callbacks"):
+        assert replication[section] == recipe[section], section
+    assert replication.trainer.max_steps == recipe.trainer.max_steps == 3200
+    assert replication.data == recipe.data  # same batch, contexts and validation split
+    assert replication.sae._target_.endswith("TopKSAE") and replication.sae.k == 16
+
+
 def _fake_run(folder: Path, role: str, loss_recovered: float) -> Path:
     model, seed = JOBS[role]
     (folder / ".hydra").mkdir(parents=True)

@@ -3,7 +3,7 @@
 A criterion declares the artefacts it ``provides`` (it puts them into ``ctx.artefacts`` in
 ``results``), ``needs`` (it reads them in ``results``: a provider must be selected) and
 ``uses`` (it reads them if a provider ran). The runner finishes the criteria in an order
-where every provider comes before its readers (:func:`sae_lightning.analysis.criterion.
+where every provider comes before its readers (:func:`sae_lightning.analysis.ordering.
 order_criteria`). The built-in artefacts are defined here, once; a criterion of your own
 may define more (``Artefact("my_thing", dict)``) next to its class.
 

@@ -22,12 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sae_lightning.analysis.artefacts import Artefact
 from sae_lightning.analysis.comparison import neuron_hook
-from sae_lightning.analysis.criterion import (
-    AnalysisBatch,
-    AnalysisContext,
-    Criterion,
-    order_criteria,
-)
+from sae_lightning.analysis.criterion import AnalysisBatch, AnalysisContext, Criterion
+from sae_lightning.analysis.ordering import order_criteria
 from sae_lightning.analysis.records import value_of
 from sae_lightning.analysis.results import AnalysisResults
 from sae_lightning.analysis.selection import encode_features

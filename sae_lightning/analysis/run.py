@@ -23,11 +23,12 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from sae_lightning.analysis.comparison import Comparison, load_comparison
-from sae_lightning.analysis.criterion import AnalysisContext, Criterion, checked_criteria
+from sae_lightning.analysis.criterion import AnalysisContext, Criterion
 from sae_lightning.analysis.folders import EVENTS_SUFFIX, REPORT, ReportFolder
 from sae_lightning.analysis.loading import check_compatible, is_multi_source, latest_run, load_sae
 from sae_lightning.analysis.module import AnalysisModule
 from sae_lightning.analysis.options import check_options
+from sae_lightning.analysis.ordering import checked_criteria
 from sae_lightning.analysis.reader import Reader
 from sae_lightning.analysis.records import CRITERIA_FILE
 from sae_lightning.analysis.results import AnalysisResults
