@@ -228,6 +228,10 @@ def test_one_command_trains_three_saes_and_writes_the_report(tmp_path, small_cor
     again = json.loads((tmp_path / "again" / "numbers.json").read_text())
     for key in ("runs", "density", "universality", "population", "concepts"):
         assert _close(again[key], numbers[key]), key  # float sums vary with thread count
+    remade = (tmp_path / "again" / "README.md").read_text()
+    assert f"Command: `python -m sae_lightning.replication {sweep}`" in remade
+    main([str(sweep), "--publish", str(tmp_path / "shown"), "--command", "make replicate"])
+    assert "Command: `make replicate`" in (tmp_path / "shown" / "README.md").read_text()
 
 
 def _close(a, b, rel: float = 1e-4) -> bool:

@@ -49,7 +49,7 @@ def test_the_sweep_trains_a_and_a_prime_on_toy_1l_and_b_on_toy_1l_b():
 
 
 # the recipe sweep's choice (docs/recipe_sweep/README.md), which the replication trains
-REPLICATION_RECIPE = "topk_k16_lr3e3_long"
+REPLICATION_RECIPE = "topk_k16_lr3e3_d2048"
 
 
 def test_the_replication_trains_the_recipe_the_sweep_chose():
@@ -59,9 +59,23 @@ def test_the_replication_trains_the_recipe_the_sweep_chose():
     )
     for section in ("sae", "loss", "module", "callbacks"):
         assert replication[section] == recipe[section], section
-    assert replication.trainer.max_steps == recipe.trainer.max_steps == 3200
+    assert replication.trainer.max_steps == recipe.trainer.max_steps == 4800
     assert replication.data == recipe.data  # same batch, contexts and validation split
     assert replication.sae._target_.endswith("TopKSAE") and replication.sae.k == 16
+    assert replication.sae.d_sae == 2048
+
+
+def test_the_overrides_the_report_names_train_the_papers_relu_l1():
+    from sae_lightning.replication.paper import PAPER_RECIPE_OVERRIDES
+
+    paper = _compose("experiment=replicate_monosemanticity", *PAPER_RECIPE_OVERRIDES)
+    relu_l1 = _compose("hparams_search=universality", "experiment=universality/relu_l1")
+    for section in ("sae", "loss", "module", "callbacks", "data"):
+        assert paper[section] == relu_l1[section], section
+    assert paper.trainer.max_steps == relu_l1.trainer.max_steps == 1600
+    assert paper.sae._target_.endswith("ReLUSAE") and paper.sae.d_sae == 4096
+    assert paper.loss.l1_coeff == 2 and paper.module.optimizer.lr == pytest.approx(1e-3)
+    assert paper.module.scheduler.decay == "none"
 
 
 def _fake_run(folder: Path, role: str, loss_recovered: float) -> Path:

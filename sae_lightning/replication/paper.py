@@ -7,6 +7,7 @@ to, but not the same as, the paper's.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 PAPER = {
@@ -20,6 +21,16 @@ PAPER = {
 WELL_BELOW = 0.1
 """The replication's target: features at least the paper's 0.72 across transformers, and the
 neurons' median at least this far below the features' (the paper's gap is 0.26)."""
+PAPER_RECIPE_OVERRIDES = (
+    "sae=relu",
+    "~sae.k",
+    "sae.d_sae=4096",
+    "trainer.max_steps=1600",
+    "module.optimizer.lr=0.001",
+    "module.scheduler.decay=none",
+)
+"""Overrides of ``experiment=replicate_monosemanticity`` that train the paper's ReLU-L1
+(``l1_coeff`` 2, 4,096 features, 1,600 x 1,024 activations, lr 1e-3 without decay)."""
 DIFFERENCES = [
     "- **Two small transformers.** As in the paper, B is an SAE on a *second transformer* "
     "(`toy-1l-b`: `toy-1l`'s recipe, tokenizer and data with another seed), and the neuron "
@@ -68,6 +79,5 @@ def recipe_note(run: dict[str, Any]) -> list[str]:
         f"- **The SAEs.** The paper trained ReLU SAEs with an L1 penalty; these are "
         f"{recipe_label(run)}, the recipe a sweep found most universal across the two "
         "transformers at loss recovered >= 0.85 (`docs/recipe_sweep/README.md`; the "
-        "overrides `sae=relu '~sae.k' module.optimizer.lr=0.001 module.scheduler.decay=none` "
-        "train the paper's ReLU-L1)."
+        f"overrides `{shlex.join(PAPER_RECIPE_OVERRIDES)}` train the paper's ReLU-L1)."
     ]

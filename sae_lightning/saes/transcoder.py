@@ -43,9 +43,7 @@ class TranscoderSAE(ReLUSAE):
 
     architecture: ClassVar[str] = "transcoder"
 
-    def __init__(
-        self, d_in: int, d_sae: int, d_out: int, sparse_threshold: float = 0.05
-    ) -> None:
+    def __init__(self, d_in: int, d_sae: int, d_out: int, sparse_threshold: float = 0.05) -> None:
         super().__init__(d_in, d_sae, apply_b_dec_to_input=False, sparse_threshold=sparse_threshold)
         if isinstance(d_out, bool) or not isinstance(d_out, int) or d_out < 1:
             raise ValueError(f"d_out must be a positive integer, got {d_out!r}")
@@ -86,9 +84,7 @@ class SkipTranscoderSAE(TranscoderSAE):
 
     architecture: ClassVar[str] = "skip_transcoder"
 
-    def __init__(
-        self, d_in: int, d_sae: int, d_out: int, sparse_threshold: float = 0.05
-    ) -> None:
+    def __init__(self, d_in: int, d_sae: int, d_out: int, sparse_threshold: float = 0.05) -> None:
         super().__init__(d_in, d_sae, d_out, sparse_threshold)
         self.W_skip = nn.Parameter(torch.zeros(d_out, d_in))  # [d_out, d_in]
 
