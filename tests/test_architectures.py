@@ -131,6 +131,46 @@ def test_sparse_decoder_matches_dense_values_and_gradients(cls, apply_b_dec: boo
         torch.testing.assert_close(param.grad, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE, MatryoshkaSAE])
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+@pytest.mark.parametrize("n_dead", [7, 60])  # k_aux 6 of 7 (dense path) and 6 of 60 (sparse)
+def test_auxk_sparse_and_dense_paths_give_the_same_values_and_gradients(
+    cls, apply_b_dec: bool, n_dead: int
+) -> None:
+    torch.manual_seed(0)
+    sae = cls(16, 96, k=5, apply_b_dec_to_input=apply_b_dec)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.5)
+        sae.W_dec.mul_(torch.rand(96, 1) + 0.5)
+    dead = torch.zeros(96, dtype=torch.bool)
+    dead[torch.randperm(96)[:n_dead]] = True
+    x, residual = torch.randn(40, 16), torch.randn(40, 16)
+    outs, grads = {}, {}
+    for below in (1.0, 0.0):  # every batch sparse, then every batch dense
+        e_hat = sae.auxk_reconstruction(x, dead, k_aux=6, sparse_below=below)
+        (e_hat - residual).pow(2).sum().backward()
+        outs[below] = e_hat.detach()
+        grads[below] = {
+            n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+            for n, p in sae.named_parameters()
+        }
+        sae.zero_grad(set_to_none=True)
+    assert outs[1.0].abs().max() > 0
+    torch.testing.assert_close(outs[1.0], outs[0.0], rtol=1e-5, atol=1e-6)
+    for name, reference in grads[0.0].items():
+        if name == "b_dec" and not apply_b_dec:  # AuxK has no b_dec term then
+            assert reference.abs().max() == 0
+            continue
+        assert reference.abs().max() > 0, name
+        torch.testing.assert_close(grads[1.0][name], reference, rtol=1e-5, atol=1e-5)
+    live = ~dead  # only the dead latents' encoder columns and decoder rows learn from AuxK
+    assert grads[0.0]["W_enc"][:, live].abs().max() == 0
+    assert grads[0.0]["W_dec"][live].abs().max() == 0
+    # the default chooses by the share of dead latents in use: 6 of 7 is dense, 6 of 60 sparse
+    torch.testing.assert_close(sae.auxk_reconstruction(x, dead, k_aux=6), outs[0.0])
+
+
 def test_sparse_encoder_input_gradient_matches_dense() -> None:
     torch.manual_seed(1)
     sparse, dense = TopKSAE(8, 32, k=3), TopKSAE(8, 32, k=3, sparse_decoder=False)

@@ -18,79 +18,18 @@ Version 1 (no ``version`` key) had no ``headlines``; a reader resolves them with
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, ClassVar, TypeVar
+
+from sae_lightning.analysis.serial import Record, nested_field, optional_field
 
 CRITERIA_FILE = "criteria.json"
 """The analysis's per-feature results, in ``<report_dir>/report/``."""
 FORMAT_VERSION = 2
 """``criteria.json``'s ``version``: 2 added ``version`` and ``headlines``."""
 
-R = TypeVar("R", bound="Record")
-
-
-def _nested(kind: type[Record], many: bool = False, omit_none: bool = False) -> Any:
-    """A field holding a record (or a list of them, ``many``) of ``kind``."""
-    meta = {"record": kind, "many": many, "omit_none": omit_none}
-    return (
-        field(default_factory=list, metadata=meta) if many else field(default=None, metadata=meta)
-    )
-
-
-def _optional() -> Any:
-    """A field left out of the JSON when it is None (it is filled only in some cases)."""
-    return field(default=None, metadata={"omit_none": True})
-
-
-@cache
-def _fields(kind: type) -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(kind)
-
-
-@dataclass(slots=True)
-class Record:
-    """Base of the typed records: JSON (de)serialisation by field name, in field order."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict (nested records stay records; the JSON writer expands them)."""
-        out: dict[str, Any] = {}
-        for f in _fields(type(self)):
-            value = getattr(self, f.name)
-            if value is None and f.metadata.get("omit_none"):
-                continue
-            out[f.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls: type[R], data: Mapping[str, Any] | R, nested: bool = True) -> R:
-        """The record of a JSON dict (unknown keys ignored, missing ones left at defaults).
-
-        Args:
-            nested: False leaves nested records (examples, histograms, ablations) at their
-                defaults: a fast read of the scalars alone, for every feature of a report.
-        """
-        if isinstance(data, cls):
-            return data
-        names, inner = _plan(cls)
-        kwargs = {k: v for k, v in data.items() if k in names}
-        for name, kind, many in inner:
-            value = kwargs.pop(name, None)
-            if value is not None and nested:
-                kwargs[name] = [kind.from_dict(v) for v in value] if many else kind.from_dict(value)
-        return cls(**kwargs)
-
-
-@cache
-def _plan(kind: type) -> tuple[frozenset[str], tuple[tuple[str, type[Record], bool], ...]]:
-    """A record type's field names, and its nested fields: (name, record type, many)."""
-    fields = _fields(kind)
-    nested = tuple(
-        (f.name, f.metadata["record"], f.metadata["many"]) for f in fields if "record" in f.metadata
-    )
-    return frozenset(f.name for f in fields), nested
+R = TypeVar("R", bound=Record)
 
 
 class Result(Record):
@@ -112,7 +51,7 @@ class Example(Record):
     position: int = -1
     tokens: list[str] = field(default_factory=list)
     highlight: int = 0
-    acts: list[float] | None = _optional()
+    acts: list[float] | None = optional_field()
     """Every window token's activation (filled for the dashboards after the pass)."""
 
 
@@ -121,7 +60,7 @@ class QuantileSample(Record):
     """Random examples from one interval ``[lo, hi)`` of the max activation (hi None: open)."""
 
     interval: list[float | None] = field(default_factory=list)
-    examples: list[Example] = _nested(Example, many=True)
+    examples: list[Example] = nested_field(Example, many=True)
 
 
 @dataclass(slots=True)
@@ -131,8 +70,8 @@ class TopActivationsResult(Result):
 
     density: float | None = None
     max_activation: float | None = None
-    top_examples: list[Example] = _nested(Example, many=True)
-    quantile_samples: list[QuantileSample] = _nested(QuantileSample, many=True)
+    top_examples: list[Example] = nested_field(Example, many=True)
+    quantile_samples: list[QuantileSample] = nested_field(QuantileSample, many=True)
     auto_proxy: list[str] = field(default_factory=list)
     auto_proxy_ids: list[int] = field(default_factory=list)
     verdict: bool | None = None
@@ -169,7 +108,7 @@ class SpecificityResult(ProxyResult):
     threshold_activation: float = 0.0
     n_above_threshold: int = 0
     max_activation: float | None = None
-    histogram: SpecificityHistogram | None = _nested(SpecificityHistogram)
+    histogram: SpecificityHistogram | None = nested_field(SpecificityHistogram)
     verdict: bool | None = None
 
 
@@ -201,7 +140,7 @@ class Ablation(Record):
     top_context_tokens: list[str] = field(default_factory=list)
     top_context_delta: list[float] = field(default_factory=list)
     """``[p]``: change in log-prob of token ``p + 1`` of the first context."""
-    top_context_acts: list[float] | None = _optional()
+    top_context_acts: list[float] | None = optional_field()
     """The feature's activation on each shown token (filled for the dashboards)."""
 
 
@@ -214,11 +153,11 @@ class DownstreamResult(Result):
     top_values: list[float] = field(default_factory=list)
     bottom_tokens: list[str] = field(default_factory=list)
     bottom_values: list[float] = field(default_factory=list)
-    histogram: LogitHistogram | None = _nested(LogitHistogram)
-    logit_note: str | None = _optional()
+    histogram: LogitHistogram | None = nested_field(LogitHistogram)
+    logit_note: str | None = optional_field()
     """Why there are no logit weights (a hook without a linear path to the residual)."""
     ablation_delta_logprob: float | None = None
-    ablation: Ablation | None = _nested(Ablation)
+    ablation: Ablation | None = nested_field(Ablation)
     verdict: bool | None = None
 
 
@@ -253,12 +192,12 @@ class UniversalityResult(Result):
     criterion: ClassVar[str] = "universality"
     headline: ClassVar[str | None] = "activation_corr"
 
-    note: str | None = _optional()
+    note: str | None = optional_field()
     best_match: int | None = None
     activation_corr: float | None = None
     logit_weight_corr: float | None = None
     neuron_corr: float | None = None
-    density: float | None = _optional()
+    density: float | None = optional_field()
     """Fraction of the analysed tokens the feature fired on (its liveness)."""
     verdict: bool | None = None
 

@@ -31,15 +31,13 @@ from torch import Tensor
 
 from sae_lightning.analysis.loading import check_compatible, load_sae
 from sae_lightning.analysis.run import load_contexts, resolve_drop_bos, vocab_strings
-from sae_lightning.analysis.selection import encode_features
 from sae_lightning.hooks import capture_activations, context_length, model_device
-from sae_lightning.metrics.correlation import FiringCounts
 from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
 from sae_lightning.replication.concepts import concept_tokens
+from sae_lightning.replication.splitting_labels import label_nodes
 from sae_lightning.replication.splitting_report import write_html, write_markdown
 from sae_lightning.replication.splitting_tree import (
     MEASURES,
-    Node,
     SplitAccumulator,
     concept_families,
     level_summary,
@@ -122,52 +120,6 @@ def _batches(
         yield acts.flatten(0, 1), tokens[:, start:].flatten()
 
 
-def _top_tokens(fires: Tensor, mass: Tensor, strings: Sequence[str], n: int) -> list[dict]:
-    """The ``n`` tokens a feature fired on most often (ties: more activation mass)."""
-    total = int(fires.sum())
-    by_mass = torch.argsort(mass, descending=True, stable=True)
-    order = by_mass[torch.argsort(fires[by_mass], descending=True, stable=True)][:n].tolist()
-    return [
-        {"token": strings[t], "fires": int(fires[t]), "share": int(fires[t]) / total}
-        for t in order
-        if fires[t] > 0
-    ]
-
-
-@torch.no_grad()
-def _node_tokens(
-    saes: Sequence[SAE], wanted: dict[int, list[int]], batches, strings: list[str], n: int
-) -> dict[tuple[int, int], list[dict]]:
-    """Top tokens of the features ``wanted[level]`` of each dictionary (a second pass)."""
-    counts = {k: FiringCounts(len(f), len(strings)) for k, f in wanted.items() if f}
-    index = {k: torch.tensor(f) for k, f in wanted.items() if f}
-    for x, tokens in batches:
-        for k, metric in counts.items():
-            sae = saes[k]
-            feats = encode_features(sae, x.to(sae.W_enc.dtype), index[k].to(x.device))
-            metric.to(x.device).update(feats, tokens)
-    out = {}
-    for k, metric in counts.items():
-        mass, fires, _ = metric.compute()
-        for row, feature in enumerate(wanted[k]):
-            out[(k, feature)] = _top_tokens(fires[row].cpu(), mass[row].cpu(), strings, n)
-    return out
-
-
-def _label_nodes(
-    trees: Sequence[Node], saes: Sequence[SAE], batches, strings: list[str], n: int
-) -> None:
-    """Set every tree node's ``top_tokens`` (one pass over ``batches`` for all of them)."""
-    wanted = {
-        k: sorted({node.index for t in trees for node in t.walk() if node.level == k})
-        for k in range(len(saes))
-    }
-    tokens_of = _node_tokens(saes, wanted, batches, strings, n)
-    for tree in trees:
-        for node in tree.walk():
-            node.top_tokens = tokens_of.get((node.level, node.index), [])
-
-
 def _load(cfg: DictConfig, model=None):
     """The checked SAEs, the model and the hook."""
     loaded = [load_sae(p) for p in cfg.saes]
@@ -224,7 +176,7 @@ def split_features(cfg: DictConfig, model=None) -> Path:
     )
     trees = [f["tree"] for f in families.values() if f["tree"] is not None]
     batches = _batches(model, hook, contexts, cfg.batch_size, start)
-    _label_nodes(trees, saes, batches, strings, cfg.top_tokens)
+    label_nodes(trees, saes, batches, strings, cfg.top_tokens)
     result = {
         "command": cfg.get("command"),
         "saes": [

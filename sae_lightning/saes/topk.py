@@ -21,6 +21,10 @@ from sae_lightning.saes.sparse_codes import (
 )
 from sae_lightning.sparse import SparseEntries
 
+AUXK_SPARSE_BELOW = 0.05
+"""AuxK keeps its codes sparse while ``k_aux`` is at most this share of the dead latents
+(``benchmarks/auxk_step.py`` measures where the dense path starts to win)."""
+
 
 class TopKSAE(SAE):
     """``f = scatter(topk((x - b_dec) @ W_enc + b_enc, k))``, ReLU on the kept values.
@@ -126,15 +130,26 @@ class TopKSAE(SAE):
         self.tokens_since_fired[codes.cols[codes.values > 0]] = 0
 
     def auxk_reconstruction(
-        self, x: Float[Tensor, "batch d_in"], dead: Tensor, k_aux: int
+        self,
+        x: Float[Tensor, "batch d_in"],
+        dead: Tensor,
+        k_aux: int,
+        sparse_below: float = AUXK_SPARSE_BELOW,
     ) -> Float[Tensor, "batch d_in"]:
         """``W_dec``-reconstruction (no ``b_dec``) from the top ``k_aux`` dead latents per token.
 
-        Only the dead latents' pre-activations are computed (2 * d_in * n_dead per token).
+        Only the dead latents' pre-activations are computed (2 * d_in * n_dead per token). The
+        codes are sparse only while ``k_aux`` is at most ``sparse_below`` of the dead latents:
+        above it (AuxK's usual 512 of a few hundred to a few thousand dead latents) they are
+        decoded and back-propagated by dense matmuls over the dead latents, which on CPU is
+        several times faster than gathering ``k_aux`` rows per token. Both paths compute the
+        same values and gradients.
         """
         dead_idx = dead.nonzero().squeeze(-1)  # [n_dead]
         k_aux = min(k_aux, dead_idx.numel())
         weight = self.W_enc[:, dead_idx]  # [d_in, n_dead]
+        if not self.sparse_decoder or k_aux > sparse_below * dead_idx.numel():
+            return self._auxk_dense(x, weight, dead_idx, k_aux)
         bias = self.encoder_bias()[dead_idx]  # [n_dead]
         with torch.no_grad():
             pre = x @ weight + bias  # [batch, n_dead]
@@ -148,6 +163,18 @@ class TopKSAE(SAE):
         rows, cols, crow = codes_from_flat(flat, x.shape[0], self.d_sae)
         codes = SparseEntries(rows, cols, values[order], x.shape[0], self.d_sae, "row", crow)
         return self.decode_codes(codes, bias=False)
+
+    def _auxk_dense(
+        self, x: Tensor, weight: Tensor, dead_idx: Tensor, k_aux: int
+    ) -> Float[Tensor, "batch d_in"]:
+        """The AuxK reconstruction by dense matmuls over the ``n_dead`` dead latents."""
+        bias = self.b_enc[dead_idx]  # [n_dead]
+        if self.apply_b_dec_to_input:  # (x - b_dec) @ W, as in encoder_bias
+            bias = bias - self.b_dec @ weight
+        pre = torch.addmm(bias, x, weight)  # [batch, n_dead]
+        idx = pre.detach().topk(k_aux, dim=-1, sorted=False).indices  # [batch, k_aux]
+        codes = torch.zeros_like(pre).scatter(1, idx, torch.relu(pre.gather(1, idx)))
+        return codes @ self.W_dec[dead_idx]  # [batch, d_in]
 
     def scale_features(
         self, state: dict[str, Tensor], scale: Float[Tensor, " d_sae"]
