@@ -162,6 +162,22 @@ def test_train_throughput():
             assert l0 <= 4  # k latents a token at most
 
 
+def test_auxk_step():
+    out = bench("auxk_step", "--n-dead", 8, 128, "--k-aux", 16, "--batch", 32, "--steps", 1,
+                "--rounds", 1)  # fmt: skip
+    assert out[0].startswith("device=cpu d_in=1024 d_sae=256 k_aux=16 batch=32 steps=1 ")
+    assert positive(*numbers(out[0].split("mm=")[1]))
+    assert line(out, "n_dead").split() == [
+        "n_dead", "density", "sparse", "tok/s", "dense", "tok/s", "dense/sparse"
+    ]  # fmt: skip
+    rows = [numbers(s) for s in out if re.match(r"\s*\d", s)]
+    assert [r[0] for r in rows] == [8, 128]
+    assert [r[1] for r in rows] == [1.0, 0.125]  # k_aux capped at the 8 dead latents
+    for _, _, sparse, dense, ratio in rows:
+        assert positive(sparse, dense)
+        assert ratio == pytest.approx(dense / sparse, abs=0.006)
+
+
 def test_topk_decoder():
     out = bench("topk_decoder", "--d-sae", 64, "--k", 4, "--batch", 64, "--steps", 1, "--rounds", 1)
     assert out[0].startswith("device=cpu d_in=1024 d_sae=64 k=4 batch=64 steps=1 rounds=1 mm=")

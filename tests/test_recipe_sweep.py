@@ -104,6 +104,7 @@ def test_each_recipe_composes_with_the_sweep_and_names_itself(recipe, tmp_path):
     resampled = cfg.callbacks.get("dead_feature_resampler") is not None
     assert ("resampling" in settings) == resampled, settings
     assert f"{cfg.trainer.max_steps} x {cfg.data.batch_size}" in settings
+    assert ("no AuxK" in settings) == (cfg.loss.get("auxk_coeff") == 0), settings
 
 
 @pytest.mark.slow

@@ -85,6 +85,8 @@ def recipe_settings(run: Path) -> str:
     for key, label in keys:
         if _select(cfg, key) is not None:
             parts.append(f"{label} {_select(cfg, key)}")
+    if _select(cfg, "loss.auxk_coeff") == 0:
+        parts[-1] = "no AuxK"  # (its dead_tokens is then unused)
     steps, batch = _select(cfg, "trainer.max_steps"), _select(cfg, "data.batch_size")
     parts.append(f"{steps} x {batch}")
     lr, decay = _select(cfg, "module.optimizer.lr"), _select(cfg, "module.scheduler.decay")
