@@ -31,6 +31,7 @@ import torch
 from sae_lightning.allocator import keep_freed_memory
 from sae_lightning.data.datamodule import ActivationDataModule
 from sae_lightning.data.sources import CorpusSource
+from sae_lightning.denormals import flush_denormals
 from sae_lightning.losses import L1Loss, TopKLoss
 from sae_lightning.models import load_embedded
 from sae_lightning.module import SAEModule
@@ -185,6 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.WARNING)
     keep_freed_memory()  # as train.py does
+    flush_denormals()
     torch.manual_seed(0)
     model = load_embedded(device=args.device)
     print(f"device={args.device} batch={args.batch} d_in={D_IN} steps={args.steps}")

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from sae_lightning.allocator import keep_freed_memory
+from sae_lightning.denormals import flush_denormals
 from sae_lightning.disk import DiskCheckedIO, writing
 from sae_lightning.finish import SYNTHETIC, crosscoder_page, finish, finish_many
 from sae_lightning.guards import end_of_run_warnings
@@ -90,6 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for several SAEs)."""
     L.seed_everything(cfg.seed, workers=True)
     keep_freed_memory()  # CPU steps reuse their large blocks instead of page-faulting anew
+    flush_denormals()  # dead latents' Adam moments become 0, not slow denormals
     out = Path(cfg.paths.output_dir)
     check_hook_name(cfg.hook_name)  # before the model loads, like the checks below
     subs = sae_configs(cfg)  # {} for one SAE
