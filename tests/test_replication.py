@@ -300,6 +300,9 @@ def test_the_report_names_the_recipe_and_says_when_it_is_not_the_papers() -> Non
     assert recipe_label({**topk, "lr": 1e-3, "lr_decay": "none"}) == "topk, k 16"
     tuned = {**topk, "lr": 3e-3, "lr_decay": "linear"}
     assert recipe_label(tuned) == "topk, k 16, lr 0.003 linear decay"
+    no_auxk = recipe_label({**tuned, "auxk_coeff": 0.0})
+    assert no_auxk == "topk, k 16, no AuxK, lr 0.003 linear decay"
+    assert recipe_label({**tuned, "auxk_coeff": 1 / 32}) == "topk, k 16, lr 0.003 linear decay"
     assert (
         recipe_label({**relu, "lr": 1e-3, "lr_decay": "cosine"})
         == "relu, L1 2.0, lr 0.001 cosine decay"

@@ -49,7 +49,7 @@ def test_the_sweep_trains_a_and_a_prime_on_toy_1l_and_b_on_toy_1l_b():
 
 
 # the recipe sweep's choice (docs/recipe_sweep/README.md), which the replication trains
-REPLICATION_RECIPE = "topk_k6_lr3e3_d2048"
+REPLICATION_RECIPE = "topk_k6_lr3e3_d2048_long_noauxk"
 
 
 def test_the_replication_trains_the_recipe_the_sweep_chose():
@@ -59,7 +59,8 @@ def test_the_replication_trains_the_recipe_the_sweep_chose():
     )
     for section in ("sae", "loss", "module", "callbacks"):
         assert replication[section] == recipe[section], section
-    assert replication.trainer.max_steps == recipe.trainer.max_steps == 4800
+    assert replication.trainer.max_steps == recipe.trainer.max_steps == 7200
+    assert replication.loss.auxk_coeff == 0
     assert replication.data == recipe.data  # same batch, contexts and validation split
     assert replication.sae._target_.endswith("TopKSAE") and replication.sae.k == 6
     assert replication.sae.d_sae == 2048

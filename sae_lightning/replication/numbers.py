@@ -62,6 +62,7 @@ def run_numbers(run: Path) -> dict[str, Any]:
         "architecture": record.get("architecture"),
         "k": setting("sae.k"),
         "l1_coeff": setting("loss.l1_coeff"),
+        "auxk_coeff": setting("loss.auxk_coeff"),
         "lr": setting("module.optimizer.lr"),
         "lr_decay": setting("module.scheduler.decay"),
         "steps": setting("trainer.max_steps"),

@@ -24,6 +24,7 @@ neurons' median at least this far below the features' (the paper's gap is 0.26).
 PAPER_RECIPE_OVERRIDES = (
     "sae=relu",
     "~sae.k",
+    "~loss.auxk_coeff",
     "sae.d_sae=4096",
     "trainer.max_steps=1600",
     "module.optimizer.lr=0.001",
@@ -58,10 +59,11 @@ DIFFERENCES = [
 
 def recipe_label(run: dict[str, Any]) -> str:
     """A run's SAE recipe in a few words: ``topk, k 16``, ``relu, L1 2.0``, with the learning
-    rate when it is not the default 1e-3 or decays (``topk, k 16, lr 0.003 linear decay``)."""
+    rate when it is not the default 1e-3 or decays (``topk, k 16, lr 0.003 linear decay``)
+    and ``no AuxK`` when a TopK recipe turns AuxK off."""
     arch = run.get("architecture") or "?"
     if run.get("k") is not None:
-        label = f"{arch}, k {run['k']}"
+        label = f"{arch}, k {run['k']}" + (", no AuxK" if run.get("auxk_coeff") == 0 else "")
     else:
         label = f"{arch}, L1 {run['l1_coeff']}" if run.get("l1_coeff") is not None else arch
     lr, decay = run.get("lr"), run.get("lr_decay")
