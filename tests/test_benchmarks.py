@@ -178,6 +178,21 @@ def test_auxk_step():
         assert ratio == pytest.approx(dense / sparse, abs=0.006)
 
 
+def test_denormal_adam():
+    out = bench("denormal_adam", "--d-sae", 256, "--d-in", 64, "--dead", 0, 0.5, "--steps", 2,
+                "--rounds", 1)  # fmt: skip
+    assert out[0] == "d_sae=256 d_in=64 steps=2 rounds=1 threads=1"
+    assert line(out, "dead").split() == [
+        "dead", "no", "flush", "ms", "flush", "ms", "speed-up", "denormals", "left"
+    ]  # fmt: skip
+    rows = [numbers(s) for s in out if re.match(r"\s*\d", s)]
+    assert [r[0] for r in rows] == [0.0, 0.5]
+    for dead, slow, fast, ratio, left_off, left_on in rows:
+        assert positive(slow, fast, ratio)
+        # without flushing half the rows' moments stay denormal (128 rows x 64), with it none
+        assert (left_off, left_on) == (dead * 256 * 64, 0)
+
+
 def test_topk_decoder():
     out = bench("topk_decoder", "--d-sae", 64, "--k", 4, "--batch", 64, "--steps", 1, "--rounds", 1)
     assert out[0].startswith("device=cpu d_in=1024 d_sae=64 k=4 batch=64 steps=1 rounds=1 mm=")
