@@ -19,17 +19,13 @@ import statistics
 import time
 
 import torch
+from topk_decoder import _sync
 from train_throughput import matmul_rate
 
 from sae_lightning.losses.terms import mse
 from sae_lightning.saes import TopKSAE
 
 D_IN = 1024
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def auxk_rate(

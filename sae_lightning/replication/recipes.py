@@ -82,11 +82,11 @@ def recipe_settings(run: Path) -> str:
     arch = str(_select(cfg, "sae._target_") or "?").rsplit(".", 1)[-1]
     parts = [f"{arch} d_sae {_select(cfg, 'sae.d_sae')}"]
     keys = (("sae.k", "k"), ("loss.l1_coeff", "l1"), ("loss.dead_tokens", "AuxK dead after"))
+    no_auxk = _select(cfg, "loss.auxk_coeff") == 0
     for key, label in keys:
         if _select(cfg, key) is not None:
-            parts.append(f"{label} {_select(cfg, key)}")
-    if _select(cfg, "loss.auxk_coeff") == 0:
-        parts[-1] = "no AuxK"  # (its dead_tokens is then unused)
+            no_dead = key == "loss.dead_tokens" and no_auxk  # dead_tokens is then unused
+            parts.append("no AuxK" if no_dead else f"{label} {_select(cfg, key)}")
     steps, batch = _select(cfg, "trainer.max_steps"), _select(cfg, "data.batch_size")
     parts.append(f"{steps} x {batch}")
     lr, decay = _select(cfg, "module.optimizer.lr"), _select(cfg, "module.scheduler.decay")

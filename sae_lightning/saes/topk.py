@@ -147,16 +147,17 @@ class TopKSAE(SAE):
         """
         dead_idx = dead.nonzero().squeeze(-1)  # [n_dead]
         k_aux = min(k_aux, dead_idx.numel())
-        weight = self.W_enc[:, dead_idx]  # [d_in, n_dead]
+        weight, b_enc = self.W_enc[:, dead_idx], self.b_enc[dead_idx]  # [d_in, n_dead]
+        bias = b_enc  # encoder_bias() over the dead latents' columns only
+        if self.apply_b_dec_to_input:  # (x - b_dec) @ W
+            bias = bias - self.b_dec @ weight
         if not self.sparse_decoder or k_aux > sparse_below * dead_idx.numel():
-            return self._auxk_dense(x, weight, dead_idx, k_aux)
-        bias = self.encoder_bias()[dead_idx]  # [n_dead]
+            return self._auxk_dense(x, weight, bias, dead_idx, k_aux)
         with torch.no_grad():
             pre = x @ weight + bias  # [batch, n_dead]
         idx = pre.topk(k_aux, dim=-1, sorted=False).indices  # [batch, k_aux]
         rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(k_aux)
         local = idx.flatten()
-        b_enc = self.b_enc[dead_idx]  # [n_dead]
         values = torch.relu(gather_pre(x, weight, b_enc, pre, rows, local, self.input_bias()))
         flat = rows * self.d_sae + dead_idx[local]
         order = flat.argsort()
@@ -165,12 +166,9 @@ class TopKSAE(SAE):
         return self.decode_codes(codes, bias=False)
 
     def _auxk_dense(
-        self, x: Tensor, weight: Tensor, dead_idx: Tensor, k_aux: int
+        self, x: Tensor, weight: Tensor, bias: Tensor, dead_idx: Tensor, k_aux: int
     ) -> Float[Tensor, "batch d_in"]:
         """The AuxK reconstruction by dense matmuls over the ``n_dead`` dead latents."""
-        bias = self.b_enc[dead_idx]  # [n_dead]
-        if self.apply_b_dec_to_input:  # (x - b_dec) @ W, as in encoder_bias
-            bias = bias - self.b_dec @ weight
         pre = torch.addmm(bias, x, weight)  # [batch, n_dead]
         idx = pre.detach().topk(k_aux, dim=-1, sorted=False).indices  # [batch, k_aux]
         codes = torch.zeros_like(pre).scatter(1, idx, torch.relu(pre.gather(1, idx)))
