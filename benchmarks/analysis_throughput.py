@@ -40,6 +40,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from train_throughput import sync
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.mlp.hook_post"
@@ -54,8 +55,7 @@ class PassTimer(L.Callback):
         self.batch_ends: list[float] = []
 
     def _now(self, device: torch.device) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         return time.perf_counter()
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:

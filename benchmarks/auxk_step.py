@@ -19,8 +19,7 @@ import statistics
 import time
 
 import torch
-from topk_decoder import _sync
-from train_throughput import matmul_rate
+from train_throughput import matmul_rate, sync
 
 from sae_lightning.losses.terms import mse
 from sae_lightning.saes import TopKSAE
@@ -37,12 +36,12 @@ def auxk_rate(
     start = 0.0
     for i in range(steps + 1):
         if i == 1:
-            _sync(x.device.type)
+            sync(x.device.type)
             start = time.perf_counter()
         e_hat = sae.auxk_reconstruction(x, dead, k_aux, sparse_below=below)
         mse(residual, e_hat).backward()
         sae.zero_grad(set_to_none=True)
-    _sync(x.device.type)
+    sync(x.device.type)
     return steps * x.shape[0] / (time.perf_counter() - start)
 
 

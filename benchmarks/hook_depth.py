@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from train_throughput import sync
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 from transformers.utils import logging as hf_logging
 
@@ -58,12 +59,10 @@ def best_seconds(
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for name, fn in fns.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             start = time.perf_counter()
             fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 

@@ -36,18 +36,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from train_throughput import matmul_rate
+from train_throughput import matmul_rate, sync
 
 from sae_lightning.losses import GatedLoss, JumpReLULoss, L1Loss, TopKLoss
 from sae_lightning.saes import SAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
 D_IN = 1024
 PRECISIONS = ("32-true", "bf16-mixed")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def build(arch: str, d_sae: int, l0: int, sparse: bool, x: torch.Tensor) -> tuple[SAE, Any]:
@@ -92,7 +87,7 @@ def step_rate(
     start, l0 = 0.0, 0.0
     for i in range(steps + 1):
         if i == 1:
-            _sync(x.device)
+            sync(x.device)
             start = time.perf_counter()
         with autocast(x.device, precision):  # forward and loss; backward outside, as Lightning
             out = sae(x)
@@ -103,7 +98,7 @@ def step_rate(
         opt.zero_grad(set_to_none=True)
         sae.set_decoder_norm_to_unit_norm()
         l0 = _l0(out)
-    _sync(x.device)
+    sync(x.device)
     return steps * x.shape[0] / (time.perf_counter() - start), l0
 
 
@@ -120,10 +115,10 @@ def seconds(fn: Callable[[], object], device: torch.device, reps: int = 10) -> f
     fn()
     times = []
     for _ in range(reps):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -26,7 +26,7 @@ import statistics
 import time
 
 import torch
-from train_throughput import fit_timer, matmul_rate
+from train_throughput import fit_timer, matmul_rate, sync
 
 from sae_lightning.data.datamodule import ActivationDataModule
 from sae_lightning.data.sources import CorpusSource
@@ -38,11 +38,6 @@ from sae_lightning.saes import TopKSAE
 D_IN = 1024
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def step_rate(x: torch.Tensor, d_sae: int, k: int, sparse: bool, steps: int) -> float:
     """Tokens/s of the bare SAE training step (after one warm-up step)."""
     torch.manual_seed(0)
@@ -52,7 +47,7 @@ def step_rate(x: torch.Tensor, d_sae: int, k: int, sparse: bool, steps: int) -> 
     start = 0.0
     for i in range(steps + 1):
         if i == 1:
-            _sync(x.device.type)
+            sync(x.device.type)
             start = time.perf_counter()
         out = sae(x)
         loss_fn(x, out, sae, i).loss.backward()
@@ -60,7 +55,7 @@ def step_rate(x: torch.Tensor, d_sae: int, k: int, sparse: bool, steps: int) -> 
         opt.step()
         opt.zero_grad(set_to_none=True)
         sae.set_decoder_norm_to_unit_norm()
-    _sync(x.device.type)
+    sync(x.device.type)
     return steps * x.shape[0] / (time.perf_counter() - start)
 
 

@@ -41,6 +41,12 @@ D_IN = 1024
 SPARSE_FLOP_PER_TOKEN = 2  # x d_in x d_sae: the encoder's forward product (DESIGN.md)
 
 
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued kernels (CUDA runs asynchronously; CPU is a no-op)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepTimer(L.Callback):
     """Wall time of the training steps after ``warmup`` steps (the device is synchronised),
     and the mean L0 of their codes."""
@@ -48,13 +54,9 @@ class StepTimer(L.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.tokens, self.active = warmup, 0.0, 0, 0
 
-    def _sync(self, device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
-            self._sync(pl_module.device)
+            sync(pl_module.device)
             self.start = time.perf_counter()
         elif trainer.global_step > self.warmup:
             self.tokens += batch.shape[0]
@@ -72,7 +74,7 @@ class StepTimer(L.Callback):
         return self.tokens / self.seconds
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._sync(pl_module.device)
+        sync(pl_module.device)
         self.seconds = time.perf_counter() - self.start
 
 

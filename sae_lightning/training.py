@@ -85,13 +85,18 @@ def build_module(cfg: DictConfig, d_in: int, spec, member: bool = False):
     return module
 
 
+def settle_process(cfg: DictConfig) -> None:
+    """The process-wide settings a training run starts with: seeds, allocator, denormals."""
+    L.seed_everything(cfg.seed, workers=True)
+    keep_freed_memory()  # CPU steps reuse their large blocks instead of page-faulting anew
+    flush_denormals()  # dead latents' Adam moments become 0, not slow denormals
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train an SAE as configured (or the SAEs of ``cfg.saes`` side by side, see
     :mod:`sae_lightning.multi_config`); returns the final validation metrics (``<name>/val/*``
     for several SAEs)."""
-    L.seed_everything(cfg.seed, workers=True)
-    keep_freed_memory()  # CPU steps reuse their large blocks instead of page-faulting anew
-    flush_denormals()  # dead latents' Adam moments become 0, not slow denormals
+    settle_process(cfg)
     out = Path(cfg.paths.output_dir)
     check_hook_name(cfg.hook_name)  # before the model loads, like the checks below
     subs = sae_configs(cfg)  # {} for one SAE

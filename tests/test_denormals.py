@@ -41,19 +41,25 @@ def test_dead_latents_moments_flush_to_zero_instead_of_staying_denormal():
         torch.set_flush_denormal(False)
 
 
-def test_training_flushes_denormals(monkeypatch):
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 FTZ/DAZ flags")
+def test_training_settles_the_process_with_denormals_flushed(monkeypatch):
     import sae_lightning.training as training
 
-    calls = []
-    monkeypatch.setattr(training, "flush_denormals", lambda: calls.append(1) or True)
-    monkeypatch.setattr(
-        training,
-        "check_hook_name",
-        lambda name: (_ for _ in ()).throw(RuntimeError("stop after the process settings")),
-    )
-    with pytest.raises(RuntimeError, match="stop after the process settings"):
+    try:
+        torch.set_flush_denormal(False)
+        assert float(torch.tensor([1e-40]) * 1.0) != 0.0
+        training.settle_process(_cfg())
+        assert float(torch.tensor([1e-40]) * 1.0) == 0.0  # flushed (DAZ)
+        assert float(torch.tensor([2e-38]) * 1.0) == pytest.approx(2e-38)
+    finally:
+        torch.set_flush_denormal(False)
+
+    def stop(cfg):
+        raise RuntimeError(f"settled with seed {cfg.seed}")
+
+    monkeypatch.setattr(training, "settle_process", stop)  # train() settles the process first
+    with pytest.raises(RuntimeError, match="settled with seed 0"):
         training.train(_cfg())
-    assert calls == [1]
 
 
 def _cfg():
