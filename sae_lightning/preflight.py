@@ -1,9 +1,11 @@
 """Checks ``train(cfg)`` makes before the model loads: hyper-parameters, the checkpoint to
-resume from, and the run folder. Each raises one message naming the bad value."""
+resume from, and the run folder. Each raises one message naming the bad value; one only warns
+(a final validation that comes before the last step)."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import pickle
 import re
@@ -15,6 +17,8 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 RESUME_HINT = "resume from a .ckpt that train.py wrote, e.g. <run>/checkpoints/last.ckpt"
 
@@ -29,6 +33,7 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in _leaves(_container(cfg)):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{key}={value} is not a finite number; give a finite value")
+    warn_stale_final_validation(cfg)
     module = cfg.get("module") or {}
     optimizer = module.get("optimizer")
     lr = optimizer.get("lr") if optimizer is not None else None
@@ -47,6 +52,31 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.get("loss") is not None:
         _built("loss", lambda: instantiate(cfg.loss))
     check_monitor(cfg)
+
+
+def warn_stale_final_validation(cfg: DictConfig) -> str | None:
+    """Warn (and return the warning) when the last validation comes before the last step.
+
+    Validation runs every ``trainer.val_check_interval`` steps, so when ``max_steps`` is not
+    a multiple of it the final metrics (``metrics.json``, the export's, a sweep's summary)
+    describe the SAE as it was some steps before the end. Fewer steps than one interval is
+    left to the end-of-run warning that validation never ran."""
+    trainer = cfg.get("trainer") or {}
+    steps, every = trainer.get("max_steps"), trainer.get("val_check_interval")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (steps, every)):
+        return None
+    if every <= 0 or steps < every or steps % every == 0:
+        return None
+    last = steps - steps % every
+    divisor = max(d for d in range(1, every + 1) if steps % d == 0)
+    message = (
+        f"trainer.max_steps={steps} is not a multiple of trainer.val_check_interval={every}: "
+        f"the last validation runs at step {last}, so the run's final metrics are "
+        f"{steps - last} steps old; set trainer.max_steps={last + every} or "
+        f"trainer.val_check_interval={divisor}"
+    )
+    log.warning(message)
+    return message
 
 
 def check_monitor(cfg: DictConfig) -> None:

@@ -49,7 +49,7 @@ def test_the_sweep_trains_a_and_a_prime_on_toy_1l_and_b_on_toy_1l_b():
 
 
 # the recipe sweep's choice (docs/recipe_sweep/README.md), which the replication trains
-REPLICATION_RECIPE = "topk_k6_lr3e3_d2048_long_noauxk"
+REPLICATION_RECIPE = "topk_k6_lr3e3_d2048_8000_noauxk"
 
 
 def test_the_replication_trains_the_recipe_the_sweep_chose():
@@ -59,7 +59,8 @@ def test_the_replication_trains_the_recipe_the_sweep_chose():
     )
     for section in ("sae", "loss", "module", "callbacks"):
         assert replication[section] == recipe[section], section
-    assert replication.trainer.max_steps == recipe.trainer.max_steps == 7200
+    assert replication.trainer.max_steps == recipe.trainer.max_steps == 8000
+    assert replication.trainer.val_check_interval == recipe.trainer.val_check_interval == 2000
     assert replication.loss.auxk_coeff == 0
     assert replication.data == recipe.data  # same batch, contexts and validation split
     assert replication.sae._target_.endswith("TopKSAE") and replication.sae.k == 6
@@ -74,6 +75,7 @@ def test_the_overrides_the_report_names_train_the_papers_relu_l1():
     for section in ("sae", "loss", "module", "callbacks", "data"):
         assert paper[section] == relu_l1[section], section
     assert paper.trainer.max_steps == relu_l1.trainer.max_steps == 1600
+    assert paper.trainer.val_check_interval == relu_l1.trainer.val_check_interval == 400
     assert paper.sae._target_.endswith("ReLUSAE") and paper.sae.d_sae == 4096
     assert paper.loss.l1_coeff == 2 and paper.module.optimizer.lr == pytest.approx(1e-3)
     assert paper.module.scheduler.decay == "none"

@@ -27,11 +27,13 @@ PAPER_RECIPE_OVERRIDES = (
     "~loss.auxk_coeff",
     "sae.d_sae=4096",
     "trainer.max_steps=1600",
+    "trainer.val_check_interval=400",  # the last validation at the last step
     "module.optimizer.lr=0.001",
     "module.scheduler.decay=none",
 )
 """Overrides of ``experiment=replicate_monosemanticity`` that train the paper's ReLU-L1
-(``l1_coeff`` 2, 4,096 features, 1,600 x 1,024 activations, lr 1e-3 without decay)."""
+(``l1_coeff`` 2, 4,096 features, 1,600 x 1,024 activations, lr 1e-3 without decay,
+validation every 400 steps)."""
 DIFFERENCES = [
     "- **Two small transformers.** As in the paper, B is an SAE on a *second transformer* "
     "(`toy-1l-b`: `toy-1l`'s recipe, tokenizer and data with another seed), and the neuron "
