@@ -18,9 +18,16 @@ from sae_lightning.saes.transcoder import SkipTranscoderSAE, TranscoderSAE
 ARCHITECTURES: dict[str, type[SAE]] = {
     cls.architecture: cls
     for cls in (
-        ReLUSAE, TopKSAE, BatchTopKSAE, MatryoshkaSAE, JumpReLUSAE, GatedSAE,
-        TranscoderSAE, SkipTranscoderSAE, CrosscoderSAE,
-    )  # fmt: skip
+        ReLUSAE,
+        TopKSAE,
+        BatchTopKSAE,
+        MatryoshkaSAE,
+        JumpReLUSAE,
+        GatedSAE,
+        TranscoderSAE,
+        SkipTranscoderSAE,
+        CrosscoderSAE,
+    )
 }
 """Architecture name (as written in SAELens' ``cfg.json``) -> SAE class."""
 
