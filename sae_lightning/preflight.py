@@ -33,7 +33,6 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in _leaves(_container(cfg)):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{key}={value} is not a finite number; give a finite value")
-    warn_stale_final_validation(cfg)
     module = cfg.get("module") or {}
     optimizer = module.get("optimizer")
     lr = optimizer.get("lr") if optimizer is not None else None

@@ -24,7 +24,12 @@ from sae_lightning.multi_config import (
     SAELoggers,
     sae_configs,
 )
-from sae_lightning.preflight import check_checkpoint, check_config, check_run_folder
+from sae_lightning.preflight import (
+    check_checkpoint,
+    check_config,
+    check_run_folder,
+    warn_stale_final_validation,
+)
 from sae_lightning.progress import human
 from sae_lightning.saes.crosscoder import CrosscoderSAE
 
@@ -102,6 +107,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     subs = sae_configs(cfg)  # {} for one SAE
     for sub in [cfg, *(c for c, _ in subs.values())]:
         check_config(sub)
+    warn_stale_final_validation(cfg)  # once: a multi run's SAEs share its trainer
     check_checkpoint(cfg.get("ckpt_path"))
     check_run_folder(out, cfg.get("ckpt_path"))
     datamodule = instantiate(cfg.data)

@@ -4,8 +4,10 @@ import logging
 
 import pytest
 from omegaconf import OmegaConf
+from test_multi_sae import run
+from test_train import small_corpus  # noqa: F401
 
-from sae_lightning.preflight import check_config, warn_stale_final_validation
+from sae_lightning.preflight import warn_stale_final_validation
 
 
 def _cfg(max_steps, every):
@@ -31,10 +33,11 @@ def test_a_last_validation_at_the_last_step_or_none_at_all_is_not_warned(max_ste
     assert warn_stale_final_validation(_cfg(max_steps, every)) is None
 
 
-def test_check_config_warns_for_the_replications_old_paper_overrides(caplog):
-    cfg = OmegaConf.create(
-        {"trainer": {"max_steps": 1600, "val_check_interval": 1200}, "module": {}}
-    )
+def test_a_multi_run_warns_once_not_once_per_sae(tmp_path, small_corpus, caplog):  # noqa: F811
+    saes = "saes={l1_1:['loss.l1_coeff=1'],l1_2:['loss.l1_coeff=2']}"
+    stale = ["trainer.max_steps=15", "trainer.val_check_interval=10"]  # debug=fast: 10
     with caplog.at_level(logging.WARNING, logger="sae_lightning.preflight"):
-        check_config(cfg)
-    assert "the last validation runs at step 1200" in caplog.text
+        run(tmp_path, small_corpus, saes, *stale)
+    warned = [r for r in caplog.records if "last validation runs at step 10" in r.getMessage()]
+    assert len(warned) == 1
+    assert "trainer.max_steps=20 or trainer.val_check_interval=5" in warned[0].getMessage()

@@ -148,9 +148,16 @@ class SAE(nn.Module, ABC):
         product: through x - b_dec, autograd would spend a full [batch, d_sae] x [d_sae, d_in]
         matmul on the input gradient only to sum it over the batch.
         """
+        return self.fold_input_bias(self.b_enc, self.W_enc)
+
+    def fold_input_bias(
+        self, b_enc: Float[Tensor, " n"], w_enc: Float[Tensor, "d_in n"]
+    ) -> Float[Tensor, " n"]:
+        """``b_enc - b_dec @ w_enc`` if ``b_dec`` is subtracted from the input, else ``b_enc``:
+        :meth:`encoder_bias` for some of the latents (their columns given)."""
         if self.apply_b_dec_to_input:
-            return self.b_enc - self.b_dec @ self.W_enc  # [d_sae]
-        return self.b_enc
+            return b_enc - self.b_dec @ w_enc
+        return b_enc
 
     def input_bias(self) -> Float[Tensor, " d_in"] | None:
         """``b_dec`` if it is subtracted from the input before encoding, else ``None``

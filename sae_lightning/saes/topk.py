@@ -148,9 +148,7 @@ class TopKSAE(SAE):
         dead_idx = dead.nonzero().squeeze(-1)  # [n_dead]
         k_aux = min(k_aux, dead_idx.numel())
         weight, b_enc = self.W_enc[:, dead_idx], self.b_enc[dead_idx]  # [d_in, n_dead]
-        bias = b_enc  # encoder_bias() over the dead latents' columns only
-        if self.apply_b_dec_to_input:  # (x - b_dec) @ W
-            bias = bias - self.b_dec @ weight
+        bias = self.fold_input_bias(b_enc, weight)  # encoder_bias() of the dead latents
         if not self.sparse_decoder or k_aux > sparse_below * dead_idx.numel():
             return self._auxk_dense(x, weight, bias, dead_idx, k_aux)
         with torch.no_grad():
