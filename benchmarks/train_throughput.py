@@ -2,14 +2,20 @@
 
     python benchmarks/train_throughput.py [--arch relu topk] [--d-sae 4096 8192 16384]
                                           [--precision 32-true bf16-mixed] [--batch 4096]
-                                          [--steps 12] [--l0 35] [--k 32] [--device cpu|cuda]
+                                          [--buffer 65536]
+                                          [--data live cached] [--steps N] [--l0 35]
+                                          [--k 32] [--device cpu|cuda]
 
-The whole loop runs through the real Lightning Trainer: the frozen embedded model to the
-MLP hook (d_in 1024), the device shuffle buffer, the SAE step (loss, backward, decoder
+The whole loop runs through the real Lightning Trainer: the activations (``live``: the
+frozen embedded model's forward to the MLP hook, d_in 1024; ``cached``: read back from an
+activation cache of the same model and hook, ``data=cached``, written once at the start into
+a temporary folder), the device shuffle buffer, the SAE step (loss, backward, decoder
 gradient projection, fused Adam, renormalisation) and the training metrics. The ReLU SAE
 is set to a trained density first: before the timed steps its encoder biases are shifted
 so that each latent fires on about ``l0 / d_sae`` of real activations (the L0 column is the
-L0 actually measured over the timed steps). TopK keeps ``k`` latents per token.
+L0 actually measured over the timed steps). TopK keeps ``k`` latents per token. The timed
+steps start once the buffer has been filled twice and span whole refill cycles (by default
+two), so that each refill's forward (or read) is counted at its share.
 
 A trained SAE's codes are sparse, so only the encoder's forward product is dense, 2 * d_in
 * d_sae FLOP per token; the decoder, its gradients and the encoder's weight gradient cost
@@ -23,12 +29,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
 
 from sae_lightning.allocator import keep_freed_memory
+from sae_lightning.data.cache import cache_activations
+from sae_lightning.data.cached import CachedDataModule
 from sae_lightning.data.datamodule import ActivationDataModule
 from sae_lightning.data.sources import CorpusSource
 from sae_lightning.denormals import flush_denormals
@@ -37,7 +49,14 @@ from sae_lightning.models import load_embedded
 from sae_lightning.module import SAEModule
 from sae_lightning.saes import SAE, ReLUSAE, TopKSAE
 
+ROOT = Path(__file__).resolve().parents[1]
 D_IN = 1024
+REFILL_FRACTION = 0.5  # the data module's default: the buffer emits half, then refills
+# A step's cost depends on its code density, not on the learning rate: a small one keeps the
+# ReLU SAE at the density set before the timed steps, as a trained SAE's density stays (at
+# 1e-4, Adam's first steps, each about lr per weight, took the mean L0 over the timed steps
+# from the 35 set to 66).
+LR = 1e-7
 SPARSE_FLOP_PER_TOKEN = 2  # x d_in x d_sae: the encoder's forward product (DESIGN.md)
 
 
@@ -79,16 +98,17 @@ class StepTimer(L.Callback):
 
 
 class TrainedDensity(L.Callback):
-    """At the start of training, shift a ReLU SAE's encoder biases so that each latent fires
-    on about ``l0 / d_sae`` of ``tokens`` real activations (a trained SAE's density)."""
+    """Before the first step, shift a ReLU SAE's encoder biases so that each latent fires on
+    about ``l0 / d_sae`` of the first batch (a trained SAE's density). The first batch comes
+    from the shuffled buffer, so it stands for the batches that follow (the first contexts,
+    ``sample_activations``, do not: set on them, L0 measured 43-57 instead of 35)."""
 
-    def __init__(self, l0: float, tokens: int = 8192) -> None:
-        self.l0, self.tokens = l0, tokens
+    def __init__(self, l0: float) -> None:
+        self.l0 = l0
 
-    def on_train_start(self, trainer, pl_module) -> None:  # after the module's on_fit_start
-        sae = pl_module.sae
-        x = trainer.datamodule.sample_activations(self.tokens).to(pl_module.device)
-        set_density(sae, pl_module.to_sae_units(x), self.l0)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 0:  # after the module's on_fit_start (b_dec's init)
+            set_density(pl_module.sae, pl_module.to_sae_units(batch), self.l0)
 
 
 @torch.no_grad()
@@ -153,25 +173,58 @@ def build(arch: str, d_sae: int, k: int) -> tuple[SAE, object]:
     return ReLUSAE(D_IN, d_sae), L1Loss(l1_coeff=2.0)
 
 
-def train_rate(model, arch: str, d_sae: int, args: argparse.Namespace, precision: str):
-    """(tokens/s, mean L0) of the full loop over ``args.steps`` steps after 3 warm-up steps."""
-    datamodule = ActivationDataModule(
-        CorpusSource("stdlib"),
-        batch_size=args.batch,
-        buffer_tokens=max(65536, 4 * args.batch),
-        val_contexts=1,
-    )
-    spec = datamodule.set_model(model)
+def refill_steps(args: argparse.Namespace) -> int:
+    """Steps between two refills of the shuffle buffer (each refill runs the frozen forward
+    on, or reads, ``REFILL_FRACTION`` of it)."""
+    return max(1, int(REFILL_FRACTION * args.buffer) // args.batch)
+
+
+def warmup_steps(args: argparse.Namespace) -> int:
+    """Untimed steps: past the buffer's second fill. The process's heap grows to its peak over
+    the first two fills (the second one's page faults cost 0.9 s at batch 4,096 against 0.1 s
+    for each later refill), a cost a long run pays once."""
+    return refill_steps(args) + 3
+
+
+def write_cache(model, folder: Path, args: argparse.Namespace) -> Path:
+    """An activation cache (``python cache_activations.py``) of the first training contexts
+    of the embedded corpus, as many as the timed run reads (with a margin); its folder."""
+    tokens = args.batch * (warmup_steps(args) + args.steps) + args.buffer
+    contexts = CorpusSource("stdlib").contexts("train", model.tokenizer, model.cfg.n_ctx)
+    n = min(len(contexts), int(1.2 * tokens / (contexts.shape[1] - 1)) + 32)
+    np.save(folder / "tokens.npy", contexts[:n].numpy())
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "cache_activations",
+            overrides=["data=tokens", f"data.source.path={folder / 'tokens.npy'}"]
+            + [f"path={folder / 'cache'}", f"model.device={args.device}"],
+        )
+    return cache_activations(cfg)
+
+
+def data_module(data: str, cache: Path | None, args: argparse.Namespace):
+    """The live stream over the embedded corpus, or the same from ``cache`` (model-free)."""
+    sizes = {"batch_size": args.batch, "buffer_tokens": args.buffer}
+    if data == "cached":
+        return CachedDataModule(str(cache), validate_with_model=False, val_contexts=1, **sizes)
+    return ActivationDataModule(CorpusSource("stdlib"), val_contexts=1, **sizes)
+
+
+def train_rate(model, arch: str, d_sae: int, args: argparse.Namespace, precision: str, datamodule):
+    """(tokens/s, mean L0) of the full loop over ``args.steps`` steps after the warm-up."""
+    spec = None if datamodule.model_free else datamodule.set_model(model)
     sae, loss = build(arch, d_sae, args.k)
     module = SAEModule(
         sae,
         loss,
-        lambda params: torch.optim.Adam(params, lr=1e-4, fused=True),
+        lambda params: torch.optim.Adam(params, lr=LR, fused=True),
         b_dec_init="mean",
     )
-    module.set_spec(spec)
+    if spec is not None:
+        module.set_spec(spec)
     callbacks = [TrainedDensity(args.l0)] if arch == "relu" else []
-    timer = fit_timer(module, datamodule, args.steps, args.device, 3, precision, callbacks)
+    warmup = warmup_steps(args)
+    timer = fit_timer(module, datamodule, args.steps, args.device, warmup, precision, callbacks)
     return timer.rate, timer.l0
 
 
@@ -181,33 +234,46 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, nargs="+", default=[4096, 8192, 16384])
     parser.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"])
     parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--buffer", type=int, default=65536, help="shuffle buffer, tokens")
+    parser.add_argument("--data", nargs="+", default=["live", "cached"], choices=["live", "cached"])
+    parser.add_argument(
+        "--steps", type=int, default=0, help="timed steps (0: two refill cycles of the buffer)"
+    )
     parser.add_argument("--l0", type=float, default=35.0, help="ReLU's trained density")
     parser.add_argument("--k", type=int, default=32, help="TopK's k")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.buffer < args.batch:
+        parser.error(f"--buffer {args.buffer} must hold at least one batch (--batch {args.batch})")
+    args.steps = args.steps or 2 * refill_steps(args)  # whole cycles: refills counted fairly
     logging.getLogger("lightning").setLevel(logging.WARNING)
     keep_freed_memory()  # as train.py does
     flush_denormals()
     torch.manual_seed(0)
     model = load_embedded(device=args.device)
-    print(f"device={args.device} batch={args.batch} d_in={D_IN} steps={args.steps}")
-    print(
-        f"{'arch':<5} {'precision':<10} {'d_sae':>6} {'L0':>6} {'train tok/s':>12} "
-        f"{'mm GFLOP/s':>11} {'ceiling tok/s':>14} {'fraction':>9}"
-    )
-    for precision in args.precision:
-        for arch in args.arch:
-            for d_sae in args.d_sae:
-                before = matmul_rate(args.batch, D_IN, d_sae, args.device, precision)
-                rate, l0 = train_rate(model, arch, d_sae, args, precision)
-                mm = (before + matmul_rate(args.batch, D_IN, d_sae, args.device, precision)) / 2
-                ceiling = mm / (SPARSE_FLOP_PER_TOKEN * D_IN * d_sae)
-                print(
-                    f"{arch:<5} {precision:<10} {d_sae:>6} {l0:>6.1f} {rate:>12,.0f} "
-                    f"{mm / 1e9:>11.0f} {ceiling:>14,.0f} {rate / ceiling:>9.2f}",
-                    flush=True,
-                )
+    with tempfile.TemporaryDirectory(prefix="sae_throughput_") as tmp:
+        cache = write_cache(model, Path(tmp), args) if "cached" in args.data else None
+        print(f"device={args.device} batch={args.batch} d_in={D_IN} steps={args.steps}")
+        print(
+            f"{'arch':<5} {'precision':<10} {'data':<6} {'d_sae':>6} {'L0':>6} "
+            f"{'train tok/s':>12} {'mm GFLOP/s':>11} {'ceiling tok/s':>14} {'fraction':>9}"
+        )
+        for precision in args.precision:
+            for arch in args.arch:
+                for d_sae in args.d_sae:
+                    for data in args.data:
+                        dm = data_module(data, cache, args)
+                        row = measure(model, arch, d_sae, args, precision, dm)
+                        print(f"{arch:<5} {precision:<10} {data:<6} {d_sae:>6} {row}", flush=True)
+
+
+def measure(model, arch: str, d_sae: int, args, precision: str, datamodule) -> str:
+    """The table's figures for one run: L0, tokens/s, mm rate, ceiling, fraction."""
+    before = matmul_rate(args.batch, D_IN, d_sae, args.device, precision)
+    rate, l0 = train_rate(model, arch, d_sae, args, precision, datamodule)
+    mm = (before + matmul_rate(args.batch, D_IN, d_sae, args.device, precision)) / 2
+    ceiling = mm / (SPARSE_FLOP_PER_TOKEN * D_IN * d_sae)
+    return f"{l0:>6.1f} {rate:>12,.0f} {mm / 1e9:>11.0f} {ceiling:>14,.0f} {rate / ceiling:>9.2f}"
 
 
 if __name__ == "__main__":

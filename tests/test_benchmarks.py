@@ -144,22 +144,44 @@ def test_evidence_overhead():
 def test_train_throughput():
     out = bench(
         "train_throughput", "--arch", "relu", "topk", "--d-sae", 64, "--precision", "32-true",
-        "bf16-mixed", "--batch", 64, "--steps", 2, "--l0", 4, "--k", 4,
+        "bf16-mixed", "--batch", 64, "--buffer", 256, "--l0", 4, "--k", 4,
     )  # fmt: skip
-    assert out[0] == "device=cpu batch=64 d_in=1024 steps=2"
+    # the cache of the cached rows is written first, then the table (two refill cycles timed)
+    assert line(out, "device=") == "device=cpu batch=64 d_in=1024 steps=4"
     assert line(out, "arch").split() == [
-        "arch", "precision", "d_sae", "L0", "train", "tok/s", "mm", "GFLOP/s", "ceiling",
-        "tok/s", "fraction",
+        "arch", "precision", "data", "d_sae", "L0", "train", "tok/s", "mm", "GFLOP/s",
+        "ceiling", "tok/s", "fraction",
     ]  # fmt: skip
     rows = [s.split() for s in out if s.startswith(("relu ", "topk "))]
-    assert [r[:3] for r in rows] == [[a, p, "64"] for p in ("32-true", "bf16-mixed")
-                                     for a in ("relu", "topk")]  # fmt: skip
+    assert [r[:4] for r in rows] == [
+        [a, p, d, "64"]
+        for p in ("32-true", "bf16-mixed")
+        for a in ("relu", "topk")
+        for d in ("live", "cached")
+    ]
     for row in rows:
-        l0, rate, mm, ceiling, fraction = numbers(" ".join(row[3:]))
+        l0, rate, mm, ceiling, fraction = numbers(" ".join(row[4:]))
         assert positive(l0, rate, mm, ceiling) and l0 <= 64
         assert fraction == pytest.approx(rate / ceiling, abs=0.006)
         if row[0] == "topk":
             assert l0 <= 4  # k latents a token at most
+        else:  # the trained density: about --l0 of the 64 latents fire (not the 32 of init)
+            assert l0 < 16
+
+
+def test_stream_shuffle():
+    out = bench("stream_shuffle", "--tokens", 4096, "--d-in", 64, "--rounds", 2)
+    assert out[0] == "tokens=4096 d_in=64 rounds=2"
+    index, select = numbers(line(out, "buffer[perm]"))[0], numbers(line(out, "buffer.index"))[1]
+    assert positive(index, select)
+    assert numbers(line(out, "speed-up"))[0] == pytest.approx(index / select, abs=0.01)
+
+
+def test_train_throughput_refuses_a_buffer_smaller_than_a_batch():
+    argv = [sys.executable, "benchmarks/train_throughput.py", "--batch", "64", "--buffer", "32"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "--buffer 32 must hold at least one batch (--batch 64)" in done.stderr
 
 
 def test_auxk_step():

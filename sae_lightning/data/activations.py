@@ -145,7 +145,7 @@ class ActivationStream(IterableDataset):
         parts = [self._forward_group(order, int(g))[0] for g in groups]
         offsets = torch.tensor([0] + [len(p) for p in parts[:-1]]).cumsum(0)
         index = offsets[torch.searchsorted(groups, ids // per_group)] + ids % per_group
-        return torch.cat(parts)[index.to(self.device)]
+        return torch.cat(parts).index_select(0, index.to(self.device))
 
     def _lowest_group(self, ids: Tensor, next_group: int) -> int:
         """The first group a resumed stream needs: the lowest pending one, else the next."""
@@ -194,7 +194,10 @@ class ActivationStream(IterableDataset):
                     order = self._order(state.epoch, shard, n_shards)
                     continue
                 perm = torch.randperm(n, generator=rng)
-                acts, ids = torch.cat(fresh_acts)[perm.to(self.device)], torch.cat(fresh_ids)[perm]
+                # index_select copies whole rows; acts[perm] (advanced indexing) made the
+                # refill twice as slow on CPU (benchmarks/stream_shuffle.py)
+                acts = torch.cat(fresh_acts).index_select(0, perm.to(self.device))
+                ids = torch.cat(fresh_ids)[perm]
                 state.emit_left = self._emit_count(n, not order.has(state.next_group))
             b = min(self.batch_size, state.emit_left)
             batch, acts, ids = acts[:b], acts[b:], ids[b:]

@@ -58,15 +58,17 @@ class ReLUSAE(SAE):
         self._check_width(x, "d_in", "input")
         flat = x.reshape(-1, self.d_in)  # [batch, d_in]
         bias = self.encoder_bias()  # [d_sae]
-        pre = torch.addmm(bias, flat, self.W_enc)  # [batch, d_sae]; unused by autograd if sparse
-        picked = select_sparse(pre.detach() > 0, self.sparse_threshold)
+        # the bare product: the bias is compared against, and added to the entries kept (a
+        # sparse batch never adds it to all [batch, d_sae], as addmm would)
+        xw = flat @ self.W_enc  # [batch, d_sae]; unused by autograd if sparse
+        picked = select_sparse(xw.detach() > -bias.detach().to(xw.dtype), self.sparse_threshold)
         if picked is None:
-            f = torch.relu(pre.to(bias.dtype))  # [batch, d_sae]; float32 under autocast too
+            f = torch.relu((xw + bias).to(bias.dtype))  # [batch, d_sae]; float32 under autocast
             x_hat = self.decode(f).reshape(*x.shape[:-1], -1)  # [*batch, d_out]
             return SAEOutput(x_hat, f.reshape(*x.shape[:-1], -1))
         rows, cols, crow = picked
-        b_dec = self.input_bias()
-        pre_s = gather_pre(flat, self.W_enc, self.b_enc, pre.detach(), rows, cols, b_dec)  # [nnz]
+        b_dec, pre = self.input_bias(), xw.detach()
+        pre_s = gather_pre(flat, self.W_enc, self.b_enc, pre, rows, cols, b_dec, bias.detach())
         values = torch.relu(pre_s)  # [nnz]
         codes = SparseEntries(rows, cols, values, flat.shape[0], self.d_sae, "row", crow)
         x_hat = sparse_decode(codes, self.W_dec) + self.b_dec  # [batch, d_out]

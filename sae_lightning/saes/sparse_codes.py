@@ -128,11 +128,13 @@ class _GatherPre(torch.autograd.Function):
         b_dec: Tensor | None,
         rows: Tensor,
         cols: Tensor,
+        pre_bias: Tensor | None,
     ) -> Tensor:
         ctx.save_for_backward(x, weight, b_dec, rows, cols)
         # in the parameters' dtype: under autocast ``pre`` is the bf16 product, but what
         # follows (nonlinearity, O(nnz) decoder, losses) is cheap and runs in float32
-        return pre[rows, cols].to(weight.dtype)
+        picked = pre[rows, cols].to(weight.dtype)
+        return picked if pre_bias is None else picked + pre_bias[cols]
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor):  # type: ignore[override]
@@ -149,7 +151,7 @@ class _GatherPre(torch.autograd.Function):
             grad_b = col_sums if ctx.needs_input_grad[3] else None
             if ctx.needs_input_grad[4]:  # pre = (x - b_dec) @ W + ...: d b_dec = -W @ colsum
                 grad_b_dec = -(weight @ col_sums)  # [d_in]
-        return None, grad_x, grad_w, grad_b, grad_b_dec, None, None
+        return None, grad_x, grad_w, grad_b, grad_b_dec, None, None, None
 
 
 def gather_pre(
@@ -160,14 +162,18 @@ def gather_pre(
     rows: Int[Tensor, " nnz"],
     cols: Int[Tensor, " nnz"],
     b_dec: Float[Tensor, " d_in"] | None = None,
+    pre_bias: Float[Tensor, " d_sae"] | None = None,
 ) -> Float[Tensor, " nnz"]:
     """``((x - b_dec) @ weight + bias)[rows, cols]`` read from ``pre`` (that product,
     computed without autograd), with a backward that only touches the selected entries.
 
     ``bias`` (or ``None``) and ``b_dec`` (``None``: not subtracted) are given apart, not
     folded into one ``bias - b_dec @ weight``: through the folded bias autograd would add a
-    second dense ``[d_in, d_sae]`` term (an outer product) to ``weight``'s gradient."""
-    return _GatherPre.apply(pre, x, weight, bias, b_dec, rows, cols)
+    second dense ``[d_in, d_sae]`` term (an outer product) to ``weight``'s gradient.
+
+    ``pre_bias``: ``pre`` is the bare product ``x @ weight`` and the folded bias (detached)
+    is added to the selected entries only, which spares a ``[batch, d_sae]`` pass."""
+    return _GatherPre.apply(pre, x, weight, bias, b_dec, rows, cols, pre_bias)
 
 
 class _SparseDecode(torch.autograd.Function):
