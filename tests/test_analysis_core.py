@@ -244,7 +244,9 @@ def test_custom_criterion_numbers_match_a_direct_computation(analysed, embedded_
         got = data["features"][str(f)]["mine"]
         assert got["fires"] == int((feats[:, i] > 0).sum())
         assert got["mean_act"] == pytest.approx(float(feats[:, i].double().mean()), rel=1e-5)
-        assert got["max"] == pytest.approx(float(feats[:, i].max()), rel=1e-6)
+        # the pass encodes in its own batch shapes, so BLAS sums in another order: a
+        # float32 product over d_in terms may differ in its last bits (CI saw 1.2e-6)
+        assert got["max"] == pytest.approx(float(feats[:, i].max()), rel=1e-5)
         assert got["verdict"] == (got["fires"] >= 3)
     assert data["criteria"]["mine"]["pass_rate"] == report.summaries["mine"]["pass_rate"]
     assert "mine:mean_act" in report.scorecard().splitlines()[0]
