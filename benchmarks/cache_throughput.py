@@ -18,11 +18,9 @@ import logging
 import subprocess
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from train_throughput import fit_timer
+from train_throughput import cache_config, fit_timer
 
 from sae_lightning.data.cache import cache_activations
 from sae_lightning.data.cached import CachedDataModule
@@ -33,7 +31,6 @@ from sae_lightning.models import load_embedded
 from sae_lightning.module import SAEModule
 from sae_lightning.saes import ReLUSAE
 
-ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2
 
 
@@ -67,13 +64,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     data = {"batch_size": args.batch, "buffer_tokens": 4 * args.batch, "contexts_per_forward": 32}
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "cache_activations",
-            overrides=[f"data.source.corpus={args.corpus}", f"path={args.cache}"]
-            + [f"data.source.val_fraction={args.val_fraction}"]
-            + [f"data.{k}={v}" for k, v in data.items()],
-        )
+    cfg = cache_config(
+        [f"data.source.corpus={args.corpus}", f"path={args.cache}"]
+        + [f"data.source.val_fraction={args.val_fraction}"]
+        + [f"data.{k}={v}" for k, v in data.items()]
+    )
     start = time.perf_counter()
     cache_activations(cfg)  # resumes (writes nothing) when the cache is there already
     written = time.perf_counter() - start

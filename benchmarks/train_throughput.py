@@ -193,13 +193,16 @@ def write_cache(model, folder: Path, args: argparse.Namespace) -> Path:
     contexts = CorpusSource("stdlib").contexts("train", model.tokenizer, model.cfg.n_ctx)
     n = min(len(contexts), int(1.2 * tokens / (contexts.shape[1] - 1)) + 32)
     np.save(folder / "tokens.npy", contexts[:n].numpy())
+    overrides = ["data=tokens", f"data.source.path={folder / 'tokens.npy'}"]
+    return cache_activations(
+        cache_config(overrides + [f"path={folder / 'cache'}", f"model.device={args.device}"])
+    )
+
+
+def cache_config(overrides: list[str]):
+    """The ``cache_activations`` config with ``overrides``, as its command line composes it."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "cache_activations",
-            overrides=["data=tokens", f"data.source.path={folder / 'tokens.npy'}"]
-            + [f"path={folder / 'cache'}", f"model.device={args.device}"],
-        )
-    return cache_activations(cfg)
+        return compose("cache_activations", overrides=overrides)
 
 
 def data_module(data: str, cache: Path | None, args: argparse.Namespace):
