@@ -4,7 +4,7 @@
                                           [--precision 32-true bf16-mixed] [--batch 4096]
                                           [--buffer 65536]
                                           [--data live cached] [--steps N] [--l0 35]
-                                          [--k 32] [--device cpu|cuda]
+                                          [--k 32] [--device cpu|cuda] [--emulated-bf16]
 
 The whole loop runs through the real Lightning Trainer: the activations (``live``: the
 frozen embedded model's forward to the MLP hook, d_in 1024; ``cached``: read back from an
@@ -23,6 +23,8 @@ O(L0 * d_in) (DESIGN.md). The ceiling is the ``torch.mm`` rate on the same shape
 precision, timed in the same run just before and after each training run (the mean of the
 two), divided by that cost; "fraction" is training tokens/s over the ceiling. A dense step
 executes 10 * d_in * d_sae FLOP per token, so a dense step's fraction is at most 0.2.
+On a CPU without bf16 arithmetic (``sae_lightning.cpu_bf16``) bf16 rows are skipped, with a
+line that says so, unless ``--emulated-bf16``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from sae_lightning.allocator import keep_freed_memory
+from sae_lightning.cpu_bf16 import BF16_FLAGS, cpu_flags, native_bf16
 from sae_lightning.data.cache import cache_activations
 from sae_lightning.data.cached import CachedDataModule
 from sae_lightning.data.datamodule import ActivationDataModule
@@ -245,9 +248,19 @@ def main() -> None:
     parser.add_argument("--l0", type=float, default=35.0, help="ReLU's trained density")
     parser.add_argument("--k", type=int, default=32, help="TopK's k")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--emulated-bf16", action="store_true", help="time bf16 on a CPU without bf16 arithmetic"
+    )
     args = parser.parse_args()
     if args.buffer < args.batch:
         parser.error(f"--buffer {args.buffer} must hold at least one batch (--batch {args.batch})")
+    for precision in emulated(args):
+        print(
+            f"{precision} skipped: this CPU has no bf16 arithmetic (none of {', '.join(BF16_FLAGS)}"
+            " among its flags), so torch would emulate its products, hundreds of times slower "
+            "than float32; --emulated-bf16 times them anyway"
+        )
+        args.precision.remove(precision)
     args.steps = args.steps or 2 * refill_steps(args)  # whole cycles: refills counted fairly
     logging.getLogger("lightning").setLevel(logging.WARNING)
     keep_freed_memory()  # as train.py does
@@ -268,6 +281,14 @@ def main() -> None:
                         dm = data_module(data, cache, args)
                         row = measure(model, arch, d_sae, args, precision, dm)
                         print(f"{arch:<5} {precision:<10} {data:<6} {d_sae:>6} {row}", flush=True)
+
+
+def emulated(args: argparse.Namespace) -> list[str]:
+    """The bf16 precisions asked for that this CPU would emulate (left out unless
+    ``--emulated-bf16``: at the default shapes a bf16 row would take hours)."""
+    if args.device != "cpu" or args.emulated_bf16 or native_bf16(cpu_flags()) is not False:
+        return []
+    return [p for p in args.precision if p.startswith("bf16")]
 
 
 def measure(model, arch: str, d_sae: int, args, precision: str, datamodule) -> str:

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from sae_lightning.allocator import keep_freed_memory
+from sae_lightning.cpu_bf16 import warn_emulated_bf16
 from sae_lightning.denormals import flush_denormals
 from sae_lightning.disk import DiskCheckedIO, writing
 from sae_lightning.finish import SYNTHETIC, crosscoder_page, finish, finish_many
@@ -108,6 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for sub in [cfg, *(c for c, _ in subs.values())]:
         check_config(sub)
     warn_stale_final_validation(cfg)  # once: a multi run's SAEs share its trainer
+    warn_emulated_bf16(cfg)
     check_checkpoint(cfg.get("ckpt_path"))
     check_run_folder(out, cfg.get("ckpt_path"))
     datamodule = instantiate(cfg.data)

@@ -20,6 +20,8 @@ import pytest
 from test_hf_models import _analyse
 from test_train import fast_run, small_corpus  # noqa: F401
 
+from sae_lightning.cpu_bf16 import cpu_flags, native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 NUMBER = r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?|nan|inf"
@@ -144,7 +146,7 @@ def test_evidence_overhead():
 def test_train_throughput():
     out = bench(
         "train_throughput", "--arch", "relu", "topk", "--d-sae", 64, "--precision", "32-true",
-        "bf16-mixed", "--batch", 64, "--buffer", 256, "--l0", 4, "--k", 4,
+        "bf16-mixed", "--batch", 64, "--buffer", 256, "--l0", 4, "--k", 4, "--emulated-bf16",
     )  # fmt: skip
     # the cache of the cached rows is written first, then the table (two refill cycles timed)
     assert line(out, "device=") == "device=cpu batch=64 d_in=1024 steps=4"
@@ -167,6 +169,22 @@ def test_train_throughput():
             assert l0 <= 4  # k latents a token at most
         else:  # the trained density: about --l0 of the 64 latents fire (not the 32 of init)
             assert l0 < 16
+
+
+def test_train_throughput_skips_bf16_on_a_cpu_that_would_emulate_it():
+    out = bench(
+        "train_throughput", "--arch", "relu", "--d-sae", 64, "--precision", "32-true",
+        "bf16-mixed", "--batch", 64, "--buffer", 128, "--l0", 4, "--data", "cached",
+    )  # fmt: skip
+    rows = [s.split()[:3] for s in out if s.startswith("relu ")]
+    if native_bf16(cpu_flags()) is False:  # this machine (an AVX2 EPYC, say)
+        assert line(out, "bf16-mixed skipped").startswith(
+            "bf16-mixed skipped: this CPU has no bf16 arithmetic (none of avx512_bf16, "
+        )
+        assert rows == [["relu", "32-true", "cached"]]
+    else:  # bf16 in hardware, or flags unknown: both rows run
+        assert not [s for s in out if "skipped" in s]
+        assert rows == [["relu", "32-true", "cached"], ["relu", "bf16-mixed", "cached"]]
 
 
 def test_stream_shuffle():

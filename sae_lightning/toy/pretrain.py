@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from sae_lightning.cpu_bf16 import warn_emulated_bf16
 from sae_lightning.data.corpus import load_documents, split_documents
 from sae_lightning.data.tokens import encode_documents, make_contexts
 from sae_lightning.toy.lm import LMConfig, TinyLM
@@ -128,6 +129,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     from sae_lightning.toy.export import copy_tokenizer, export_model, train_and_save_tokenizer
 
     out = Path(cfg.paths.output_dir)
+    warn_emulated_bf16(cfg)  # the recipe trains in bf16-mixed
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)

@@ -1,0 +1,107 @@
+"""The warning for bf16 training on a CPU that has no bf16 arithmetic (torch emulates it there,
+hundreds of times slower than float32), and the flags it is decided by."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from test_pretrain import SHIPPED_TOKENIZER, _pretrain_cfg
+from test_train import ROOT, small_corpus  # noqa: F401
+
+from sae_lightning import cpu_bf16
+from sae_lightning.cpu_bf16 import cpu_flags, emulated_bf16_warning, native_bf16
+
+EPYC_AVX2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+XEON_BF16 = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 avx512_vnni\n"
+SAPPHIRE = "flags\t\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve i8mm bf16\nCPU implementer\t: 0x41\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "native"), [(EPYC_AVX2, False), (XEON_BF16, True), (SAPPHIRE, True), (GRAVITON3, True)]
+)
+def test_flags_are_read_from_cpuinfo(tmp_path, text, native):
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    flags = cpu_flags(path)
+    assert "avx2" in flags or "asimd" in flags
+    assert "processor" not in flags and "0" not in flags  # only the flags lines' values
+    assert native_bf16(flags) is native
+
+
+def test_unreadable_flags_are_unknown(tmp_path):
+    assert cpu_flags(tmp_path / "missing") is None
+    assert native_bf16(None) is None
+
+
+def test_the_warning_names_the_precision_and_the_fix():
+    message = emulated_bf16_warning("bf16-mixed", True, {"avx2", "fma"})
+    assert message.startswith("trainer.precision=bf16-mixed on a CPU without bf16 arithmetic")
+    assert "avx512_bf16, amx_bf16, bf16" in message
+    assert message.endswith("set trainer.precision=32-true")
+    assert emulated_bf16_warning("bf16-true", True, {"avx2"}) is not None
+
+
+@pytest.mark.parametrize(
+    ("precision", "on_cpu", "flags"),
+    [
+        ("32-true", True, {"avx2"}),  # not bf16
+        ("16-mixed", True, {"avx2"}),
+        ("bf16-mixed", False, {"avx2"}),  # a GPU run
+        ("bf16-mixed", True, {"avx2", "avx512_bf16"}),  # native bf16
+        ("bf16-mixed", True, None),  # flags unknown: no guess
+    ],
+)
+def test_no_warning_where_bf16_is_not_emulated(precision, on_cpu, flags):
+    assert emulated_bf16_warning(precision, on_cpu, flags) is None
+
+
+def test_the_accelerator_decides_whether_the_run_is_on_the_cpu(caplog, monkeypatch):
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "bf16-mixed"}})
+    with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):
+        assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) in caplog.text
+    cfg.trainer.accelerator = "gpu"
+    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) is None
+    cfg.trainer.accelerator = "auto"  # the CPU unless CUDA is there
+    monkeypatch.setattr(cpu_bf16.torch.cuda, "is_available", lambda: False)
+    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) is not None
+    monkeypatch.setattr(cpu_bf16.torch.cuda, "is_available", lambda: True)
+    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) is None
+
+
+def test_train_warns_before_anything_loads(tmp_path, caplog, monkeypatch):
+    from sae_lightning.training import train
+
+    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"avx2"})
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "debug=fast",
+                "trainer.precision=bf16-mixed",
+                f"paths.output_dir={tmp_path / 'run'}",
+                f"ckpt_path={tmp_path / 'missing.ckpt'}",  # stops train() before any work
+            ],
+        )
+    with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):
+        with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
+            train(cfg)
+    assert "trainer.precision=bf16-mixed on a CPU without bf16 arithmetic" in caplog.text
+
+
+def test_pretrain_warns_for_its_bf16_recipe(tmp_path, small_corpus, caplog, monkeypatch):  # noqa: F811
+    from sae_lightning.toy.pretrain import pretrain
+
+    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"avx2"})
+    # a tokenizer of another size stops pretraining before it trains
+    cfg = _pretrain_cfg(
+        tmp_path / "run", small_corpus, f"tokenizer={SHIPPED_TOKENIZER}", "vocab_size=1000"
+    )
+    assert cfg.trainer.precision == "bf16-mixed"
+    with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):
+        with pytest.raises(ValueError, match="vocab_size is 1000"):
+            pretrain(cfg)
+    assert "trainer.precision=bf16-mixed on a CPU without bf16 arithmetic" in caplog.text
