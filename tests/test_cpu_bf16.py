@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_debug_fast import _compose
 from test_pretrain import SHIPPED_TOKENIZER, _pretrain_cfg
-from test_train import ROOT, small_corpus  # noqa: F401
+from test_train import small_corpus  # noqa: F401
 
 from sae_lightning import cpu_bf16
 from sae_lightning.cpu_bf16 import cpu_flags, emulated_bf16_warning, native_bf16
@@ -76,16 +76,12 @@ def test_train_warns_before_anything_loads(tmp_path, caplog, monkeypatch):
     from sae_lightning.training import train
 
     monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"avx2"})
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "debug=fast",
-                "trainer.precision=bf16-mixed",
-                f"paths.output_dir={tmp_path / 'run'}",
-                f"ckpt_path={tmp_path / 'missing.ckpt'}",  # stops train() before any work
-            ],
-        )
+    cfg = _compose(
+        "debug=fast",
+        "trainer.precision=bf16-mixed",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"ckpt_path={tmp_path / 'missing.ckpt'}",  # stops train() before any work
+    )
     with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):
         with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
             train(cfg)
