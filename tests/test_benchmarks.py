@@ -187,6 +187,20 @@ def test_train_throughput_skips_bf16_on_a_cpu_that_would_emulate_it():
         assert rows == [["relu", "32-true", "cached"], ["relu", "bf16-mixed", "cached"]]
 
 
+def test_forward_groups():
+    out = bench("forward_groups", "--contexts", 16, 32, "--rounds", 1)
+    assert out[0] == "contexts=256 n_ctx=128 hook=blocks.0.mlp.hook_post rounds=1"
+    assert line(out, "contexts_per_forward").split() == [
+        "contexts_per_forward",
+        "tokens/s",
+        "vs",
+        "32",
+    ]
+    (k16, rate16, ratio16), (k32, rate32, ratio32) = [numbers(s) for s in out[2:]]
+    assert (k16, k32, ratio32) == (16, 32, 1.0)
+    assert positive(rate16, rate32) and ratio16 == pytest.approx(rate16 / rate32, abs=0.006)
+
+
 def test_stream_shuffle():
     out = bench("stream_shuffle", "--tokens", 4096, "--d-in", 64, "--rounds", 2)
     assert out[0] == "tokens=4096 d_in=64 rounds=2"
