@@ -101,3 +101,25 @@ def test_pretrain_warns_for_its_bf16_recipe(tmp_path, small_corpus, caplog, monk
         with pytest.raises(ValueError, match="vocab_size is 1000"):
             pretrain(cfg)
     assert "trainer.precision=bf16-mixed on a CPU without bf16 arithmetic" in caplog.text
+
+
+def test_analyze_warns_too(tmp_path, caplog, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from test_train import ROOT
+
+    from sae_lightning.analysis.run import analyze
+
+    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"avx2"})
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "analyze",
+            overrides=[
+                "sae_path=/no/such/sae",  # fails at loading, after the options are checked
+                "trainer.precision=bf16-mixed",
+                f"paths.output_dir={tmp_path / 'out'}",
+            ],
+        )
+    with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):
+        with pytest.raises(FileNotFoundError, match="/no/such/sae"):
+            analyze(cfg)
+    assert "trainer.precision=bf16-mixed on a CPU without bf16 arithmetic" in caplog.text

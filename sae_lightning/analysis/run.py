@@ -34,6 +34,7 @@ from sae_lightning.analysis.records import CRITERIA_FILE
 from sae_lightning.analysis.results import AnalysisResults
 from sae_lightning.analysis.selection import select_features
 from sae_lightning.analysis.sources import crosscoder_info, load_sources
+from sae_lightning.cpu_bf16 import warn_emulated_bf16
 from sae_lightning.hooks import context_length, model_device
 from sae_lightning.models import EMBEDDED_NAME, load_model_by_name
 from sae_lightning.report.windows import add_window_activations
@@ -154,6 +155,7 @@ def analyze(cfg: DictConfig) -> AnalysisResults:
     L.seed_everything(cfg.seed, workers=True)
     criteria = _criteria(cfg)
     check_options(cfg, criteria)
+    warn_emulated_bf16(cfg)
     out = Path(cfg.report_dir) if cfg.get("report_dir") else Path(cfg.paths.output_dir)
     with ReportFolder(out) as folder:
         return _analyze(cfg, criteria, folder)
