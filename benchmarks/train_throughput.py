@@ -261,6 +261,8 @@ def main() -> None:
             "than float32; --emulated-bf16 times them anyway"
         )
         args.precision.remove(precision)
+    if not args.precision:
+        return  # nothing left to time
     args.steps = args.steps or 2 * refill_steps(args)  # whole cycles: refills counted fairly
     logging.getLogger("lightning").setLevel(logging.WARNING)
     keep_freed_memory()  # as train.py does

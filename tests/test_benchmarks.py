@@ -182,6 +182,11 @@ def test_train_throughput_skips_bf16_on_a_cpu_that_would_emulate_it():
             "bf16-mixed skipped: this CPU has no bf16 arithmetic (none of avx512_bf16, "
         )
         assert rows == [["relu", "32-true", "cached"]]
+        # bf16 alone: the skip line and nothing else (no model, cache or table)
+        alone = bench(
+            "train_throughput", "--precision", "bf16-mixed", "--batch", 64, "--buffer", 128
+        )
+        assert len(alone) == 1 and alone[0].startswith("bf16-mixed skipped: ")
     else:  # bf16 in hardware, or flags unknown: both rows run
         assert not [s for s in out if "skipped" in s]
         assert rows == [["relu", "32-true", "cached"], ["relu", "bf16-mixed", "cached"]]
