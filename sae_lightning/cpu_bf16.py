@@ -6,7 +6,8 @@ on one without (an AVX2-only x86) torch falls back to an emulated kernel: on an 
 EPYC a ``[4096, 1024] @ [1024, 4096]`` product took 88 s in bfloat16 against 0.21 s in
 float32 (0.4 against 160 GFLOP/s), so a bf16-mixed run trains hundreds of times slower.
 Even with AVX-512 BF16 and no AMX, bf16 products ran at about half the float32 rate on the
-Intel Xeon this project was measured on (README, Benchmarks).
+Intel Xeon this project was measured on (README, Benchmarks). The same holds for a frozen
+model loaded in bfloat16 on the CPU (``model.dtype=bfloat16``): its forward is emulated too.
 """
 
 from __future__ import annotations
@@ -47,28 +48,42 @@ def native_bf16(flags: set[str] | None) -> bool | None:
     return any(flag in flags for flag in BF16_FLAGS)
 
 
-def emulated_bf16_warning(precision: object, on_cpu: bool, flags: set[str] | None) -> str | None:
-    """The warning for a bf16 ``precision`` on a CPU whose ``flags`` have no bf16 arithmetic
-    (None when the precision is not bf16, the run is not on the CPU, or the flags are
-    unknown)."""
-    if not str(precision).startswith("bf16") or not on_cpu or native_bf16(flags) is not False:
+def is_bf16(value: object) -> bool:
+    """Whether a precision or dtype setting means bfloat16 (``bf16-mixed``, ``bf16-true``,
+    ``bfloat16``, ``torch.bfloat16``)."""
+    name = str(value).removeprefix("torch.")
+    return name.startswith("bf16") or name == "bfloat16"
+
+
+def emulated_bf16_warning(
+    key: str, value: object, fix: str, on_cpu: bool, flags: set[str] | None
+) -> str | None:
+    """The warning for a bf16 setting ``key=value`` on a CPU whose ``flags`` have no bf16
+    arithmetic, naming ``fix`` (None when the value is not bf16, the work is not on the CPU,
+    or the flags are unknown)."""
+    if not is_bf16(value) or not on_cpu or native_bf16(flags) is not False:
         return None
     return (
-        f"trainer.precision={precision} on a CPU without bf16 arithmetic (none of "
-        f"{', '.join(BF16_FLAGS)} among its flags): torch emulates bfloat16 matrix products "
-        "here, hundreds of times slower than float32 (on an AVX2 EPYC, 0.4 against 160 "
-        "GFLOP/s); set trainer.precision=32-true"
+        f"{key}={value} on a CPU without bf16 arithmetic (none of {', '.join(BF16_FLAGS)} "
+        "among its flags): torch emulates bfloat16 matrix products here, hundreds of times "
+        f"slower than float32 (on an AVX2 EPYC, 0.4 against 160 GFLOP/s); set {fix}"
     )
 
 
-def warn_emulated_bf16(cfg: DictConfig, flags: set[str] | None = None) -> str | None:
-    """Log (and return) :func:`emulated_bf16_warning` for ``cfg.trainer`` on this machine."""
+def warn_emulated_bf16(cfg: DictConfig, flags: set[str] | None = None) -> list[str]:
+    """Log (and return) :func:`emulated_bf16_warning` for this machine and ``cfg``'s trainer
+    precision and frozen models' dtypes (``model``, ``model_b``)."""
+    flags = cpu_flags() if flags is None else flags
     trainer = cfg.get("trainer") or {}
     accelerator = str(trainer.get("accelerator", "auto"))
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    message = emulated_bf16_warning(
-        trainer.get("precision"), on_cpu, cpu_flags() if flags is None else flags
-    )
-    if message:
+    checks = [("trainer.precision", trainer.get("precision"), "trainer.precision=32-true", on_cpu)]
+    for name in ("model", "model_b"):
+        model = cfg.get(name) or {}
+        if model.get("dtype") is not None:
+            device = str(model.get("device", "cpu"))
+            checks.append((f"{name}.dtype", model.dtype, f"{name}.dtype=float32", device == "cpu"))
+    messages = [m for c in checks if (m := emulated_bf16_warning(*c, flags))]
+    for message in messages:
         log.warning(message)
-    return message
+    return messages

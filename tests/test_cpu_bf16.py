@@ -1,15 +1,18 @@
-"""The warning for bf16 training on a CPU that has no bf16 arithmetic (torch emulates it there,
-hundreds of times slower than float32), and the flags it is decided by."""
+"""The warning for bf16 training or a bf16 frozen model on a CPU that has no bf16 arithmetic
+(torch emulates it there, hundreds of times slower than float32), and the flags it is decided
+by."""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_debug_fast import _compose
 from test_pretrain import SHIPPED_TOKENIZER, _pretrain_cfg
-from test_train import small_corpus  # noqa: F401
+from test_train import ROOT, small_corpus  # noqa: F401
 
 from sae_lightning import cpu_bf16
 from sae_lightning.cpu_bf16 import cpu_flags, emulated_bf16_warning, native_bf16
@@ -37,39 +40,71 @@ def test_unreadable_flags_are_unknown(tmp_path):
     assert native_bf16(None) is None
 
 
-def test_the_warning_names_the_precision_and_the_fix():
-    message = emulated_bf16_warning("bf16-mixed", True, {"avx2", "fma"})
+PRECISION = ("trainer.precision", "trainer.precision=32-true")
+
+
+def test_the_warning_names_the_setting_and_the_fix():
+    message = emulated_bf16_warning(PRECISION[0], "bf16-mixed", PRECISION[1], True, {"avx2"})
     assert message.startswith("trainer.precision=bf16-mixed on a CPU without bf16 arithmetic")
     assert "avx512_bf16, amx_bf16, bf16" in message
     assert message.endswith("set trainer.precision=32-true")
-    assert emulated_bf16_warning("bf16-true", True, {"avx2"}) is not None
+    model = emulated_bf16_warning("model.dtype", "bfloat16", "model.dtype=float32", True, set())
+    assert model.startswith("model.dtype=bfloat16 on a CPU without bf16 arithmetic")
+    assert model.endswith("set model.dtype=float32")
 
 
 @pytest.mark.parametrize(
-    ("precision", "on_cpu", "flags"),
+    "value", ["bf16-mixed", "bf16-true", "bf16", "bfloat16", "torch.bfloat16", torch.bfloat16]
+)
+def test_every_spelling_of_bf16_is_warned(value):
+    assert emulated_bf16_warning(*PRECISION[:1], value, PRECISION[1], True, {"avx2"}) is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "on_cpu", "flags"),
     [
         ("32-true", True, {"avx2"}),  # not bf16
         ("16-mixed", True, {"avx2"}),
+        ("float32", True, {"avx2"}),
+        ("float16", True, {"avx2"}),
         ("bf16-mixed", False, {"avx2"}),  # a GPU run
         ("bf16-mixed", True, {"avx2", "avx512_bf16"}),  # native bf16
         ("bf16-mixed", True, None),  # flags unknown: no guess
     ],
 )
-def test_no_warning_where_bf16_is_not_emulated(precision, on_cpu, flags):
-    assert emulated_bf16_warning(precision, on_cpu, flags) is None
+def test_no_warning_where_bf16_is_not_emulated(value, on_cpu, flags):
+    assert emulated_bf16_warning(PRECISION[0], value, PRECISION[1], on_cpu, flags) is None
 
 
 def test_the_accelerator_decides_whether_the_run_is_on_the_cpu(caplog, monkeypatch):
     cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "bf16-mixed"}})
     with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):
-        assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) in caplog.text
+        (message,) = cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"})
+    assert message in caplog.text and message.startswith("trainer.precision=bf16-mixed ")
     cfg.trainer.accelerator = "gpu"
-    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) is None
+    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) == []
     cfg.trainer.accelerator = "auto"  # the CPU unless CUDA is there
     monkeypatch.setattr(cpu_bf16.torch.cuda, "is_available", lambda: False)
-    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) is not None
+    assert len(cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"})) == 1
     monkeypatch.setattr(cpu_bf16.torch.cuda, "is_available", lambda: True)
-    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) is None
+    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) == []
+
+
+def test_a_bf16_frozen_model_on_the_cpu_is_warned_by_its_device():
+    cfg = OmegaConf.create(
+        {
+            "trainer": {"accelerator": "cpu", "precision": "32-true"},
+            "model": {"device": "cpu", "dtype": "bfloat16"},
+            "model_b": {"device": "cuda", "dtype": "bfloat16"},  # on a GPU: fine
+        }
+    )
+    (message,) = cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"})
+    assert message.startswith("model.dtype=bfloat16 on a CPU") and "model.dtype=float32" in message
+    cfg.model_b.device = "cpu"
+    messages = cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"})
+    assert [m.split(" ")[0] for m in messages] == ["model.dtype=bfloat16", "model_b.dtype=bfloat16"]
+    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx512_bf16"}) == []
+    assert cpu_bf16.warn_emulated_bf16(OmegaConf.create({"model": None}), flags=set()) == []
 
 
 def test_train_warns_before_anything_loads(tmp_path, caplog, monkeypatch):
@@ -104,9 +139,6 @@ def test_pretrain_warns_for_its_bf16_recipe(tmp_path, small_corpus, caplog, monk
 
 
 def test_analyze_warns_too(tmp_path, caplog, monkeypatch):
-    from hydra import compose, initialize_config_dir
-    from test_train import ROOT
-
     from sae_lightning.analysis.run import analyze
 
     monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"avx2"})
@@ -123,3 +155,22 @@ def test_analyze_warns_too(tmp_path, caplog, monkeypatch):
         with pytest.raises(FileNotFoundError, match="/no/such/sae"):
             analyze(cfg)
     assert "trainer.precision=bf16-mixed on a CPU without bf16 arithmetic" in caplog.text
+
+
+def test_cache_activations_warns_for_a_bf16_model(tmp_path, caplog, monkeypatch):
+    from sae_lightning.data import cache
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(cache, "instantiate", stop)  # the data module: nothing loads
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("cache_activations", overrides=[f"path={tmp_path}", "model.dtype=bfloat16"])
+    with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):
+        with pytest.raises(Stop):
+            cache.cache_activations(cfg)
+    assert "model.dtype=bfloat16 on a CPU without bf16 arithmetic" in caplog.text
