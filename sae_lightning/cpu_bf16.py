@@ -12,6 +12,7 @@ model loaded in bfloat16 on the CPU (``model.dtype=bfloat16``): its forward is e
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -70,20 +71,43 @@ def emulated_bf16_warning(
     )
 
 
-def warn_emulated_bf16(cfg: DictConfig, flags: set[str] | None = None) -> list[str]:
-    """Log (and return) :func:`emulated_bf16_warning` for this machine and ``cfg``'s trainer
-    precision and frozen models' dtypes (``model``, ``model_b``)."""
-    flags = cpu_flags() if flags is None else flags
+def warn_emulated_bf16(cfg: DictConfig, flags: set[str] | None = None) -> str | None:
+    """Log (and return) :func:`emulated_bf16_warning` for ``cfg.trainer.precision`` on this
+    machine (the run is on the CPU with ``accelerator: cpu``, or ``auto`` without CUDA)."""
     trainer = cfg.get("trainer") or {}
     accelerator = str(trainer.get("accelerator", "auto"))
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    checks = [("trainer.precision", trainer.get("precision"), "trainer.precision=32-true", on_cpu)]
-    for name in ("model", "model_b"):
-        model = cfg.get(name) or {}
-        if model.get("dtype") is not None:
-            device = str(model.get("device", "cpu"))
-            checks.append((f"{name}.dtype", model.dtype, f"{name}.dtype=float32", device == "cpu"))
-    messages = [m for c in checks if (m := emulated_bf16_warning(*c, flags))]
-    for message in messages:
+    message = emulated_bf16_warning(
+        "trainer.precision",
+        trainer.get("precision"),
+        "trainer.precision=32-true",
+        on_cpu,
+        cpu_flags() if flags is None else flags,
+    )
+    if message:
         log.warning(message)
-    return messages
+    return message
+
+
+def warn_emulated_model(model: torch.nn.Module) -> str | None:
+    """Log (once per message) and return the warning for a frozen model whose weights are
+    bfloat16 on a CPU without bf16 arithmetic: every loader's model passes here
+    (``models.freeze``), whichever config or code path asked for it."""
+    param = next(model.parameters(), None)
+    if param is None:
+        return None
+    message = emulated_bf16_warning(
+        "model.dtype",
+        str(param.dtype).removeprefix("torch."),
+        "model.dtype=float32 (model_b.dtype for a second model)",
+        param.device.type == "cpu",
+        cpu_flags(),
+    )
+    if message:
+        _warn_once(message)
+    return message
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)

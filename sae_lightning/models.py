@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from sae_lightning.cpu_bf16 import warn_emulated_model
 from sae_lightning.hub import HubUnavailableError, hub_unavailable, is_hub_error
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,11 @@ def move_model(model, device: str | torch.device, dtype: torch.dtype | None = No
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode, no gradients: the frozen model is only ever read."""
+    """Eval mode, no gradients: the frozen model is only ever read. Warns when its weights are
+    bfloat16 on a CPU that would emulate their products."""
     model.eval()
     model.requires_grad_(False)
+    warn_emulated_model(model)
     return model
 
 

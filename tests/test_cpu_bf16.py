@@ -79,32 +79,38 @@ def test_no_warning_where_bf16_is_not_emulated(value, on_cpu, flags):
 def test_the_accelerator_decides_whether_the_run_is_on_the_cpu(caplog, monkeypatch):
     cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "bf16-mixed"}})
     with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):
-        (message,) = cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"})
+        message = cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"})
     assert message in caplog.text and message.startswith("trainer.precision=bf16-mixed ")
     cfg.trainer.accelerator = "gpu"
-    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) == []
+    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) is None
     cfg.trainer.accelerator = "auto"  # the CPU unless CUDA is there
     monkeypatch.setattr(cpu_bf16.torch.cuda, "is_available", lambda: False)
-    assert len(cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"})) == 1
+    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) == message
     monkeypatch.setattr(cpu_bf16.torch.cuda, "is_available", lambda: True)
-    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) == []
+    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"}) is None
+    assert cpu_bf16.warn_emulated_bf16(OmegaConf.create({"model": None}), flags=set()) is None
 
 
-def test_a_bf16_frozen_model_on_the_cpu_is_warned_by_its_device():
-    cfg = OmegaConf.create(
-        {
-            "trainer": {"accelerator": "cpu", "precision": "32-true"},
-            "model": {"device": "cpu", "dtype": "bfloat16"},
-            "model_b": {"device": "cuda", "dtype": "bfloat16"},  # on a GPU: fine
-        }
-    )
-    (message,) = cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"})
+def test_a_bf16_frozen_model_on_the_cpu_is_warned_by_its_device(caplog, monkeypatch):
+    from sae_lightning.models import freeze
+
+    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"avx2"})
+    cpu_bf16._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):
+        message = cpu_bf16.warn_emulated_model(torch.nn.Linear(4, 4, dtype=torch.bfloat16))
+        cpu_bf16.warn_emulated_model(torch.nn.Linear(4, 4, dtype=torch.bfloat16))
     assert message.startswith("model.dtype=bfloat16 on a CPU") and "model.dtype=float32" in message
-    cfg.model_b.device = "cpu"
-    messages = cpu_bf16.warn_emulated_bf16(cfg, flags={"avx2"})
-    assert [m.split(" ")[0] for m in messages] == ["model.dtype=bfloat16", "model_b.dtype=bfloat16"]
-    assert cpu_bf16.warn_emulated_bf16(cfg, flags={"avx512_bf16"}) == []
-    assert cpu_bf16.warn_emulated_bf16(OmegaConf.create({"model": None}), flags=set()) == []
+    assert caplog.text.count(message) == 1  # logged once, however many models load
+    assert cpu_bf16.warn_emulated_model(torch.nn.Linear(4, 4)) is None  # float32
+    on_meta = torch.nn.Linear(4, 4, dtype=torch.bfloat16, device="meta")  # not the CPU: fine
+    assert cpu_bf16.warn_emulated_model(on_meta) is None
+    assert cpu_bf16.warn_emulated_model(torch.nn.ReLU()) is None  # no weights
+    seen = []
+    monkeypatch.setattr("sae_lightning.models.warn_emulated_model", seen.append)
+    model = torch.nn.Linear(4, 4, dtype=torch.bfloat16)
+    assert freeze(model) is model and seen == [model]  # every loader's model passes there
+    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert cpu_bf16.warn_emulated_model(model) is None
 
 
 def test_train_warns_before_anything_loads(tmp_path, caplog, monkeypatch):
@@ -158,16 +164,23 @@ def test_analyze_warns_too(tmp_path, caplog, monkeypatch):
 
 
 def test_cache_activations_warns_for_a_bf16_model(tmp_path, caplog, monkeypatch):
+    from hydra.utils import instantiate
+
     from sae_lightning.data import cache
 
     class Stop(Exception):
         pass
 
-    def stop(*args, **kwargs):
-        raise Stop
+    class Data:  # stands in for the data module: stops once it is handed the loaded model
+        def set_model(self, model):
+            raise Stop
+
+    def data_or_model(node, *args, **kwargs):
+        return instantiate(node, *args, **kwargs) if node is cfg.model else Data()
 
     monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"avx2"})
-    monkeypatch.setattr(cache, "instantiate", stop)  # the data module: nothing loads
+    cpu_bf16._warn_once.cache_clear()
+    monkeypatch.setattr(cache, "instantiate", data_or_model)  # no corpus is read
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("cache_activations", overrides=[f"path={tmp_path}", "model.dtype=bfloat16"])
     with caplog.at_level(logging.WARNING, logger="sae_lightning.cpu_bf16"):

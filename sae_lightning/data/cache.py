@@ -36,7 +36,6 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from sae_lightning.cpu_bf16 import warn_emulated_bf16
 from sae_lightning.data.readers import StreamedContexts
 from sae_lightning.hooks import check_hook_name
 from sae_lightning.spec import ActivationSpec
@@ -154,7 +153,6 @@ def cache_activations(cfg: DictConfig) -> Path:
         raise ValueError(f"dtype={cfg.dtype!r} is not a cache dtype; valid: {sorted(DTYPES)}")
     if int(cfg.contexts_per_shard) < 1:
         raise ValueError(f"contexts_per_shard={cfg.contexts_per_shard} must be >= 1")
-    warn_emulated_bf16(cfg)  # a bfloat16 frozen model on a CPU that emulates it
     datamodule = instantiate(cfg.data)
     spec = datamodule.set_model(instantiate(cfg.model))
     model_name = getattr(spec.model.cfg, "model_name", None) or "unknown"
